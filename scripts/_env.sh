@@ -1,0 +1,26 @@
+# Shared by scripts/demo.sh and scripts/test.sh: create (once) and activate the cached
+# virtual environment, and (re)install the project into it when its requirements change.
+# The venv lives outside the repository: $MAM_TF_VENV, default ~/.cache/mam-tf/venv.
+set -euo pipefail
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+MAM_TF_VENV="${MAM_TF_VENV:-$HOME/.cache/mam-tf/venv}"
+PYTHON_BIN="${PYTHON_BIN:-$(command -v python3.11 || command -v python3)}"
+
+if [ ! -x "$MAM_TF_VENV/bin/python" ]; then
+    echo "[mam-tf] creating virtual environment $MAM_TF_VENV (first run: a few minutes)"
+    mkdir -p "$(dirname "$MAM_TF_VENV")"
+    "$PYTHON_BIN" -m venv "$MAM_TF_VENV"
+    "$MAM_TF_VENV/bin/python" -m pip install -q --upgrade pip
+fi
+# shellcheck disable=SC1091
+source "$MAM_TF_VENV/bin/activate"
+
+# Reinstall only when pyproject.toml (the requirements) or the requested extras change.
+_extras="${1:-}"
+_stamp="$MAM_TF_VENV/.mam-tf-stamp${_extras:+-$_extras}"
+_want="$(cat "$REPO_ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1) $REPO_ROOT"
+if [ ! -f "$_stamp" ] || [ "$(cat "$_stamp")" != "$_want" ]; then
+    echo "[mam-tf] installing mam-tf${_extras:+[$_extras]} into $MAM_TF_VENV"
+    python -m pip install -q -e "$REPO_ROOT${_extras:+[$_extras]}"
+    echo "$_want" > "$_stamp"
+fi
