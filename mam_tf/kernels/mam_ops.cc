@@ -1,0 +1,195 @@
+// TensorFlow CPU ops around the fused MAM core (mam_core.h): shape and index validation, output
+// allocation, and the split of the work over TensorFlow's intra-op thread pool. Pieces never
+// write to the same element, and every element's sum order is fixed by the core, so results are
+// identical for any thread count. Kernels hold no state: concurrent calls are safe.
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+
+#include "mam_core.h"
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/shape_inference.h"
+
+namespace {
+
+using tensorflow::OpKernel;
+using tensorflow::OpKernelConstruction;
+using tensorflow::OpKernelContext;
+using tensorflow::Tensor;
+using tensorflow::TensorShape;
+using tensorflow::errors::InvalidArgument;
+using tensorflow::shape_inference::DimensionHandle;
+using tensorflow::shape_inference::InferenceContext;
+using tensorflow::shape_inference::ShapeHandle;
+using ThreadPool = tensorflow::thread::ThreadPool;
+
+// Runs fn(begin, end) over [0, total) on the intra-op pool (tf.config.threading's setting);
+// cost is an estimate in cycles of one unit.
+void parallel_for(OpKernelContext* ctx, int64_t total, int64_t cost,
+                  const std::function<void(int64_t, int64_t)>& fn) {
+  if (total <= 0) return;
+  ThreadPool* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
+  pool->ParallelFor(total, ThreadPool::SchedulingParams::Adaptive(std::max<int64_t>(cost, 1)),
+                    fn);
+}
+
+tensorflow::Status forward_shape(InferenceContext* c) {
+  ShapeHandle x, w;
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &x));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 2, &w));
+  DimensionHandle n;
+  TF_RETURN_IF_ERROR(c->Merge(c->Dim(x, 1), c->Dim(w, 0), &n));
+  ShapeHandle y = c->Matrix(c->Dim(x, 0), c->Dim(w, 1));
+  c->set_output(0, y);
+  c->set_output(1, y);
+  c->set_output(2, y);
+  return tensorflow::OkStatus();
+}
+
+tensorflow::Status backward_shape(InferenceContext* c) {
+  ShapeHandle g, x, w, amax, amin;
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &g));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 2, &x));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 2, &w));
+  TF_RETURN_IF_ERROR(c->Merge(c->input(3), g, &amax));
+  TF_RETURN_IF_ERROR(c->Merge(c->input(4), g, &amin));
+  c->set_output(0, x);
+  c->set_output(1, w);
+  return tensorflow::OkStatus();
+}
+
+}  // namespace
+
+REGISTER_OP("MamFusedForward")
+    .Input("x: float")
+    .Input("w: float")
+    .Output("y: float")
+    .Output("amax: int32")
+    .Output("amin: int32")
+    .SetShapeFn(forward_shape)
+    .Doc(R"doc(
+y = max_i(x[b,i] * w[i,j]) + min_i(x[b,i] * w[i,j]) with the lowest argmax and argmin.
+x: [B, N]; w: [N, M] (Keras kernel layout); y, amax, amin: [B, M].
+)doc");
+
+REGISTER_OP("MamFusedBackward")
+    .Input("g: float")
+    .Input("x: float")
+    .Input("w: float")
+    .Input("amax: int32")
+    .Input("amin: int32")
+    .Output("dx: float")
+    .Output("dw: float")
+    .SetShapeFn(backward_shape)
+    .Doc(R"doc(
+Gradient of MamFusedForward's y: only the selected pairs receive gradient, twice when
+amax == amin.
+)doc");
+
+namespace {
+
+// Checks x [B, N] and w [N, M] with 1 <= N <= INT32_MAX (indices are int32; the max of an
+// empty set does not exist).
+tensorflow::Status check_xw(const Tensor& x, const Tensor& w) {
+  if (x.dims() != 2 || w.dims() != 2)
+    return InvalidArgument("MAM fused op: x must be [batch, inputs] and w [inputs, units], got x ",
+                           x.shape().DebugString(), " and w ", w.shape().DebugString());
+  if (x.dim_size(1) != w.dim_size(0))
+    return InvalidArgument("MAM fused op: x has ", x.dim_size(1), " inputs but w has ",
+                           w.dim_size(0), " rows");
+  if (x.dim_size(1) < 1 || x.dim_size(1) > std::numeric_limits<int32_t>::max())
+    return InvalidArgument("MAM fused op: the number of inputs is ", x.dim_size(1),
+                           "; it must be in [1, 2^31 - 1]");
+  return tensorflow::OkStatus();
+}
+
+class MamFusedForwardOp : public OpKernel {
+ public:
+  explicit MamFusedForwardOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& xt = ctx->input(0);
+    const Tensor& wt = ctx->input(1);
+    OP_REQUIRES_OK(ctx, check_xw(xt, wt));
+    const int64_t B = xt.dim_size(0), N = xt.dim_size(1), M = wt.dim_size(1);
+    Tensor *yt, *amaxt, *amint;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({B, M}), &yt));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({B, M}), &amaxt));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({B, M}), &amint));
+    if (B == 0 || M == 0) return;
+    const float* x = xt.flat<float>().data();
+    const float* w = wt.flat<float>().data();
+    float* y = yt->flat<float>().data();
+    int32_t* amax = amaxt->flat<int32_t>().data();
+    int32_t* amin = amint->flat<int32_t>().data();
+    // Work item: kMaxRows rows against one column block. Items of the same block are adjacent,
+    // so a shard of consecutive items reuses that block of w from cache.
+    const int64_t groups = (B + mam::kMaxRows - 1) / mam::kMaxRows;
+    const int64_t blocks = (M + mam::kBlock - 1) / mam::kBlock;
+    const int64_t cost = mam::kMaxRows * N * mam::kBlock / 4;  // ~4 products per cycle
+    parallel_for(ctx, groups * blocks, cost, [&](int64_t begin, int64_t end) {
+      auto scratch = std::make_unique<mam::ForwardScratch>();
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t j0 = (item / groups) * mam::kBlock;
+        const int64_t b0 = (item % groups) * mam::kMaxRows;
+        mam::forward_rows(x, w, N, M, b0, std::min(B, b0 + mam::kMaxRows), j0,
+                          static_cast<int>(std::min<int64_t>(mam::kBlock, M - j0)),
+                          scratch.get(), y, amax, amin);
+      }
+    });
+  }
+};
+
+class MamFusedBackwardOp : public OpKernel {
+ public:
+  explicit MamFusedBackwardOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& gt = ctx->input(0);
+    const Tensor& xt = ctx->input(1);
+    const Tensor& wt = ctx->input(2);
+    const Tensor& amaxt = ctx->input(3);
+    const Tensor& amint = ctx->input(4);
+    OP_REQUIRES_OK(ctx, check_xw(xt, wt));
+    const int64_t B = xt.dim_size(0), N = xt.dim_size(1), M = wt.dim_size(1);
+    const TensorShape ym({B, M});
+    OP_REQUIRES(ctx, gt.shape() == ym && amaxt.shape() == ym && amint.shape() == ym,
+                InvalidArgument("MAM fused backward: g, amax and amin must be ", ym.DebugString(),
+                                ", got ", gt.shape().DebugString(), ", ",
+                                amaxt.shape().DebugString(), ", ", amint.shape().DebugString()));
+    const float* g = gt.flat<float>().data();
+    const float* x = xt.flat<float>().data();
+    const float* w = wt.flat<float>().data();
+    const int32_t* amax = amaxt.flat<int32_t>().data();
+    const int32_t* amin = amint.flat<int32_t>().data();
+    // Indices come from the caller: check them all before any scatter reads through them.
+    for (int64_t k = 0; k < B * M; ++k) {
+      OP_REQUIRES(ctx, amax[k] >= 0 && amax[k] < N && amin[k] >= 0 && amin[k] < N,
+                  InvalidArgument("MAM fused backward: index out of range at flat position ", k,
+                                  ": amax ", amax[k], ", amin ", amin[k], ", inputs ", N));
+    }
+    Tensor *dxt, *dwt;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, xt.shape(), &dxt));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, wt.shape(), &dwt));
+    float* dx = dxt->flat<float>().data();
+    float* dw = dwt->flat<float>().data();
+    parallel_for(ctx, B, N + 8 * M, [&](int64_t b0, int64_t b1) {
+      mam::backward_dx_rows(g, w, amax, amin, N, M, b0, b1, dx);
+    });
+    parallel_for(ctx, N, M, [&](int64_t i0, int64_t i1) {
+      std::fill(dw + i0 * M, dw + i1 * M, 0.0f);
+    });
+    // Pieces of 16 columns (a 64-byte line when M is a multiple of 16): little false sharing.
+    const int64_t pieces = (M + 15) / 16;
+    parallel_for(ctx, pieces, 16 * B * 16, [&](int64_t p0, int64_t p1) {
+      mam::backward_dw_cols(g, x, amax, amin, B, N, M, p0 * 16, std::min(M, p1 * 16), dw);
+    });
+  }
+};
+
+}  // namespace
+
+REGISTER_KERNEL_BUILDER(Name("MamFusedForward").Device(tensorflow::DEVICE_CPU), MamFusedForwardOp);
+REGISTER_KERNEL_BUILDER(Name("MamFusedBackward").Device(tensorflow::DEVICE_CPU),
+                        MamFusedBackwardOp);
