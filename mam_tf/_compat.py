@@ -14,4 +14,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf  # noqa: E402
 import tf_keras as keras  # noqa: E402
 
-__all__ = ["tf", "keras"]
+from tensorflow.python.ops import control_flow_util as _control_flow_util  # noqa: E402  private
+
+__all__ = ["tf", "keras", "in_xla_context"]
+
+
+def in_xla_context() -> bool:
+    """True while tracing a function that XLA will compile (``tf.function(jit_compile=True)``,
+    Keras ``jit_compile``): ops without an XLA kernel, like the fused MAM op, cannot go there.
+
+    TensorFlow marks such graphs with an XLA control-flow context that has no public accessor;
+    the private import above is the one place mam-tf depends on it.
+    """
+    return _control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())

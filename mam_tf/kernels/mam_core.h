@@ -10,13 +10,14 @@
 //
 // Exactness: a product is one float multiply (the build passes -ffp-contract=off so that no
 // multiply is fused into an add), max and min are exact, y is one float add: the forward is
-// bit-identical to any reference that multiplies, then reduces. The backward sums in a fixed
-// order, independent of the thread count, that a reference can follow:
-//   dw[i,j] = sum over b ascending of (the max term, then the min term) of row b,
-//   dx[b,i] = sum over j ascending of (the max term, then the min term) of unit j,
-// each term being one product g[b,j] * x[b,i] (for dw) or g[b,j] * w[i,j] (for dx).
-// NaN products are skipped by the comparisons (a row of only NaN gives y = -inf + inf = NaN and
-// index 0); every index written is in [0, N), so the backward never reads out of bounds.
+// bit-identical to any reference that multiplies, then reduces. The backward adds its terms,
+// each one product g[b,j] * x[b,i] (for dw) or g[b,j] * w[i,j] (for dx), to a zero in a fixed
+// order, independent of the thread count: first every max term, then every min term, each pass
+// in row-major (b, j) order. That is the order of the reference's unsorted_segment_sum over
+// [max terms; min terms] on the CPU, so the fused gradients equal the reference's bit for bit.
+// NaN: the comparisons skip NaN products, so the indices are the lowest extremes among the
+// others (always in [0, N): the backward never reads out of bounds), and propagate_nan_rows
+// then sets y to NaN wherever a NaN product was skipped, as TensorFlow's max and min do.
 #ifndef MAM_TF_KERNELS_MAM_CORE_H_
 #define MAM_TF_KERNELS_MAM_CORE_H_
 
@@ -219,36 +220,57 @@ static void forward_rows(const float* x, const float* w, int64_t N, int64_t M, i
   }
 }
 
-// Adds the gradient of columns [j0, j1) into dw (zero there on entry). Every dw[i,j] gets its
-// terms in the documented order: b ascending, the max term before the min term.
+// Adds the gradient of columns [j0, j1) into dw (zero there on entry), in the documented order:
+// every max term (rows ascending), then every min term (rows ascending).
 static void backward_dw_cols(const float* g, const float* x, const int32_t* amax,
                              const int32_t* amin, int64_t B, int64_t N, int64_t M, int64_t j0,
                              int64_t j1, float* dw) {
-  for (int64_t b = 0; b < B; ++b) {
-    const float* gb = g + b * M;
-    const float* xb = x + b * N;
-    const int32_t* ab = amax + b * M;
-    const int32_t* nb = amin + b * M;
-    for (int64_t j = j0; j < j1; ++j) {
-      dw[ab[j] * M + j] += gb[j] * xb[ab[j]];
-      dw[nb[j] * M + j] += gb[j] * xb[nb[j]];
+  for (const int32_t* idx : {amax, amin}) {
+    for (int64_t b = 0; b < B; ++b) {
+      const float* gb = g + b * M;
+      const float* xb = x + b * N;
+      const int32_t* ib = idx + b * M;
+      for (int64_t j = j0; j < j1; ++j) dw[ib[j] * M + j] += gb[j] * xb[ib[j]];
     }
   }
 }
 
-// Writes dx for rows [b0, b1): zero, then the terms of unit j ascending, max before min.
+// Writes dx for rows [b0, b1): zero, then every max term (units ascending), then every min term.
 static void backward_dx_rows(const float* g, const float* w, const int32_t* amax,
                              const int32_t* amin, int64_t N, int64_t M, int64_t b0, int64_t b1,
                              float* dx) {
   for (int64_t b = b0; b < b1; ++b) {
     const float* gb = g + b * M;
-    const int32_t* ab = amax + b * M;
-    const int32_t* nb = amin + b * M;
     float* dxb = dx + b * N;
     std::memset(dxb, 0, N * sizeof(float));
-    for (int64_t j = 0; j < M; ++j) {
-      dxb[ab[j]] += gb[j] * w[ab[j] * M + j];
-      dxb[nb[j]] += gb[j] * w[nb[j] * M + j];
+    for (const int32_t* idx : {amax, amin}) {
+      const int32_t* ib = idx + b * M;
+      for (int64_t j = 0; j < M; ++j) dxb[ib[j]] += gb[j] * w[ib[j] * M + j];
+    }
+  }
+}
+
+// Whether any of the n values is NaN or infinite (v * 0 is 0 exactly for the finite ones).
+static bool any_nonfinite(const float* v, int64_t n) {
+  int bad = 0;
+  for (int64_t k = 0; k < n; ++k) bad |= (v[k] * 0.0f) != 0.0f;
+  return bad != 0;
+}
+
+// Sets y[b, j] = NaN for rows [b0, b1) where some product x[b,i] * w[i,j] is NaN. The main
+// pass skips NaN products; max and min of TensorFlow propagate them, and so must a MAM output
+// (a NaN input must not train on silently). Only run when the inputs hold a NaN or an infinity.
+static void propagate_nan_rows(const float* x, const float* w, int64_t N, int64_t M,
+                               int64_t b0, int64_t b1, float* y) {
+  for (int64_t b = b0; b < b1; ++b) {
+    float* yb = y + b * M;
+    for (int64_t i = 0; i < N; ++i) {
+      const float xv = x[b * N + i];
+      const float* wi = w + i * M;
+      for (int64_t j = 0; j < M; ++j) {
+        const float p = xv * wi[j];
+        if (p != p) yb[j] = p;
+      }
     }
   }
 }

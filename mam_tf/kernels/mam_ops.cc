@@ -3,6 +3,7 @@
 // write to the same element, and every element's sum order is fixed by the core, so results are
 // identical for any thread count. Kernels hold no state: concurrent calls are safe.
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <limits>
 
@@ -138,6 +139,21 @@ class MamFusedForwardOp : public OpKernel {
                           scratch.get(), y, amax, amin);
       }
     });
+    // A NaN or infinite input can make NaN products, which the main pass skips: find the
+    // outputs they reach (a slow pass, for this exceptional case only).
+    std::atomic<bool> nonfinite{false};
+    parallel_for(ctx, B + N, std::max(N, M), [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end && !nonfinite.load(std::memory_order_relaxed); ++r) {
+        const bool bad = r < B ? mam::any_nonfinite(x + r * N, N)
+                               : mam::any_nonfinite(w + (r - B) * M, M);
+        if (bad) nonfinite.store(true, std::memory_order_relaxed);
+      }
+    });
+    if (nonfinite.load()) {
+      parallel_for(ctx, B, N * M, [&](int64_t b0, int64_t b1) {
+        mam::propagate_nan_rows(x, w, N, M, b0, b1, y);
+      });
+    }
   }
 };
 

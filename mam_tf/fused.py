@@ -1,0 +1,257 @@
+"""The fused CPU kernel of MAMDense: y, argmax and argmin in one pass, and a scatter backward.
+
+Same contract as the pure-TensorFlow reference in ``mam_tf.ops`` (MAM_SPARSE.md section 1):
+``forward(x, w) -> (y, amax, amin)`` with y = max_i(x*w) + min_i(x*w) (no bias), the LOWEST index
+winning ties, and ``backward(g, x, w, amax, amin) -> (dx, dw)`` where a pair with
+amax == amin receives its gradient twice. x is [B, N], w is [N, M] (Keras' kernel layout),
+float32 only. Forward values and indices are bit-identical to the reference; gradients sum in a
+fixed order (mam_core.h): dw[i,j] over rows b ascending, dx[b,i] over units j ascending, the max
+term before the min term, whatever the thread count.
+
+How it is built: the C++ sources in ``mam_tf/kernels`` are compiled on first use by one direct
+compiler call against the installed TensorFlow (``tf.sysconfig`` flags, ``-march=native``) into
+``~/.cache/mam-tf/ops-<tf version>-<hash>/`` (``$MAM_TF_CACHE`` overrides the root). The hash
+covers the sources, the compiler, every flag and the CPU's feature flags, so a changed source,
+TensorFlow or machine gets its own build. A file lock keeps parallel processes from compiling
+twice, and the finished directory appears by an atomic rename, so no process ever loads a
+half-written library. When any of this fails, ``available()`` is False, one
+``FusedKernelWarning`` says why, and mam-tf uses the reference path. ``MAM_TF_FUSED=0`` turns
+the fast path off without a warning.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from mam_tf._compat import in_xla_context, tf
+
+__all__ = [
+    "FusedKernelWarning",
+    "available",
+    "backward",
+    "disabled",
+    "forward",
+    "unavailable_reason",
+    "usable",
+]
+
+KERNEL_DIR = Path(__file__).resolve().parent / "kernels"
+SOURCES = ("mam_core.h", "mam_ops.cc")
+LIBRARY_NAME = "mam_ops.so"
+# -ffp-contract=off: a product must stay a rounded multiply (no FMA into the backward's sums),
+# so that fused and reference agree bit for bit. -march=native: the cache key holds the CPU.
+CXXFLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-shared", "-fPIC", "-w")
+BUILD_TIMEOUT_S = 600
+
+
+class FusedKernelWarning(RuntimeWarning):
+    """The fused kernel cannot be used; MAMDense falls back to the (slower) reference path."""
+
+
+_lock = threading.Lock()
+_state: dict = {"tried": False, "module": None, "reason": None}
+_disabled = 0  # depth of disabled() blocks, process-wide (tracing may happen on other threads)
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("MAM_TF_CACHE") or Path.home() / ".cache" / "mam-tf")
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def _cpu_signature() -> str:
+    flags = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                flags = line
+                break
+    return f"{platform.machine()} {platform.processor()} {flags}"
+
+
+def _build_command(cxx: str, source: Path, output: Path) -> list[str]:
+    return [
+        cxx, *CXXFLAGS, *tf.sysconfig.get_compile_flags(), str(source), "-o", str(output),
+        *tf.sysconfig.get_link_flags(),
+    ]
+
+
+def library_dir(cxx: str) -> Path:
+    """The cache directory of the library for this TensorFlow, compiler, sources and CPU."""
+    h = hashlib.sha256()
+    for name in SOURCES:
+        h.update(name.encode() + b"\0" + (KERNEL_DIR / name).read_bytes() + b"\0")
+    h.update(" ".join(_build_command(cxx, Path("src"), Path("out"))).encode())
+    h.update(_cpu_signature().encode())
+    return cache_root() / f"ops-{tf.__version__}-{h.hexdigest()[:16]}"
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: the atomic rename alone keeps builds from clashing
+        yield
+        return
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def build() -> Path:
+    """Compiles the op library unless it is cached; returns its path. Raises on failure."""
+    cxx = _compiler()
+    if cxx is None:
+        raise RuntimeError("no C++ compiler found (tried $CXX, c++, g++, clang++)")
+    final = library_dir(cxx)
+    library = final / LIBRARY_NAME
+    if library.exists():
+        return library
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with _file_lock(final.parent / f"{final.name}.lock"):
+        if library.exists():  # another process built it while we waited
+            return library
+        print(f"[mam-tf] compiling the fused CPU kernel (once): {final}", file=sys.stderr)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
+        try:
+            command = _build_command(cxx, KERNEL_DIR / "mam_ops.cc", tmp / LIBRARY_NAME)
+            proc = subprocess.run(command, capture_output=True, text=True,
+                                  timeout=BUILD_TIMEOUT_S)
+            (tmp / "build.log").write_text(" ".join(command) + "\n\n" + proc.stdout + proc.stderr)
+            if proc.returncode != 0:
+                tail = "\n".join(proc.stderr.strip().splitlines()[-5:])
+                raise RuntimeError(f"{Path(cxx).name} exited with {proc.returncode}:\n{tail}")
+            tmp.chmod(0o755)  # mkdtemp made it private; the cache may be shared
+            os.rename(tmp, final)  # atomic: the directory is complete or absent
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return library
+
+
+def _self_test(module) -> None:
+    """A few exact values through both ops, to catch a miscompiled library before it trains."""
+    x = np.array([[1.0, -2.0, 3.0, 0.0], [0.0, 0.0, 0.0, 0.0]], np.float32)
+    w = np.array([[1.0, 2.0], [1.0, -1.0], [1.0, 0.5], [5.0, 1.0]], np.float32)
+    y, amax, amin = (t.numpy() for t in module.mam_fused_forward(x, w))
+    dx, dw = (t.numpy() for t in module.mam_fused_backward(np.ones((2, 2), np.float32), x, w,
+                                                           amax, amin))
+    ok = (np.array_equal(y, [[1.0, 2.0], [0.0, 0.0]])  # unit 1 of row 0: a tie, index 0 wins
+          and np.array_equal(amax, [[2, 0], [0, 0]]) and np.array_equal(amin, [[1, 3], [0, 0]])
+          and np.array_equal(dx, [[2.0, 1.0, 1.0, 1.0], [6.0, 0.0, 0.0, 0.0]])  # row 1: twice
+          and np.array_equal(dw, [[0.0, 1.0], [-2.0, 0.0], [3.0, 0.0], [0.0, 0.0]]))
+    if not ok:
+        raise RuntimeError("the compiled library failed its self-test (wrong values)")
+
+
+def _load():
+    module = tf.load_op_library(str(build()))
+    _self_test(module)
+    return module
+
+
+def available() -> bool:
+    """Whether the fused kernel can run here: builds and loads it on the first call (cached).
+
+    When it cannot, warns once (``FusedKernelWarning``, with the reason) and returns False.
+    ``MAM_TF_FUSED=0`` in the environment makes it False without a warning.
+    """
+    if os.environ.get("MAM_TF_FUSED", "1") == "0":
+        return False
+    with _lock:
+        if not _state["tried"]:
+            _state["tried"] = True
+            try:
+                _state["module"] = _load()
+            except Exception as e:  # noqa: BLE001  any failure means: use the reference path
+                _state["reason"] = f"{type(e).__name__}: {e}"
+                warnings.warn(
+                    "mam_tf: the fused CPU kernel is unavailable, MAMDense uses the pure-"
+                    f"TensorFlow reference path (correct, much slower). Reason: {_state['reason']}"
+                    " (set MAM_TF_FUSED=0 to use the reference path without this warning)",
+                    FusedKernelWarning, stacklevel=2)
+    return _state["module"] is not None
+
+
+def unavailable_reason() -> str | None:
+    """Why the last ``available()`` check failed, or None."""
+    return _state["reason"]
+
+
+@contextlib.contextmanager
+def disabled():
+    """Within this block, ``usable`` is False: graphs traced here use only standard TensorFlow
+    ops (for SavedModel or TFLite export, which cannot hold the custom op)."""
+    global _disabled
+    with _lock:
+        _disabled += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _disabled -= 1
+
+
+_gpu_visible: list = []
+
+
+def _on_cpu(x) -> bool:
+    device = getattr(x, "device", "") or ""
+    if device:
+        return "CPU" in device.upper()
+    if not _gpu_visible:
+        _gpu_visible.append(bool(tf.config.list_logical_devices("GPU")))
+    return not _gpu_visible[0]
+
+
+def usable(x, w) -> bool:
+    """Whether ``forward``/``backward`` should take these tensors: float32 on the CPU, not inside
+    an XLA-compiled function (the op has no XLA kernel), not ``disabled()``, and the library
+    available. The dispatcher in ``mam_tf.ops`` sends everything else to the reference path,
+    which is also the GPU path (under XLA)."""
+    return (not _disabled and x.dtype == tf.float32 and w.dtype == tf.float32
+            and not in_xla_context() and _on_cpu(x) and available())
+
+
+def _module():
+    if not available():
+        raise RuntimeError(f"mam_tf.fused: the fused kernel is unavailable ({_state['reason']})")
+    return _state["module"]
+
+
+def _float32(name: str, t) -> tf.Tensor:
+    t = tf.convert_to_tensor(t)
+    if t.dtype != tf.float32:
+        raise TypeError(f"mam_tf.fused: {name} is {t.dtype.name}; the fused kernel takes float32 "
+                        "only (mam_tf.ops' reference path takes the other float types)")
+    return t
+
+
+def forward(x, w):
+    """(y, amax, amin) for x [B, N] and w [N, M], float32; y has no bias."""
+    return _module().mam_fused_forward(_float32("x", x), _float32("w", w))
+
+
+def backward(g, x, w, amax, amin):
+    """(dx, dw): the gradient of forward's y, given g = dL/dy [B, M] and forward's indices."""
+    return _module().mam_fused_backward(
+        _float32("g", g), _float32("x", x), _float32("w", w),
+        tf.convert_to_tensor(amax, tf.int32), tf.convert_to_tensor(amin, tf.int32))
