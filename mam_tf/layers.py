@@ -165,12 +165,20 @@ class MAMDense(MAMLayerMixin, keras.layers.Dense):
 
 def mam_layers(model_or_layers):
     """All MAM layers inside a model (nested models and wrappers included), in model order."""
-    if isinstance(model_or_layers, (list, tuple)):
-        return [layer for layer in model_or_layers if isinstance(layer, MAMLayerMixin)]
     found = []
-    if isinstance(model_or_layers, MAMLayerMixin):
-        found.append(model_or_layers)
-    for module in model_or_layers.submodules:
-        if isinstance(module, MAMLayerMixin) and module not in found:
-            found.append(module)
+
+    def visit(obj):
+        if isinstance(obj, MAMLayerMixin):
+            if not any(obj is f for f in found):
+                found.append(obj)
+            return
+        for child in getattr(obj, "layers", None) or ():  # models, Sequential
+            visit(child)
+        inner = getattr(obj, "layer", None)  # wrappers: pruning, quantization, TimeDistributed
+        if inner is not None:
+            visit(inner)
+
+    items = model_or_layers if isinstance(model_or_layers, (list, tuple)) else [model_or_layers]
+    for item in items:
+        visit(item)
     return found
