@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mam_tf._compat import in_xla_context, tf
+from mam_tf._compat import in_save_context, in_xla_context, tf
 
 __all__ = [
     "FusedKernelWarning",
@@ -163,8 +163,9 @@ def _self_test(module) -> None:
 
 
 def _load():
-    module = tf.load_op_library(str(build()))
-    _self_test(module)
+    with tf.init_scope():  # the first call may come while a graph is traced: test eagerly
+        module = tf.load_op_library(str(build()))
+        _self_test(module)
     return module
 
 
@@ -224,11 +225,16 @@ def _on_cpu(x) -> bool:
 
 def usable(x, w) -> bool:
     """Whether ``forward``/``backward`` should take these tensors: float32 on the CPU, not inside
-    an XLA-compiled function (the op has no XLA kernel), not ``disabled()``, and the library
-    available. The dispatcher in ``mam_tf.ops`` sends everything else to the reference path,
-    which is also the GPU path (under XLA)."""
-    return (not _disabled and x.dtype == tf.float32 and w.dtype == tf.float32
-            and not in_xla_context() and _on_cpu(x) and available())
+    an XLA-compiled function (the op has no XLA kernel), not traced for a SavedModel (which must
+    load without this library), not ``disabled()``, and the library available. The dispatcher
+    in ``mam_tf.ops`` sends everything else to the reference path, also the GPU path (XLA)."""
+    return (not _disabled and _is_float32(x) and _is_float32(w) and not in_xla_context()
+            and not in_save_context() and _on_cpu(x) and available())
+
+
+def _is_float32(t) -> bool:
+    dtype = getattr(t, "dtype", None)
+    return dtype is not None and tf.as_dtype(dtype) == tf.float32
 
 
 def _module():

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 
+from mam_tf import fused
 from mam_tf._compat import tf
 
 __all__ = [
@@ -134,11 +135,15 @@ def mam_backward_reference(g, x, w, amax, amin):
 
 def mam_forward(x, w):
     """MAM forward through the fastest available implementation: (y, amax, amin)."""
+    if fused.usable(x, w):  # float32 on the CPU outside XLA: the fused C++ kernel
+        return fused.forward(x, w)
     return mam_forward_reference(x, w)
 
 
 def mam_backward(g, x, w, amax, amin):
     """MAM backward through the fastest available implementation: (dx, dw)."""
+    if fused.usable(x, w):
+        return fused.backward(g, x, w, amax, amin)
     return mam_backward_reference(g, x, w, amax, amin)
 
 

@@ -1,0 +1,280 @@
+"""The fused CPU kernel equals the pure-TensorFlow reference bit for bit, and falls back cleanly.
+
+Forward values and indices are compared with exact equality. So are the gradients: the kernel
+adds its terms in the order of the reference's unsorted_segment_sum on the CPU (every max term,
+then every min term, rows ascending; mam_core.h), so even weights hit by many rows agree to the
+last bit. Shapes cross the kernel's edges: 16-column blocks, 128-input slices, 16-input steps,
+16-row work items, N > 65535, batch 1, a single input.
+"""
+import threading
+import warnings
+
+import numpy as np
+import pytest
+
+import npref
+from mam_tf import MAMDense, fused, ops
+from mam_tf._compat import keras, tf
+
+pytestmark = pytest.mark.skipif(
+    not fused.available(), reason=f"fused kernel unavailable: {fused.unavailable_reason()}"
+)
+
+EDGE_SHAPES = [
+    (1, 70001, 19),  # batch 1, N > 65535 (beyond 16-bit indices), M < one block
+    (3, 129, 17),  # one input past a slice, one unit past a block
+    (17, 300, 33),  # one row past a work item, partial step, partial block
+    (16, 256, 32),  # exact multiples of everything
+    (5, 1, 3),  # a single input: max == min, every pair counted twice
+    (40, 2000, 130),
+]
+
+
+def _ref(x, w, g):
+    y, amax, amin = ops.mam_forward_reference(x, w)
+    dx, dw = ops.mam_backward_reference(g, x, w, amax, amin)
+    return [t.numpy() for t in (y, amax, amin, dx, dw)]
+
+
+def _fused(x, w, g):
+    y, amax, amin = fused.forward(x, w)
+    dx, dw = fused.backward(g, x, w, amax, amin)
+    return [t.numpy() for t in (y, amax, amin, dx, dw)]
+
+
+def _assert_identical(x, w, g):
+    names = ("y", "amax", "amin", "dx", "dw")
+    for name, f, r in zip(names, _fused(x, w, g), _ref(x, w, g)):
+        assert f.dtype == r.dtype and f.shape == r.shape, name
+        np.testing.assert_array_equal(f, r, err_msg=f"fused and reference differ in {name}")
+
+
+@pytest.mark.parametrize("shape", EDGE_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_fused_equals_reference_exactly_on_tile_edges(rng, shape):
+    b, n, m = shape
+    x = rng.standard_normal((b, n)).astype(np.float32)
+    w = rng.standard_normal((n, m)).astype(np.float32)
+    g = rng.standard_normal((b, m)).astype(np.float32)
+    _assert_identical(x, w, g)
+    if b * n * m <= 2_000_000:  # and the numpy statement of the semantics, where it fits
+        y, amax, amin = (t.numpy() for t in fused.forward(x, w))
+        ny, namax, namin = npref.mam_forward(x, w)
+        np.testing.assert_array_equal(y, ny)
+        np.testing.assert_array_equal(amax, namax)
+        np.testing.assert_array_equal(amin, namin)
+
+
+def test_ties_go_to_the_lowest_index_and_colliding_gradients_agree(rng):
+    # Small integers: products tie everywhere, and many rows pick the same weight.
+    x = rng.integers(-2, 3, (64, 700)).astype(np.float32)
+    w = rng.integers(-2, 3, (700, 40)).astype(np.float32)
+    g = rng.standard_normal((64, 40)).astype(np.float32)
+    _assert_identical(x, w, g)
+    _, amax, amin = npref.mam_forward(x, w)
+    y, famax, famin = (t.numpy() for t in fused.forward(x, w))
+    np.testing.assert_array_equal(famax, amax)
+    np.testing.assert_array_equal(famin, amin)
+
+
+def test_all_negative_products_pick_the_true_max(rng):
+    x = rng.uniform(0.5, 2.0, (9, 500)).astype(np.float32)
+    w = -rng.uniform(0.5, 2.0, (500, 21)).astype(np.float32)
+    g = rng.standard_normal((9, 21)).astype(np.float32)
+    _assert_identical(x, w, g)
+    y = fused.forward(x, w)[0].numpy()
+    assert (y < 0).all()
+
+
+def test_zero_input_selects_index_zero_and_counts_twice(rng):
+    x = np.zeros((3, 200), np.float32)
+    x[1] = rng.standard_normal(200)
+    w = rng.standard_normal((200, 18)).astype(np.float32)
+    g = rng.standard_normal((3, 18)).astype(np.float32)
+    _assert_identical(x, w, g)
+    y, amax, amin = (t.numpy() for t in fused.forward(x, w))
+    dx, dw = (t.numpy() for t in fused.backward(g, x, w, amax, amin))
+    assert (y[0] == 0).all() and (amax[0] == 0).all() and (amin[0] == 0).all()
+    # Row 0 routes g twice to input 0 (max and min): dx[0, 0] = sum_j 2 g[0, j] w[0, j].
+    np.testing.assert_allclose(dx[0, 0], (2 * g[0] * w[0]).sum(), rtol=1e-5)
+    assert (dx[0, 1:] == 0).all()
+
+
+def test_nan_input_gives_nan_like_the_reference_and_indices_stay_in_range(rng):
+    x = rng.standard_normal((4, 300)).astype(np.float32)
+    w = rng.standard_normal((300, 20)).astype(np.float32)
+    x[1, 250] = np.nan
+    x[2, 7] = np.inf  # inf * w is finite-signed, but inf - inf can make y NaN
+    w[5, 3] = np.nan
+    y, amax, amin = (t.numpy() for t in fused.forward(x, w))
+    ry = ops.mam_forward_reference(x, w)[0].numpy()
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(ry))
+    np.testing.assert_array_equal(y[~np.isnan(y)], ry[~np.isnan(ry)])
+    assert np.isnan(y[1]).all() and np.isnan(y[:, 3]).all()
+    assert ((0 <= amax) & (amax < 300) & (0 <= amin) & (amin < 300)).all()
+
+
+def test_out_of_range_indices_are_refused(rng):
+    x = rng.standard_normal((2, 10)).astype(np.float32)
+    w = rng.standard_normal((10, 3)).astype(np.float32)
+    bad = np.full((2, 3), 10, np.int32)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="index out of range"):
+        fused.backward(np.ones((2, 3), np.float32), x, w, bad, bad * 0)
+
+
+def test_other_dtypes_are_refused_by_the_kernel_and_routed_to_the_reference(rng):
+    x = rng.standard_normal((3, 20))
+    w = rng.standard_normal((20, 4))
+    with pytest.raises(TypeError, match="float64; the fused kernel takes float32 only"):
+        fused.forward(x, w)
+    assert not fused.usable(tf.constant(x), tf.constant(w))
+    y = ops.mam_forward(tf.constant(x), tf.constant(w))[0]
+    assert y.dtype == tf.float64
+
+
+def test_two_threads_at_once_get_their_own_answers(rng):
+    cases = []
+    for seed in range(2):
+        r = np.random.default_rng(seed)
+        x = r.standard_normal((33, 3000)).astype(np.float32)
+        w = r.standard_normal((3000, 40)).astype(np.float32)
+        g = r.standard_normal((33, 40)).astype(np.float32)
+        cases.append((x, w, g, _ref(x, w, g)))
+    errors = []
+    barrier = threading.Barrier(2)
+
+    def worker(x, w, g, expected):
+        try:
+            barrier.wait()
+            for _ in range(5):
+                for got, want in zip(_fused(x, w, g), expected):
+                    np.testing.assert_array_equal(got, want)
+        except Exception as e:  # noqa: BLE001  reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=c) for c in cases]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+
+
+def _op_types(fn, *args):
+    graph = fn.get_concrete_function(*args).graph
+    return {op.type for op in graph.get_operations()}
+
+
+def test_tf_function_uses_the_kernel_and_xla_falls_back_to_the_reference(rng):
+    x = tf.constant(rng.standard_normal((6, 300)).astype(np.float32))
+    w = tf.constant(rng.standard_normal((300, 20)).astype(np.float32))
+    g = tf.constant(rng.standard_normal((6, 20)).astype(np.float32))
+
+    def step(x, w):
+        with tf.GradientTape() as tape:
+            tape.watch([x, w])
+            loss = tf.reduce_sum(ops.mam_reduce(x, w) * g)
+        return loss, tape.gradient(loss, [x, w])
+
+    graph_step = tf.function(step)
+    xla_step = tf.function(step, jit_compile=True)
+    assert {"MamFusedForward", "MamFusedBackward"} <= _op_types(graph_step, x, w)
+    assert not {"MamFusedForward", "MamFusedBackward"} & _op_types(xla_step, x, w)
+    loss, (dx, dw) = graph_step(x, w)
+    xloss, (xdx, xdw) = xla_step(x, w)  # compiles and runs: no custom op reached XLA
+    _, _, _, rdx, rdw = _ref(x.numpy(), w.numpy(), g.numpy())
+    np.testing.assert_array_equal(dx.numpy(), rdx)
+    np.testing.assert_array_equal(dw.numpy(), rdw)
+    # XLA may sum in its own order: equal to float rounding.
+    np.testing.assert_allclose(xloss.numpy(), loss.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(xdx.numpy(), rdx, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(xdw.numpy(), rdw, rtol=1e-6, atol=1e-6)
+
+
+def test_disabled_traces_standard_ops_only(rng):
+    x = tf.constant(rng.standard_normal((2, 50)).astype(np.float32))
+    w = tf.constant(rng.standard_normal((50, 3)).astype(np.float32))
+    with fused.disabled():
+        types = _op_types(tf.function(lambda x, w: ops.mam_reduce(x, w)), x, w)
+    assert "MamFusedForward" not in types
+    assert fused.usable(x, w)
+
+
+def test_mamdense_training_step_is_identical_with_and_without_the_kernel(rng):
+    x = tf.constant(rng.standard_normal((20, 150)).astype(np.float32))
+    layer = MAMDense(24, beta=0.25)
+    layer.build((None, 150))
+
+    def grads():
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(tf.square(layer(x)))
+        return [loss] + tape.gradient(loss, [layer.kernel, layer.bias])
+
+    fast = [t.numpy() for t in tf.function(grads)()]
+    with fused.disabled():
+        slow = [t.numpy() for t in tf.function(grads)()]
+    for f, s in zip(fast, slow):
+        np.testing.assert_array_equal(f, s)
+
+
+@pytest.fixture
+def fresh_state(monkeypatch):
+    """A process state in which the fused kernel was never tried; restored afterwards."""
+    saved = dict(fused._state)
+    monkeypatch.setattr(fused, "_state", {"tried": False, "module": None, "reason": None})
+    yield
+    fused._state.update(saved)
+
+
+def test_a_failed_build_warns_once_and_the_reference_path_works(monkeypatch, fresh_state, rng):
+    def broken_build():
+        raise RuntimeError("c++ exited with 1: simulated")
+
+    monkeypatch.setattr(fused, "build", broken_build)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert not fused.available()
+        assert not fused.available()
+        x = rng.standard_normal((3, 40)).astype(np.float32)
+        w = rng.standard_normal((40, 5)).astype(np.float32)
+        y = ops.mam_forward(tf.constant(x), tf.constant(w))[0].numpy()
+    relevant = [c for c in caught if issubclass(c.category, fused.FusedKernelWarning)]
+    assert len(relevant) == 1
+    assert "simulated" in str(relevant[0].message) and "reference path" in str(relevant[0].message)
+    np.testing.assert_array_equal(y, npref.mam_forward(x, w)[0])
+    assert "simulated" in fused.unavailable_reason()
+
+
+def test_opting_out_needs_no_build_and_gives_no_warning(monkeypatch, fresh_state):
+    monkeypatch.setenv("MAM_TF_FUSED", "0")
+    monkeypatch.setattr(fused, "build", lambda: pytest.fail("built despite MAM_TF_FUSED=0"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not fused.available()
+
+
+def test_cache_key_follows_sources_and_flags(monkeypatch, tmp_path):
+    monkeypatch.setenv("MAM_TF_CACHE", str(tmp_path))
+    a = fused.library_dir("c++")
+    assert a.parent == tmp_path and a.name.startswith(f"ops-{tf.__version__}-")
+    monkeypatch.setattr(fused, "CXXFLAGS", fused.CXXFLAGS + ("-DCHANGED",))
+    assert fused.library_dir("c++") != a
+
+
+def test_first_check_inside_a_graph_trace_still_loads(fresh_state):
+    # Keras calls the layer symbolically first: loading and self-testing must run eagerly.
+    @tf.function
+    def f():
+        return tf.constant(fused.available())
+
+    assert f().numpy()
+
+
+def test_savedmodel_holds_standard_ops_only(tmp_path, rng):
+    model = keras.Sequential([keras.Input((30,)), MAMDense(4)])
+    x = rng.standard_normal((2, 30)).astype(np.float32)
+    model.save(tmp_path / "sm")  # SavedModel: must load where mam-tf's library is not built
+    graph_def = (tmp_path / "sm" / "saved_model.pb").read_bytes()
+    assert b"MamFused" not in graph_def
+    loaded = tf.saved_model.load(str(tmp_path / "sm"))
+    np.testing.assert_array_equal(loaded.signatures["serving_default"](tf.constant(x))
+                                  [model.output_names[0]].numpy(), model(x).numpy())
