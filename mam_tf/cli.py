@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     from mam_tf.bench import add_bench_commands
 
     add_bench_commands(bench_sub)
+    from mam_tf.bench_train import add_bench_command as add_bench_train_command
+
+    add_bench_train_command(bench_sub)
     bench.set_defaults(func=lambda args: bench.print_help() or 2)
     return parser
 
