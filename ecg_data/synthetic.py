@@ -20,22 +20,30 @@ How it is integrated, and why that is the 3-D trajectory
 ECGSYN starts on the limit cycle ``(x, y) = (1, 0)``; there ``a = 0`` stays zero, so the (x, y)
 equations reduce *exactly* to ``th' = w(t)``. With ``w`` piecewise constant between R peaks,
 ``th`` is piecewise linear in time and is evaluated in closed form (no integration error).
-The ``z`` equation is linear in ``z``: ``z' = g(t) - z`` with the forcing ``g`` (Gaussian terms +
-baseline) known at every instant. It is integrated with the classical fixed-step RK4 at an
-internal rate ``q * fs``; for a linear equation one RK4 step is *algebraically* the affine map
+The ``z`` equation is linear in ``z``: ``z' = g(t) - z``, with the Gaussian forcing ``g`` known at
+every instant once ``th(t)`` is. It is integrated with the classical fixed-step RK4 at an internal
+rate ``q * fs``; for a linear equation one RK4 step is *algebraically* the affine map
 ``z[k+1] = c_z z[k] + c_0 g(t_k) + c_h g(t_k + h/2) + c_1 g(t_k + h)``, so the whole integration
-is a first-order recursive filter that scipy runs in C over thousands of windows at once.
-RK4 is stable for ``h < 2.78`` s on ``z' = -z``: any internal rate is stable; the rate is set
-for accuracy (the QRS Gaussian is about 12 ms wide at 100 bpm): ``q = 4`` (1024 Hz at
-fs = 256, twice ECGSYN's default 512 Hz) keeps the scaled windows within about 1e-4 of a 16x
-finer integration (``tests/test_ecg_synthetic.py`` checks it). Output samples are every q-th
-internal sample, as ECGSYN does. A literal 3-D RK4 of (x, y, z), ``_simulate_reference_3d``,
-is kept for the tests.
+is a first-order recursive filter, run as numpy prefix sums over hundreds of windows at once
+(the forcing, five Gaussians per half step, is the bulk of the work). The respiration term is
+linear and slow: its exact (closed-form) response is added instead of being integrated.
 
-Each window starts at a random instant of a random beat (windows are not aligned on an R peak).
-Its integration starts at the R peak that precedes it, from the periodic orbit's value of ``z``
-at the R peak (tabulated once over heart rate and RR; the respiration term has a closed-form
-steady state), so no seconds-long warm-up is needed to forget an arbitrary initial condition.
+Stability and rate: RK4 is stable on ``z' = -z`` for ``h < 2.78 s``, so any internal rate is
+stable; the rate is chosen for accuracy (the R Gaussian is about 12 ms wide at 100 bpm).
+``q = 2`` (512 Hz at fs = 256, ECGSYN's default internal rate) keeps scaled windows within
+1e-5 of a 32x finer integration; output samples are every q-th internal sample, as in ECGSYN.
+A literal RK4 of the 3-D (x, y, z) system with ``th = atan2(y, x)``, ``_simulate_reference_3d``,
+is kept for the tests: with a constant RR they agree to 1e-6 (with heart-rate variability the
+literal RK4 loses accuracy at the jumps of ``w`` between beats, where this closed form does not).
+
+Start of a window: each window starts at a random instant of a beat (windows are not aligned
+on an R peak). Its integration starts ``WARMUP_S`` seconds (or a bit more) earlier, at an R peak,
+from the value of ``z`` at the R peak of the periodic orbit with that beat's RR interval
+(tabulated once over heart rate and RR/mean RR). Starting from an arbitrary ``z`` would need
+several seconds to forget it (the decay rate of ``z`` is 1/s); the periodic-orbit start is exact
+when the preceding beats repeat that RR, and the 2-s warm-up washes out the effect of the
+actual, variable preceding beats to below 1e-3 of the window's range (tested against a 20-s
+history).
 
 Scaling
 -------
@@ -63,12 +71,14 @@ import functools
 import math
 import os
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, asdict
+from dataclasses import dataclass
 import multiprocessing
 
 import numpy as np
 
-__all__ = ["EcgsynModel", "synthetic_windows", "CHUNK_SIZE", "scale_windows", "add_noise"]
+from .windows import scale_windows
+
+__all__ = ["EcgsynModel", "synthetic_windows", "add_noise", "CHUNK_SIZE", "GENERATOR_VERSION"]
 
 #: Windows per independently seeded chunk. Part of the definition of the output: changing it
 #: changes the windows a seed produces (hence also part of the data-set cache key).
@@ -233,11 +243,16 @@ def _draw_chunk(seed, chunk_index, heart_rate, length, fs, model, q, warmup=None
         if np.all(nxt > t_end + h):
             break
     j0 = q * np.floor((anchor + u_phase * anchor_rr) * fs).astype(np.int64)
+    tau = np.stack(taus, axis=1)
+    # Rows of a block are laid end to end for np.interp: a power-of-two stride longer than any
+    # row's grid or beats, times the window's index in the chunk.
+    stride = 2.0 ** math.ceil(math.log2(max(tau.max(), (j0.max() + q * length) * h) + 1.0))
     return dict(
         hr=hr,
         j0=j0,
-        tau=np.stack(taus, axis=1),
+        tau=tau,
         rr=np.stack(rrs, axis=1),
+        row_offset=stride * np.arange(c),
         resp_phase=resp_phase,
         s0=s0,
         rr_series=rr_series,
@@ -350,15 +365,18 @@ def _resp_steady_state(model, t, phase):
 # Simulation of one block of windows
 
 
-def _theta_on_grid(times, tau):
+def _theta_on_grid(times, tau, row_offset):
     """Phase in [0, 2 pi) at ``times`` [t] (s, shared by all rows) given R peaks ``tau`` [c, B].
 
     theta grows linearly from 0 to 2 pi between consecutive R peaks (w = 2 pi / RR constant over
-    the beat): one np.interp over all rows at once, rows kept apart by an offset.
+    the beat): one np.interp over all rows at once, the rows kept apart by ``row_offset`` [c]
+    (seconds; fixed per window by the chunk draw, so that a window's values are bit-for-bit the
+    same whichever other windows share its block).
     """
     c, n_beats = tau.shape
-    big = float(tau.max() - min(tau.min(), times[0]) + times[-1] - times[0] + 1.0)
-    off = np.arange(c, dtype=np.float64)[:, None] * big
+    off = np.asarray(row_offset, dtype=np.float64)[:, None]
+    if c > 1 and not np.all(np.diff(off[:, 0]) > 0):
+        raise AssertionError("_theta_on_grid: row offsets must increase (rows in chunk order)")
     beat = np.interp(
         (times[None, :] + off).ravel(),
         (tau + off).ravel(),
@@ -405,7 +423,7 @@ def _simulate_block(p, length, q, fs, model, hr_range, z_init=None):
     h = 1.0 / (q * fs)
     n_steps = int(p["j0"].max()) + (length - 1) * q
     times = (0.5 * h) * np.arange(2 * n_steps + 1)
-    theta = _theta_on_grid(times, p["tau"]).astype(np.float32)
+    theta = _theta_on_grid(times, p["tau"], p["row_offset"]).astype(np.float32)
     wth, wa, wb = model.wave_params(p["hr"])
     g = _gauss_forcing(theta, wth, wa, wb)
     cz, c0, ch, c1 = _rk4_coefficients(h)
@@ -479,15 +497,6 @@ def add_noise(x, snr_db, rng):
     return x + sigma * rng.standard_normal(x.shape)
 
 
-def scale_windows(x):
-    """Min-max scale each window (last axis) to [0, 1]; a constant window becomes all zeros."""
-    x = np.asarray(x, dtype=np.float64)
-    lo = x.min(axis=-1, keepdims=True)
-    rng = x.max(axis=-1, keepdims=True) - lo
-    safe = np.where(rng > 0, rng, 1.0)
-    return ((x - lo) / safe).astype(np.float32)
-
-
 _BLOCK = 256  # windows simulated at once inside a chunk (keeps the arrays cache-sized)
 
 
@@ -499,7 +508,7 @@ def _generate_chunk(args):
     # to its latest window's end). The order of computation does not change any window.
     order = np.argsort(p["j0"][:n_take], kind="stable")
     for start in range(0, n_take, _BLOCK):
-        rows = order[start : start + _BLOCK]
+        rows = np.sort(order[start : start + _BLOCK])  # increasing row offsets for np.interp
         sub = {k: v[rows] for k, v in p.items()}
         out[rows] = _simulate_block(sub, length, q, fs, model, heart_rate)
     if snr_db is not None:
