@@ -196,44 +196,67 @@ def _quant(tensor):
     return float(scales[0]), int(zps[0])
 
 
+_PATTERN_OPS = {"RESHAPE", "EXPAND_DIMS", "MUL", "REDUCE_MAX", "REDUCE_MIN"}
+
+
 def _find_pattern(schema, model, sg, layer_name):
-    """Indices of the operators implementing one MAM layer, and its input/output tensors."""
+    """The operators implementing one MAM layer, its input and output tensors, its activation.
+
+    The pattern is found by structure, anchored on names only where TFLite keeps them: the
+    ops traced under the layer's ``mam_reduce`` scope (RESHAPE, MUL, REDUCE_MAX, REDUCE_MIN;
+    TFLite may fold the first two for special kernels), then the ADD of the max and the min
+    (whose output may carry any name, e.g. when it is the model output), then an optional
+    ADD of a constant [M] bias.
+    """
+    where = f"convert: MAM layer '{layer_name}'"
     core = [i for i, op in enumerate(sg.operators)
-            if any(_in_scope(sg.tensors[t], layer_name, ops.EXPORT_SCOPE) for t in op.outputs)]
-    if not core:
-        raise ValueError(f"convert: could not find the ops of MAM layer '{layer_name}' in the "
-                         "converted graph")
-    kinds = sorted(fb.op_name(model, sg.operators[i]) for i in core)
-    if kinds != ["ADD", "MUL", "REDUCE_MAX", "REDUCE_MIN", "RESHAPE"]:
-        raise ValueError(f"convert: MAM layer '{layer_name}' converted to unexpected ops {kinds}")
-    produced = {t for i in core for t in sg.operators[i].outputs}
-    first = min(core)
-    inputs = [t for t in sg.operators[first].inputs
-              if t >= 0 and t not in produced and not fb.is_constant(model, sg, t)]
-    if fb.op_name(model, sg.operators[first]) != "RESHAPE" or len(inputs) != 1:
-        raise ValueError(f"convert: MAM layer '{layer_name}': unexpected pattern input")
-    add = next(i for i in core if fb.op_name(model, sg.operators[i]) == "ADD")
-    last = add
-    out = sg.operators[add].outputs[0]
-    # The bias: an ADD of a constant [M] right after the pattern, in the layer's scope.
-    consumers = [i for i, op in enumerate(sg.operators) if out in op.inputs]
-    if len(consumers) == 1:
-        nxt = sg.operators[consumers[0]]
-        other = [t for t in nxt.inputs if t != out]
-        if (fb.op_name(model, nxt) == "ADD" and len(other) == 1
-                and fb.is_constant(model, sg, other[0])
-                and any(_in_scope(sg.tensors[t], layer_name) for t in nxt.outputs)):
-            core.append(consumers[0])
-            last = consumers[0]
-            out = nxt.outputs[0]
+            if any(_in_scope(sg.tensors[t], layer_name, ops.EXPORT_SCOPE) for t in op.outputs)
+            and fb.op_name(model, op) in _PATTERN_OPS]
+    kinds = {fb.op_name(model, sg.operators[i]): i for i in core}
+    if "REDUCE_MAX" not in kinds or "REDUCE_MIN" not in kinds:
+        raise ValueError(f"{where}: could not find its REDUCE_MAX/REDUCE_MIN in the converted graph")
+    rmax = sg.operators[kinds["REDUCE_MAX"]].outputs[0]
+    rmin = sg.operators[kinds["REDUCE_MIN"]].outputs[0]
+
+    def consumers(t):
+        return [i for i, op in enumerate(sg.operators) if t in op.inputs]
+
+    adds = [i for i in consumers(rmax) if i in consumers(rmin)
+            and fb.op_name(model, sg.operators[i]) == "ADD"]
+    if len(adds) != 1:
+        raise ValueError(f"{where}: expected one ADD of its max and min, found {len(adds)}")
+    core.append(adds[0])
+    last = adds[0]
+    out = sg.operators[last].outputs[0]
+    nxt = consumers(out)
+    if len(nxt) == 1 and fb.op_name(model, sg.operators[nxt[0]]) == "ADD":
+        op = sg.operators[nxt[0]]
+        other = [t for t in op.inputs if t != out]
+        outputs = {int(t) for t in sg.outputs}
+        if (len(other) == 1 and fb.is_constant(model, sg, other[0])
+                and (any(_in_scope(sg.tensors[t], layer_name) for t in op.outputs)
+                     or int(op.outputs[0]) in outputs)):
+            core.append(nxt[0])
+            last = nxt[0]
+            out = op.outputs[0]
+    produced = {int(t) for i in core for t in sg.operators[i].outputs}
+    inputs = {int(t) for i in core for t in sg.operators[i].inputs
+              if t >= 0 and int(t) not in produced and not fb.is_constant(model, sg, t)}
+    if len(inputs) != 1:
+        raise ValueError(f"{where}: its ops read {len(inputs)} non-constant tensors, expected 1")
+    inner = produced - {int(out)}
+    leaks = [i for i, op in enumerate(sg.operators) if i not in core
+             and any(int(t) in inner for t in op.inputs)]
+    if leaks or inner & {int(t) for t in sg.outputs}:
+        raise ValueError(f"{where}: an intermediate tensor of its pattern is used elsewhere")
     act = 0
     opts = sg.operators[last].builtinOptions
     if opts is not None and hasattr(opts, "fusedActivationFunction"):
         act = int(opts.fusedActivationFunction)
     if act not in options.ACTIVATIONS:
-        raise ValueError(f"convert: MAM layer '{layer_name}' has fused activation {act}, which "
-                         f"MAM_SPARSE does not support ({options.ACTIVATIONS})")
-    return sorted(core), inputs[0], out, act
+        raise ValueError(f"{where}: fused activation {act} is not one MAM_SPARSE supports "
+                         f"({options.ACTIVATIONS})")
+    return sorted(core), inputs.pop(), int(out), act
 
 
 def _new_buffer(schema, model, array):
