@@ -102,9 +102,10 @@ typedef struct {
  * message (truncated to msg_len - 1 chars; msg may be NULL when msg_len is 0). */
 int mam_validate(const mam_layer_desc *desc, char *msg, size_t msg_len);
 
-/* Checks what the kernels assume of q for m rows and activations of input_type:
- * multipliers >= 0, shifts in [MAM_SHIFT_MIN, MAM_SHIFT_MAX_*], zero points in range
- * (0 in int16 mode), MAM_TYPE_INT8 <= ... act_min <= act_max inside the type. */
+/* Checks what the kernels assume of q for m rows and activations of input_type
+ * (MAM_TYPE_INT8 or MAM_TYPE_INT16): multipliers >= 0, shifts in
+ * [MAM_SHIFT_MIN, MAM_SHIFT_MAX_S8 or _S16], zero points inside the type (0 in int16 mode),
+ * act_min <= act_max inside the type. Reads m parameters when q->per_row, else 1. */
 int mam_validate_requant(const mam_requant *q, int32_t m, int32_t input_type, char *msg,
                          size_t msg_len);
 
@@ -114,7 +115,8 @@ int mam_quantize_multiplier(double real, int32_t *multiplier, int32_t *shift);
 
 /* The real multiplier input_scale * weight_scale / output_scale as TFLM's FULLY_CONNECTED
  * forms it: per tensor (per_row == 0) the scale product in float32, then double division
- * (GetQuantizedConvolutionMultipler); per row the product in double. */
+ * (GetQuantizedConvolutionMultipler); per row the product in double. Pass per_row != 0
+ * exactly when the weight tensor has more than one scale (TFLM: scale->size > 1). */
 double mam_effective_scale(float input_scale, float weight_scale, float output_scale,
                            int32_t per_row);
 
