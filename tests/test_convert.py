@@ -207,9 +207,9 @@ def ecg_autoencoder():
     inp = keras.Input((256,))
     code = MAMDense(32, activation="relu", beta=1.0, name="encoder")(inp)
     model = keras.Model(inp, keras.layers.Dense(256, activation="sigmoid", name="decoder")(code))
-    model.compile(keras.optimizers.Adam(3e-3), "mse")
-    model.fit(train, train, epochs=12, batch_size=50, verbose=0,
-              callbacks=[VanishingContributions(length=6)])
+    model.compile(keras.optimizers.Adam(1e-2), "mse")
+    model.fit(train, train, epochs=20, batch_size=50, verbose=0,
+              callbacks=[VanishingContributions(length=8)])
     return model, train, test
 
 
@@ -218,7 +218,9 @@ def ecg_autoencoder():
 def test_converted_autoencoder_keeps_its_arsnr(ecg_autoencoder, mode, budget_db):
     model, train, test = ecg_autoencoder
     float_db = arsnr(test, model.predict(test, verbose=0))
-    assert float_db > 10.0  # the model did learn something: the comparison means something
+    # The model learned something (well above predicting the mean window), so the
+    # comparison below means something.
+    assert float_db > arsnr(test, np.broadcast_to(train.mean(0), test.shape)) + 2.0
     tflite = convert(model, train[:200], mode=mode)
     device_db = arsnr(test, Interpreter(tflite).run(test))
     assert abs(float_db - device_db) <= budget_db, (float_db, device_db)
