@@ -21,6 +21,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_demo_command(sub)
 
+    from mam_tf.convert import add_convert_command
+
+    add_convert_command(sub)
+
+    from mam_tf.runtime import add_run_command
+
+    add_run_command(sub)
+
     bench = sub.add_parser(
         "bench", help="benchmarks (each prints its baseline measured in the same run)",
         description="Benchmarks. Each prints the machine, the sizes, and the ratio against its "

@@ -231,3 +231,47 @@ class Interpreter:
     def run(self, x):
         """Float input [B, ...] -> float output [B, ...], computed as the device computes it."""
         return self.dequantize_output(self.run_raw(self.quantize_input(x)))
+
+
+def _cmd_run(args):
+    from mam_tf.convert import _load_data
+
+    try:
+        interp = Interpreter(args.model, backend=args.backend)
+        x = _load_data(args.data, args.data_key)
+        y = interp.run(x)
+    except ValueError as err:
+        raise SystemExit(f"mam-tf run: {err}") from None
+    print(f"ran {len(x)} samples through {args.model} (MAM_SPARSE on the {interp.backend})")
+    if args.output:
+        np.save(args.output, y)
+        print(f"wrote {args.output} {y.shape}")
+    target = None
+    if args.target:
+        target = _load_data(args.target, None)
+    elif args.autoencoder:
+        target = x
+    if target is not None:
+        from ecg_data import arsnr
+
+        print(f"ARSNR: {arsnr(np.asarray(target).reshape(y.shape), y):.2f} dB")
+
+
+def add_run_command(subparsers):
+    p = subparsers.add_parser(
+        "run",
+        help="run a .tflite with MAM_SPARSE ops on this PC, as the device would",
+        description="Runs a .tflite from `mam-tf convert` on the host: builtin ops through "
+        "TFLite-Micro's interpreter, MAM_SPARSE/MAC_SPARSE through the tflm_ops C core. Float "
+        "in, float out (quantized and dequantized with the model's own parameters).",
+    )
+    p.add_argument("model", help="the .tflite file")
+    p.add_argument("--data", required=True, help="inputs: .npy, or .npz (see --data-key)")
+    p.add_argument("--data-key", help="array name inside the .npz (default: its only array)")
+    p.add_argument("--output", help="save the outputs to this .npy")
+    p.add_argument("--target", help="expected outputs (.npy/.npz): print the ARSNR against them")
+    p.add_argument("--autoencoder", action="store_true",
+                   help="the target is the input itself: print the reconstruction ARSNR")
+    p.add_argument("--backend", choices=("auto", "core", "reference"), default="auto",
+                   help="what computes MAM_SPARSE: the C core, the numpy reference, or auto")
+    p.set_defaults(func=_cmd_run)
