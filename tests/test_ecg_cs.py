@@ -180,7 +180,7 @@ def test_rsnr_is_per_window_and_infinite_for_a_perfect_reconstruction():
     assert r.shape == (3, 4)
     np.testing.assert_allclose(r, 20 * np.log10(np.linalg.norm(x, axis=-1) / (0.1 * 4)), rtol=1e-12)
     assert np.isinf(ecg_data.rsnr(x[0], x[0])).all()
-    with pytest.raises(ValueError, match=r"x has shape \(3, 4, 16\) but x_hat has shape \(3, 16\)"):
+    with pytest.raises(ValueError, match=r"x has shape \(3, 4, 16\) but x_hat has shape \(4, 16\)"):
         ecg_data.rsnr(x, x[0])
 
 
