@@ -91,8 +91,8 @@ _TWO_PI = 2.0 * math.pi
 _RR_SERIES_LEN = 256  # seconds of tachogram per window, sampled at 1 Hz (ECGSYN's sfrr)
 _HISTORY_MARGIN = 32.0  # seconds of tachogram kept before each window's start (tests use it)
 
-#: Seconds integrated before each window (at least; the window then starts at a random instant
-#: of the next beat). The integration starts at an R peak on the periodic orbit of that beat.
+#: Seconds integrated before each window (plus a random fraction of a beat, the window's phase).
+#: The integration starts at an R peak, on the periodic orbit of that beat.
 WARMUP_S = 2.0
 
 #: Internal (integration) rate / fs. 2 gives ECGSYN's default 512 Hz at fs = 256.
@@ -227,22 +227,16 @@ def _draw_chunk(seed, chunk_index, heart_rate, length, fs, model, q, warmup=None
     h = 1.0 / (q * fs)
     taus = [np.zeros(c)]
     rrs = [rr_at(s0)]
-    # The window starts at a random instant of the first beat that begins after the warm-up,
-    # on the output grid (1/fs) counted from tau_0 = the start of the integration.
-    anchor = np.full(c, np.nan)
-    anchor_rr = np.full(c, np.nan)
-    t_end = np.full(c, np.inf)
+    # The window starts warmup + u * RR_0 after tau_0 = the start of the integration (an R peak),
+    # on the output grid (1/fs): u uniform makes the window's phase in its beat uniform.
+    j0 = q * np.floor((warmup + u_phase * rrs[0]) * fs).astype(np.int64)
+    t_end = (j0 + q * (length - 1)) * h
     while True:
         nxt = taus[-1] + rrs[-1]
         taus.append(nxt)
         rrs.append(rr_at(s0 + nxt))
-        new = np.isnan(anchor) & (nxt >= warmup)
-        anchor[new] = nxt[new]
-        anchor_rr[new] = rrs[-1][new]
-        t_end[new] = (np.floor((anchor[new] + u_phase[new] * anchor_rr[new]) * fs) + length - 1) / fs
         if np.all(nxt > t_end + h):
             break
-    j0 = q * np.floor((anchor + u_phase * anchor_rr) * fs).astype(np.int64)
     tau = np.stack(taus, axis=1)
     # Rows of a block are laid end to end for np.interp: a power-of-two stride longer than any
     # row's grid or beats, times the window's index in the chunk.
@@ -497,7 +491,7 @@ def add_noise(x, snr_db, rng):
     return x + sigma * rng.standard_normal(x.shape)
 
 
-_BLOCK = 256  # windows simulated at once inside a chunk (keeps the arrays cache-sized)
+_BLOCK = 256  # at most this many windows simulated at once inside a chunk
 
 
 def _generate_chunk(args):
@@ -507,8 +501,11 @@ def _generate_chunk(args):
     # Blocks of windows with similar start indices waste little padding (a block's grid runs
     # to its latest window's end). The order of computation does not change any window.
     order = np.argsort(p["j0"][:n_take], kind="stable")
-    for start in range(0, n_take, _BLOCK):
-        rows = np.sort(order[start : start + _BLOCK])  # increasing row offsets for np.interp
+    # About 2**21 grid points per block (16 MB per float64 array), whatever the window length.
+    points = 2 * (int(p["j0"].max()) + q * length)
+    block = int(np.clip(2**21 // points, 8, _BLOCK))
+    for start in range(0, n_take, block):
+        rows = np.sort(order[start : start + block])  # increasing row offsets for np.interp
         sub = {k: v[rows] for k, v in p.items()}
         out[rows] = _simulate_block(sub, length, q, fs, model, heart_rate)
     if snr_db is not None:
@@ -521,7 +518,7 @@ def _generate_chunk(args):
     return out.astype(np.float32), p["hr"][:n_take]
 
 
-def _check_args(n_windows, length, fs, heart_rate, snr_db, scale, internal_rate, workers):
+def _check_args(n_windows, length, fs, heart_rate, snr_db, seed, scale, internal_rate, workers):
     if not isinstance(n_windows, (int, np.integer)) or n_windows < 0:
         raise ValueError(f"synthetic_windows: n_windows is {n_windows!r}; must be an int >= 0")
     if not isinstance(length, (int, np.integer)) or length < 2:
@@ -547,6 +544,8 @@ def _check_args(n_windows, length, fs, heart_rate, snr_db, scale, internal_rate,
             f"synthetic_windows: internal_rate {internal_rate!r} must be an integer multiple of "
             f"fs {fs!r}"
         )
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"synthetic_windows: seed is {seed!r}; must be an int >= 0")
     if workers is not None and (not isinstance(workers, (int, np.integer)) or workers < 1):
         raise ValueError(f"synthetic_windows: workers is {workers!r}; must be an int >= 1 or None")
     return (lo, hi), q
@@ -592,7 +591,9 @@ def synthetic_windows(
       progress: show a tqdm progress bar over chunks.
       return_heart_rate: also return the mean heart rate drawn for each window.
     """
-    heart_rate, q = _check_args(n_windows, length, fs, heart_rate, snr_db, scale, internal_rate, workers)
+    heart_rate, q = _check_args(
+        n_windows, length, fs, heart_rate, snr_db, seed, scale, internal_rate, workers
+    )
     model = model or EcgsynModel()
     n_chunks = -(-n_windows // CHUNK_SIZE)
     tasks = [
@@ -610,22 +611,19 @@ def synthetic_windows(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=n_windows, unit="win", desc="ECGSYN windows")
+    pool = None
     try:
-        if workers == 1:
-            results = map(_generate_chunk, tasks)
-            for c, (x, hr) in enumerate(results):
-                out[c * CHUNK_SIZE : c * CHUNK_SIZE + len(x)] = x
-                hrs[c * CHUNK_SIZE : c * CHUNK_SIZE + len(x)] = hr
-                if bar is not None:
-                    bar.update(len(x))
-        else:
-            with ProcessPoolExecutor(max_workers=workers, mp_context=_mp_context()) as pool:
-                for c, (x, hr) in enumerate(pool.map(_generate_chunk, tasks)):
-                    out[c * CHUNK_SIZE : c * CHUNK_SIZE + len(x)] = x
-                    hrs[c * CHUNK_SIZE : c * CHUNK_SIZE + len(x)] = hr
-                    if bar is not None:
-                        bar.update(len(x))
+        if workers > 1:
+            pool = ProcessPoolExecutor(max_workers=workers, mp_context=_mp_context())
+        results = pool.map(_generate_chunk, tasks) if pool else map(_generate_chunk, tasks)
+        for c, (x, hr) in enumerate(results):
+            out[c * CHUNK_SIZE : c * CHUNK_SIZE + len(x)] = x
+            hrs[c * CHUNK_SIZE : c * CHUNK_SIZE + len(x)] = hr
+            if bar is not None:
+                bar.update(len(x))
     finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
         if bar is not None:
             bar.close()
     if return_heart_rate:

@@ -71,6 +71,7 @@ def test_windows_are_not_aligned_on_the_r_peak():
         (dict(n_windows=4, scale="global"), "scale is 'global'"),
         (dict(n_windows=4, internal_rate=300), "internal_rate 300"),
         (dict(n_windows=4, workers=0), "workers is 0"),
+        (dict(n_windows=4, seed=-1), "seed is -1"),
     ],
 )
 def test_bad_arguments_are_named_in_the_error(kwargs, match):
