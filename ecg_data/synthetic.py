@@ -31,7 +31,8 @@ linear and slow: its exact (closed-form) response is added instead of being inte
 Stability and rate: RK4 is stable on ``z' = -z`` for ``h < 2.78 s``, so any internal rate is
 stable; the rate is chosen for accuracy (the R Gaussian is about 12 ms wide at 100 bpm).
 ``q = 2`` (512 Hz at fs = 256, ECGSYN's default internal rate) keeps scaled windows within
-1e-5 of a 32x finer integration; output samples are every q-th internal sample, as in ECGSYN.
+2e-5 (8e-6 measured) of a 32x finer integration; output samples are every q-th internal
+sample, as in ECGSYN.
 A literal RK4 of the 3-D (x, y, z) system with ``th = atan2(y, x)``, ``_simulate_reference_3d``,
 is kept for the tests: with a constant RR they agree to 1e-6 (with heart-rate variability the
 literal RK4 loses accuracy at the jumps of ``w`` between beats, where this closed form does not).
@@ -53,8 +54,9 @@ gain and baseline differ from record to record and drift within a record; becaus
 amplitude depends on the heart rate (z scales roughly with 1/w), so a data-set scaling would
 encode the heart rate in the amplitude; and because it gives every window the full input range
 the 16-bit quantized network sees on the microcontroller. Caveat: near 60 bpm, a 1-s window can
-hold no R peak (the RR interval is longer than the window); its P/T waves are then stretched
-to [0, 1]. ``scale=None`` returns the model's raw ``z`` (noise included) instead.
+hold no complete R peak (the RR interval is longer than the window; about 0.2% of the windows at
+60-100 bpm); its other waves are then stretched to [0, 1]. ``scale=None`` returns the model's
+raw ``z`` (noise included) instead.
 
 Noise: white Gaussian, per window, of variance ``var(clean window) / 10^(snr_db/10)``: the SNR
 is relative to the window's AC power (an ECG's DC level is arbitrary).
