@@ -589,7 +589,9 @@ def synthetic_windows(
       scale: ``"window"`` (min-max to [0, 1] per window, see module doc) or None (raw model z).
       model: ECGSYN parameters (defaults: the paper's).
       internal_rate: integration rate in Hz, an integer multiple of fs (default 2 * fs).
-      workers: worker processes (None: one per CPU). Same output for any value.
+      workers: worker processes (None: one per CPU). Same output for any value. With more
+        than one, a script that calls this needs the usual ``if __name__ == "__main__":`` guard
+        (multiprocessing's forkserver imports the main module).
       progress: show a tqdm progress bar over chunks.
       return_heart_rate: also return the mean heart rate drawn for each window.
     """
