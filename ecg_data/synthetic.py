@@ -37,14 +37,16 @@ A literal RK4 of the 3-D (x, y, z) system with ``th = atan2(y, x)``, ``_simulate
 is kept for the tests: with a constant RR they agree to 1e-6 (with heart-rate variability the
 literal RK4 loses accuracy at the jumps of ``w`` between beats, where this closed form does not).
 
-Start of a window: each window starts at a random instant of a beat (windows are not aligned
-on an R peak). Its integration starts ``WARMUP_S`` seconds (or a bit more) earlier, at an R peak,
-from the value of ``z`` at the R peak of the periodic orbit with that beat's RR interval
-(tabulated once over heart rate and RR/mean RR). Starting from an arbitrary ``z`` would need
-several seconds to forget it (the decay rate of ``z`` is 1/s); the periodic-orbit start is exact
-when the preceding beats repeat that RR, and the 2-s warm-up washes out the effect of the
-actual, variable preceding beats to below 1e-3 of the window's range (tested against a 20-s
-history).
+Start of a window: each window starts at a random instant of a beat (``u * RR``, u uniform,
+after an R peak; windows are not aligned on an R peak). The integration starts at that R peak
+with the exact ``z`` there, computed without integrating: over one beat of length RR the
+linear ``z`` equation maps ``z_start`` to ``exp(-RR) z_start + I(hr, RR)``, where the one-beat
+response ``I`` is tabulated once (``_beat_response_table``, over heart rate x RR/mean RR); so
+the RR intervals of the ``HISTORY_S`` = 8 s of beats before the window (read backwards from
+the same tachogram) give ``z`` at its first R peak; the respiration part has a closed-form
+steady state. Starting from an arbitrary ``z`` instead would need several seconds of
+integration to forget it (``z`` decays at 1/s). The windows agree with a 20-s integration of
+their actual history to 2e-5 of their range (1.5e-5 measured over 1024 windows; tested).
 
 Scaling
 -------
@@ -91,11 +93,16 @@ GENERATOR_VERSION = 1
 
 _TWO_PI = 2.0 * math.pi
 _RR_SERIES_LEN = 256  # seconds of tachogram per window, sampled at 1 Hz (ECGSYN's sfrr)
-_HISTORY_MARGIN = 32.0  # seconds of tachogram kept before each window's start (tests use it)
+_HISTORY_MARGIN = 32.0  # seconds of tachogram kept before each window's start
 
-#: Seconds integrated before each window (plus a random fraction of a beat, the window's phase).
-#: The integration starts at an R peak, on the periodic orbit of that beat.
-WARMUP_S = 2.0
+#: Seconds of past beats (their RR intervals) that set z at the first R peak; what lies
+#: further back weighs less than exp(-HISTORY_S) = 3e-4 and is taken as periodic, which is
+#: exact but for heart-rate variability (a 1e-2 effect): about 3e-6 is left.
+HISTORY_S = 8.0
+
+#: Seconds integrated before each window, besides a random fraction of a beat (the window's
+#: phase). None are needed: the integration starts at an R peak from the exact z there.
+WARMUP_S = 0.0
 
 #: Internal (integration) rate / fs. 2 gives ECGSYN's default 512 Hz at fs = 256.
 DEFAULT_OVERSAMPLING = 2
@@ -229,6 +236,16 @@ def _draw_chunk(seed, chunk_index, heart_rate, length, fs, model, q, warmup=None
     h = 1.0 / (q * fs)
     taus = [np.zeros(c)]
     rrs = [rr_at(s0)]
+    # The beats before tau_0, newest first, back HISTORY_S seconds: tau_{b-1} solves
+    # tau_{b-1} + RR(tau_{b-1}) = tau_b, a contraction (|dRR/dt| << 1) solved by iteration.
+    hist = []
+    t_back = np.zeros(c)
+    while not hist or np.min(-t_back) < HISTORY_S:
+        t = t_back - rrs[0]
+        for _ in range(4):  # error shrinks by |dRR/dt| ~ 0.01 per step: 1e-8 s after 4
+            t = t_back - rr_at(s0 + t)
+        hist.append(t_back - t)
+        t_back = t
     # The window starts warmup + u * RR_0 after tau_0 = the start of the integration (an R peak),
     # on the output grid (1/fs): u uniform makes the window's phase in its beat uniform.
     j0 = q * np.floor((warmup + u_phase * rrs[0]) * fs).astype(np.int64)
@@ -248,6 +265,7 @@ def _draw_chunk(seed, chunk_index, heart_rate, length, fs, model, q, warmup=None
         j0=j0,
         tau=tau,
         rr=np.stack(rrs, axis=1),
+        rr_hist=np.stack(hist, axis=1),
         row_offset=stride * np.arange(c),
         resp_phase=resp_phase,
         s0=s0,
@@ -295,28 +313,32 @@ def _rk4_coefficients(h: float):
     return (step(1.0, 0, 0, 0), step(0.0, 1, 0, 0), step(0.0, 0, 1, 0), step(0.0, 0, 0, 1))
 
 
-@functools.lru_cache(maxsize=16)
-def _r_peak_table(model: EcgsynModel, hr_lo: float, hr_hi: float, steps: int = 1024):
-    """z at the R peak on the periodic orbit (Gaussian terms only), over (mean hr, RR / mean RR).
+HR_STEP, RATIO_POINTS = 1.0, 41  # grid of _beat_response_table (bilinear error ~1e-5)
 
-    The orbit of period T satisfies z(T) = z(0) e^{-T} + I, so z(0) = I / (1 - e^{-T}), with I the
-    response over one beat from z = 0 (integrated here with ``steps`` RK4 steps per beat).
+
+@functools.lru_cache(maxsize=16)
+def _beat_response_table(model: EcgsynModel, hr_lo: float, hr_hi: float, steps: int = 512):
+    """I(hr, RR): z at the end of one beat started from z = 0 at its R peak (Gaussian terms only),
+    over a grid of mean heart rate x RR / mean RR, integrated with ``steps`` RK4 steps per beat.
+
+    Since z' = g - z is linear, a beat of length RR maps z at its first R peak to
+    ``z_end = exp(-RR) z_start + I(hr, RR)``: this table turns a list of past RR intervals into
+    the exact z at an R peak, with no integration (see ``_r_peak_z``).
     """
-    hr_grid = np.linspace(hr_lo, hr_hi, max(2, int(np.ceil((hr_hi - hr_lo) / 2.0)) + 1))
-    ratio_grid = np.linspace(0.75, 1.25, 21)
+    hr_grid = np.linspace(hr_lo, hr_hi, max(2, int(np.ceil((hr_hi - hr_lo) / HR_STEP)) + 1))
+    ratio_grid = np.linspace(0.75, 1.25, RATIO_POINTS)
     hr = np.repeat(hr_grid, ratio_grid.size)
     period = (60.0 / hr) * np.tile(ratio_grid, hr_grid.size)
     th, a, b = model.wave_params(hr)
     phase = np.linspace(0.0, _TWO_PI, 2 * steps + 1)[None, :]
-    g = _gauss_forcing(np.broadcast_to(phase, (hr.size, phase.size)) % _TWO_PI, th, a, b)
+    theta = np.broadcast_to(phase % _TWO_PI, (hr.size, phase.size)).astype(np.float32)
+    g = _gauss_forcing(theta, th, a, b).astype(np.float64)
     z = np.zeros(hr.size)
-    hs = period / steps
     # Per-row step sizes, so the affine RK4 coefficients are per row too.
-    cz, c0, ch, c1 = _rk4_coefficients_vec(hs)
+    cz, c0, ch, c1 = _rk4_coefficients_vec(period / steps)
     for k in range(steps):
         z = cz * z + c0 * g[:, 2 * k] + ch * g[:, 2 * k + 1] + c1 * g[:, 2 * k + 2]
-    z0 = z / (1.0 - np.exp(-period))
-    return hr_grid, ratio_grid, z0.reshape(hr_grid.size, ratio_grid.size)
+    return hr_grid, ratio_grid, z.reshape(hr_grid.size, ratio_grid.size)
 
 
 def _rk4_coefficients_vec(h):
@@ -328,16 +350,16 @@ def _rk4_coefficients_vec(h):
     return cz, c0, ch, c1
 
 
-def _r_peak_z(model, hr, rr0, hr_range):
+def _beat_response(model, hr, rr, hr_range):
+    """I(hr, rr) by bilinear interpolation of ``_beat_response_table`` (a smooth function)."""
     lo, hi = hr_range
-    hr_grid, ratio_grid, table = _r_peak_table(model, float(lo) - 1.0, float(hi) + 1.0)
-    ratio = rr0 * hr / 60.0
+    hr_grid, ratio_grid, table = _beat_response_table(model, float(lo) - 1.0, float(hi) + 1.0)
+    ratio = rr * hr / 60.0
     if np.any(ratio < ratio_grid[0]) or np.any(ratio > ratio_grid[-1]):
         raise ValueError(
             f"synthetic_windows: hr_std {model.hr_std} bpm makes RR intervals deviate more than "
             f"25% from the mean; use a smaller hr_std"
         )
-    # Bilinear interpolation on a smooth function of (hr, ratio).
     fi = np.interp(hr, hr_grid, np.arange(hr_grid.size))
     fj = np.interp(ratio, ratio_grid, np.arange(ratio_grid.size))
     i = np.minimum(np.floor(fi).astype(int), hr_grid.size - 2)
@@ -349,6 +371,26 @@ def _r_peak_z(model, hr, rr0, hr_range):
         + (1 - di) * dj * table[i, j + 1]
         + di * dj * table[i + 1, j + 1]
     )
+
+
+def _r_peak_z(model, hr, rr_hist, hr_range):
+    """z (Gaussian part) at the R peak tau_0 given the RR intervals of the beats before it,
+    ``rr_hist`` [c, K] = (RR_-1, ..., RR_-K), newest first.
+
+    Before beat -K the orbit is taken as periodic (z = I / (1 - e^-RR) at its R peak); its
+    weight at tau_0 is exp(-sum RR) < exp(-HISTORY_S). Then each beat applies
+    z <- exp(-RR) z + I(hr, RR), exactly as the integration would.
+    """
+    hr = np.asarray(hr, dtype=np.float64)
+    rr_hist = np.asarray(rr_hist, dtype=np.float64).reshape(hr.size, -1)
+    resp = _beat_response(
+        model, np.repeat(hr, rr_hist.shape[1]), rr_hist.ravel(), hr_range
+    ).reshape(rr_hist.shape)
+    decay = np.exp(-rr_hist)
+    z = resp[:, -1] / (1.0 - decay[:, -1])
+    for k in range(rr_hist.shape[1] - 1, -1, -1):
+        z = decay[:, k] * z + resp[:, k]
+    return z
 
 
 def _resp_steady_state(model, t, phase):
@@ -427,7 +469,7 @@ def _simulate_block(p, length, q, fs, model, hr_range, z_init=None):
     u += np.float32(ch) * g[:, 1::2]
     u += np.float32(c1) * g[:, 2::2]
     if z_init is None:
-        z_init = _r_peak_z(model, p["hr"], p["rr"][:, 0], hr_range)
+        z_init = _r_peak_z(model, p["hr"], p["rr_hist"], hr_range)
     else:
         z_init = z_init - _resp_steady_state(model, 0.0, p["resp_phase"])
     z_rest = _affine_recurrence(cz, u, z_init)  # z_rest[k] = z(t_{k+1})
@@ -463,7 +505,7 @@ def _simulate_reference_3d(p, length, q, fs, model, hr_range):
         z0 = model.resp_amplitude * np.sin(wresp * t + p["resp_phase"])
         return np.stack([alpha * x - w * y, alpha * y + w * x, g - (z - z0)])
 
-    z_init = _r_peak_z(model, p["hr"], rr[:, 0], hr_range) + _resp_steady_state(
+    z_init = _r_peak_z(model, p["hr"], p["rr_hist"], hr_range) + _resp_steady_state(
         model, 0.0, p["resp_phase"]
     )
     s = np.stack([np.ones(c), np.zeros(c), z_init])
