@@ -130,6 +130,7 @@ def build_synthetic_dataset(
         os.close(fd)
         try:
             np.savez(tmp, params=np.array(json.dumps(params, sort_keys=True)), **data)
+            os.chmod(tmp, 0o644)  # mkstemp makes it private; a cache is for everyone
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
