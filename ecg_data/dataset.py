@@ -35,6 +35,7 @@ def _params(n_windows, length, fs, heart_rate, snr_db, seed, splits, model):
         "generator_version": synthetic.GENERATOR_VERSION,
         "chunk_size": synthetic.CHUNK_SIZE,
         "warmup_s": synthetic.WARMUP_S,
+        "history_s": synthetic.HISTORY_S,
         "oversampling": synthetic.DEFAULT_OVERSAMPLING,
         "n_windows": int(n_windows),
         "length": int(length),
