@@ -35,6 +35,7 @@ def _params(n_windows, length, fs, heart_rate, snr_db, seed, splits, model):
         "generator_version": synthetic.GENERATOR_VERSION,
         "chunk_size": synthetic.CHUNK_SIZE,
         "warmup_s": synthetic.WARMUP_S,
+        "history_s": synthetic.HISTORY_S,
         "oversampling": synthetic.DEFAULT_OVERSAMPLING,
         "n_windows": int(n_windows),
         "length": int(length),
@@ -130,6 +131,7 @@ def build_synthetic_dataset(
         os.close(fd)
         try:
             np.savez(tmp, params=np.array(json.dumps(params, sort_keys=True)), **data)
+            os.chmod(tmp, 0o644)  # mkstemp makes it private; a cache is for everyone
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):

@@ -31,19 +31,22 @@ linear and slow: its exact (closed-form) response is added instead of being inte
 Stability and rate: RK4 is stable on ``z' = -z`` for ``h < 2.78 s``, so any internal rate is
 stable; the rate is chosen for accuracy (the R Gaussian is about 12 ms wide at 100 bpm).
 ``q = 2`` (512 Hz at fs = 256, ECGSYN's default internal rate) keeps scaled windows within
-1e-5 of a 32x finer integration; output samples are every q-th internal sample, as in ECGSYN.
+2e-5 (8e-6 measured) of a 32x finer integration; output samples are every q-th internal
+sample, as in ECGSYN.
 A literal RK4 of the 3-D (x, y, z) system with ``th = atan2(y, x)``, ``_simulate_reference_3d``,
 is kept for the tests: with a constant RR they agree to 1e-6 (with heart-rate variability the
 literal RK4 loses accuracy at the jumps of ``w`` between beats, where this closed form does not).
 
-Start of a window: each window starts at a random instant of a beat (windows are not aligned
-on an R peak). Its integration starts ``WARMUP_S`` seconds (or a bit more) earlier, at an R peak,
-from the value of ``z`` at the R peak of the periodic orbit with that beat's RR interval
-(tabulated once over heart rate and RR/mean RR). Starting from an arbitrary ``z`` would need
-several seconds to forget it (the decay rate of ``z`` is 1/s); the periodic-orbit start is exact
-when the preceding beats repeat that RR, and the 2-s warm-up washes out the effect of the
-actual, variable preceding beats to below 1e-3 of the window's range (tested against a 20-s
-history).
+Start of a window: each window starts at a random instant of a beat (``u * RR``, u uniform,
+after an R peak; windows are not aligned on an R peak). The integration starts at that R peak
+with the exact ``z`` there, computed without integrating: over one beat of length RR the
+linear ``z`` equation maps ``z_start`` to ``exp(-RR) z_start + I(hr, RR)``, where the one-beat
+response ``I`` is tabulated once (``_beat_response_table``, over heart rate x RR/mean RR); so
+the RR intervals of the ``HISTORY_S`` = 8 s of beats before the window (read backwards from
+the same tachogram) give ``z`` at its first R peak; the respiration part has a closed-form
+steady state. Starting from an arbitrary ``z`` instead would need several seconds of
+integration to forget it (``z`` decays at 1/s). The windows agree with a 20-s integration of
+their actual history to 2e-5 of their range (1.5e-5 measured over 1024 windows; tested).
 
 Scaling
 -------
@@ -53,8 +56,9 @@ gain and baseline differ from record to record and drift within a record; becaus
 amplitude depends on the heart rate (z scales roughly with 1/w), so a data-set scaling would
 encode the heart rate in the amplitude; and because it gives every window the full input range
 the 16-bit quantized network sees on the microcontroller. Caveat: near 60 bpm, a 1-s window can
-hold no R peak (the RR interval is longer than the window); its P/T waves are then stretched
-to [0, 1]. ``scale=None`` returns the model's raw ``z`` (noise included) instead.
+hold no complete R peak (the RR interval is longer than the window; about 0.2% of the windows at
+60-100 bpm); its other waves are then stretched to [0, 1]. ``scale=None`` returns the model's
+raw ``z`` (noise included) instead.
 
 Noise: white Gaussian, per window, of variance ``var(clean window) / 10^(snr_db/10)``: the SNR
 is relative to the window's AC power (an ECG's DC level is arbitrary).
@@ -89,11 +93,16 @@ GENERATOR_VERSION = 1
 
 _TWO_PI = 2.0 * math.pi
 _RR_SERIES_LEN = 256  # seconds of tachogram per window, sampled at 1 Hz (ECGSYN's sfrr)
-_HISTORY_MARGIN = 32.0  # seconds of tachogram kept before each window's start (tests use it)
+_HISTORY_MARGIN = 32.0  # seconds of tachogram kept before each window's start
 
-#: Seconds integrated before each window (at least; the window then starts at a random instant
-#: of the next beat). The integration starts at an R peak on the periodic orbit of that beat.
-WARMUP_S = 2.0
+#: Seconds of past beats (their RR intervals) that set z at the first R peak; what lies
+#: further back weighs less than exp(-HISTORY_S) = 3e-4 and is taken as periodic, which is
+#: exact but for heart-rate variability (a 1e-2 effect): about 3e-6 is left.
+HISTORY_S = 8.0
+
+#: Seconds integrated before each window, besides a random fraction of a beat (the window's
+#: phase). None are needed: the integration starts at an R peak from the exact z there.
+WARMUP_S = 0.0
 
 #: Internal (integration) rate / fs. 2 gives ECGSYN's default 512 Hz at fs = 256.
 DEFAULT_OVERSAMPLING = 2
@@ -227,22 +236,26 @@ def _draw_chunk(seed, chunk_index, heart_rate, length, fs, model, q, warmup=None
     h = 1.0 / (q * fs)
     taus = [np.zeros(c)]
     rrs = [rr_at(s0)]
-    # The window starts at a random instant of the first beat that begins after the warm-up,
-    # on the output grid (1/fs) counted from tau_0 = the start of the integration.
-    anchor = np.full(c, np.nan)
-    anchor_rr = np.full(c, np.nan)
-    t_end = np.full(c, np.inf)
+    # The beats before tau_0, newest first, back HISTORY_S seconds: tau_{b-1} solves
+    # tau_{b-1} + RR(tau_{b-1}) = tau_b, a contraction (|dRR/dt| << 1) solved by iteration.
+    hist = []
+    t_back = np.zeros(c)
+    while not hist or np.min(-t_back) < HISTORY_S:
+        t = t_back - rrs[0]
+        for _ in range(4):  # error shrinks by |dRR/dt| ~ 0.01 per step: 1e-8 s after 4
+            t = t_back - rr_at(s0 + t)
+        hist.append(t_back - t)
+        t_back = t
+    # The window starts warmup + u * RR_0 after tau_0 = the start of the integration (an R peak),
+    # on the output grid (1/fs): u uniform makes the window's phase in its beat uniform.
+    j0 = q * np.floor((warmup + u_phase * rrs[0]) * fs).astype(np.int64)
+    t_end = (j0 + q * (length - 1)) * h
     while True:
         nxt = taus[-1] + rrs[-1]
         taus.append(nxt)
         rrs.append(rr_at(s0 + nxt))
-        new = np.isnan(anchor) & (nxt >= warmup)
-        anchor[new] = nxt[new]
-        anchor_rr[new] = rrs[-1][new]
-        t_end[new] = (np.floor((anchor[new] + u_phase[new] * anchor_rr[new]) * fs) + length - 1) / fs
         if np.all(nxt > t_end + h):
             break
-    j0 = q * np.floor((anchor + u_phase * anchor_rr) * fs).astype(np.int64)
     tau = np.stack(taus, axis=1)
     # Rows of a block are laid end to end for np.interp: a power-of-two stride longer than any
     # row's grid or beats, times the window's index in the chunk.
@@ -252,6 +265,7 @@ def _draw_chunk(seed, chunk_index, heart_rate, length, fs, model, q, warmup=None
         j0=j0,
         tau=tau,
         rr=np.stack(rrs, axis=1),
+        rr_hist=np.stack(hist, axis=1),
         row_offset=stride * np.arange(c),
         resp_phase=resp_phase,
         s0=s0,
@@ -299,28 +313,32 @@ def _rk4_coefficients(h: float):
     return (step(1.0, 0, 0, 0), step(0.0, 1, 0, 0), step(0.0, 0, 1, 0), step(0.0, 0, 0, 1))
 
 
-@functools.lru_cache(maxsize=16)
-def _r_peak_table(model: EcgsynModel, hr_lo: float, hr_hi: float, steps: int = 1024):
-    """z at the R peak on the periodic orbit (Gaussian terms only), over (mean hr, RR / mean RR).
+HR_STEP, RATIO_POINTS = 1.0, 41  # grid of _beat_response_table (bilinear error ~1e-5)
 
-    The orbit of period T satisfies z(T) = z(0) e^{-T} + I, so z(0) = I / (1 - e^{-T}), with I the
-    response over one beat from z = 0 (integrated here with ``steps`` RK4 steps per beat).
+
+@functools.lru_cache(maxsize=16)
+def _beat_response_table(model: EcgsynModel, hr_lo: float, hr_hi: float, steps: int = 512):
+    """I(hr, RR): z at the end of one beat started from z = 0 at its R peak (Gaussian terms only),
+    over a grid of mean heart rate x RR / mean RR, integrated with ``steps`` RK4 steps per beat.
+
+    Since z' = g - z is linear, a beat of length RR maps z at its first R peak to
+    ``z_end = exp(-RR) z_start + I(hr, RR)``: this table turns a list of past RR intervals into
+    the exact z at an R peak, with no integration (see ``_r_peak_z``).
     """
-    hr_grid = np.linspace(hr_lo, hr_hi, max(2, int(np.ceil((hr_hi - hr_lo) / 2.0)) + 1))
-    ratio_grid = np.linspace(0.75, 1.25, 21)
+    hr_grid = np.linspace(hr_lo, hr_hi, max(2, int(np.ceil((hr_hi - hr_lo) / HR_STEP)) + 1))
+    ratio_grid = np.linspace(0.75, 1.25, RATIO_POINTS)
     hr = np.repeat(hr_grid, ratio_grid.size)
     period = (60.0 / hr) * np.tile(ratio_grid, hr_grid.size)
     th, a, b = model.wave_params(hr)
     phase = np.linspace(0.0, _TWO_PI, 2 * steps + 1)[None, :]
-    g = _gauss_forcing(np.broadcast_to(phase, (hr.size, phase.size)) % _TWO_PI, th, a, b)
+    theta = np.broadcast_to(phase % _TWO_PI, (hr.size, phase.size)).astype(np.float32)
+    g = _gauss_forcing(theta, th, a, b).astype(np.float64)
     z = np.zeros(hr.size)
-    hs = period / steps
     # Per-row step sizes, so the affine RK4 coefficients are per row too.
-    cz, c0, ch, c1 = _rk4_coefficients_vec(hs)
+    cz, c0, ch, c1 = _rk4_coefficients_vec(period / steps)
     for k in range(steps):
         z = cz * z + c0 * g[:, 2 * k] + ch * g[:, 2 * k + 1] + c1 * g[:, 2 * k + 2]
-    z0 = z / (1.0 - np.exp(-period))
-    return hr_grid, ratio_grid, z0.reshape(hr_grid.size, ratio_grid.size)
+    return hr_grid, ratio_grid, z.reshape(hr_grid.size, ratio_grid.size)
 
 
 def _rk4_coefficients_vec(h):
@@ -332,16 +350,16 @@ def _rk4_coefficients_vec(h):
     return cz, c0, ch, c1
 
 
-def _r_peak_z(model, hr, rr0, hr_range):
+def _beat_response(model, hr, rr, hr_range):
+    """I(hr, rr) by bilinear interpolation of ``_beat_response_table`` (a smooth function)."""
     lo, hi = hr_range
-    hr_grid, ratio_grid, table = _r_peak_table(model, float(lo) - 1.0, float(hi) + 1.0)
-    ratio = rr0 * hr / 60.0
+    hr_grid, ratio_grid, table = _beat_response_table(model, float(lo) - 1.0, float(hi) + 1.0)
+    ratio = rr * hr / 60.0
     if np.any(ratio < ratio_grid[0]) or np.any(ratio > ratio_grid[-1]):
         raise ValueError(
             f"synthetic_windows: hr_std {model.hr_std} bpm makes RR intervals deviate more than "
             f"25% from the mean; use a smaller hr_std"
         )
-    # Bilinear interpolation on a smooth function of (hr, ratio).
     fi = np.interp(hr, hr_grid, np.arange(hr_grid.size))
     fj = np.interp(ratio, ratio_grid, np.arange(ratio_grid.size))
     i = np.minimum(np.floor(fi).astype(int), hr_grid.size - 2)
@@ -353,6 +371,26 @@ def _r_peak_z(model, hr, rr0, hr_range):
         + (1 - di) * dj * table[i, j + 1]
         + di * dj * table[i + 1, j + 1]
     )
+
+
+def _r_peak_z(model, hr, rr_hist, hr_range):
+    """z (Gaussian part) at the R peak tau_0 given the RR intervals of the beats before it,
+    ``rr_hist`` [c, K] = (RR_-1, ..., RR_-K), newest first.
+
+    Before beat -K the orbit is taken as periodic (z = I / (1 - e^-RR) at its R peak); its
+    weight at tau_0 is exp(-sum RR) < exp(-HISTORY_S). Then each beat applies
+    z <- exp(-RR) z + I(hr, RR), exactly as the integration would.
+    """
+    hr = np.asarray(hr, dtype=np.float64)
+    rr_hist = np.asarray(rr_hist, dtype=np.float64).reshape(hr.size, -1)
+    resp = _beat_response(
+        model, np.repeat(hr, rr_hist.shape[1]), rr_hist.ravel(), hr_range
+    ).reshape(rr_hist.shape)
+    decay = np.exp(-rr_hist)
+    z = resp[:, -1] / (1.0 - decay[:, -1])
+    for k in range(rr_hist.shape[1] - 1, -1, -1):
+        z = decay[:, k] * z + resp[:, k]
+    return z
 
 
 def _resp_steady_state(model, t, phase):
@@ -431,7 +469,7 @@ def _simulate_block(p, length, q, fs, model, hr_range, z_init=None):
     u += np.float32(ch) * g[:, 1::2]
     u += np.float32(c1) * g[:, 2::2]
     if z_init is None:
-        z_init = _r_peak_z(model, p["hr"], p["rr"][:, 0], hr_range)
+        z_init = _r_peak_z(model, p["hr"], p["rr_hist"], hr_range)
     else:
         z_init = z_init - _resp_steady_state(model, 0.0, p["resp_phase"])
     z_rest = _affine_recurrence(cz, u, z_init)  # z_rest[k] = z(t_{k+1})
@@ -467,7 +505,7 @@ def _simulate_reference_3d(p, length, q, fs, model, hr_range):
         z0 = model.resp_amplitude * np.sin(wresp * t + p["resp_phase"])
         return np.stack([alpha * x - w * y, alpha * y + w * x, g - (z - z0)])
 
-    z_init = _r_peak_z(model, p["hr"], rr[:, 0], hr_range) + _resp_steady_state(
+    z_init = _r_peak_z(model, p["hr"], p["rr_hist"], hr_range) + _resp_steady_state(
         model, 0.0, p["resp_phase"]
     )
     s = np.stack([np.ones(c), np.zeros(c), z_init])
@@ -497,7 +535,7 @@ def add_noise(x, snr_db, rng):
     return x + sigma * rng.standard_normal(x.shape)
 
 
-_BLOCK = 256  # windows simulated at once inside a chunk (keeps the arrays cache-sized)
+_BLOCK = 256  # at most this many windows simulated at once inside a chunk
 
 
 def _generate_chunk(args):
@@ -507,8 +545,11 @@ def _generate_chunk(args):
     # Blocks of windows with similar start indices waste little padding (a block's grid runs
     # to its latest window's end). The order of computation does not change any window.
     order = np.argsort(p["j0"][:n_take], kind="stable")
-    for start in range(0, n_take, _BLOCK):
-        rows = np.sort(order[start : start + _BLOCK])  # increasing row offsets for np.interp
+    # About 2**21 grid points per block (16 MB per float64 array), whatever the window length.
+    points = 2 * (int(p["j0"].max()) + q * length)
+    block = int(np.clip(2**21 // points, 8, _BLOCK))
+    for start in range(0, n_take, block):
+        rows = np.sort(order[start : start + block])  # increasing row offsets for np.interp
         sub = {k: v[rows] for k, v in p.items()}
         out[rows] = _simulate_block(sub, length, q, fs, model, heart_rate)
     if snr_db is not None:
@@ -521,7 +562,7 @@ def _generate_chunk(args):
     return out.astype(np.float32), p["hr"][:n_take]
 
 
-def _check_args(n_windows, length, fs, heart_rate, snr_db, scale, internal_rate, workers):
+def _check_args(n_windows, length, fs, heart_rate, snr_db, seed, scale, internal_rate, workers):
     if not isinstance(n_windows, (int, np.integer)) or n_windows < 0:
         raise ValueError(f"synthetic_windows: n_windows is {n_windows!r}; must be an int >= 0")
     if not isinstance(length, (int, np.integer)) or length < 2:
@@ -547,6 +588,8 @@ def _check_args(n_windows, length, fs, heart_rate, snr_db, scale, internal_rate,
             f"synthetic_windows: internal_rate {internal_rate!r} must be an integer multiple of "
             f"fs {fs!r}"
         )
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"synthetic_windows: seed is {seed!r}; must be an int >= 0")
     if workers is not None and (not isinstance(workers, (int, np.integer)) or workers < 1):
         raise ValueError(f"synthetic_windows: workers is {workers!r}; must be an int >= 1 or None")
     return (lo, hi), q
@@ -588,11 +631,15 @@ def synthetic_windows(
       scale: ``"window"`` (min-max to [0, 1] per window, see module doc) or None (raw model z).
       model: ECGSYN parameters (defaults: the paper's).
       internal_rate: integration rate in Hz, an integer multiple of fs (default 2 * fs).
-      workers: worker processes (None: one per CPU). Same output for any value.
+      workers: worker processes (None: one per CPU). Same output for any value. With more
+        than one, a script that calls this needs the usual ``if __name__ == "__main__":`` guard
+        (multiprocessing's forkserver imports the main module).
       progress: show a tqdm progress bar over chunks.
       return_heart_rate: also return the mean heart rate drawn for each window.
     """
-    heart_rate, q = _check_args(n_windows, length, fs, heart_rate, snr_db, scale, internal_rate, workers)
+    heart_rate, q = _check_args(
+        n_windows, length, fs, heart_rate, snr_db, seed, scale, internal_rate, workers
+    )
     model = model or EcgsynModel()
     n_chunks = -(-n_windows // CHUNK_SIZE)
     tasks = [
@@ -610,22 +657,19 @@ def synthetic_windows(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=n_windows, unit="win", desc="ECGSYN windows")
+    pool = None
     try:
-        if workers == 1:
-            results = map(_generate_chunk, tasks)
-            for c, (x, hr) in enumerate(results):
-                out[c * CHUNK_SIZE : c * CHUNK_SIZE + len(x)] = x
-                hrs[c * CHUNK_SIZE : c * CHUNK_SIZE + len(x)] = hr
-                if bar is not None:
-                    bar.update(len(x))
-        else:
-            with ProcessPoolExecutor(max_workers=workers, mp_context=_mp_context()) as pool:
-                for c, (x, hr) in enumerate(pool.map(_generate_chunk, tasks)):
-                    out[c * CHUNK_SIZE : c * CHUNK_SIZE + len(x)] = x
-                    hrs[c * CHUNK_SIZE : c * CHUNK_SIZE + len(x)] = hr
-                    if bar is not None:
-                        bar.update(len(x))
+        if workers > 1:
+            pool = ProcessPoolExecutor(max_workers=workers, mp_context=_mp_context())
+        results = pool.map(_generate_chunk, tasks) if pool else map(_generate_chunk, tasks)
+        for c, (x, hr) in enumerate(results):
+            out[c * CHUNK_SIZE : c * CHUNK_SIZE + len(x)] = x
+            hrs[c * CHUNK_SIZE : c * CHUNK_SIZE + len(x)] = hr
+            if bar is not None:
+                bar.update(len(x))
     finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
         if bar is not None:
             bar.close()
     if return_heart_rate:

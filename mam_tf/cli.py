@@ -29,6 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_run_command(sub)
 
+    from ecg_data.cli import add_data_commands
+
+    add_data_commands(sub)
+
     bench = sub.add_parser(
         "bench", help="benchmarks (each prints its baseline measured in the same run)",
         description="Benchmarks. Each prints the machine, the sizes, and the ratio against its "
@@ -38,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     from mam_tf.bench import add_bench_commands
 
     add_bench_commands(bench_sub)
+    from ecg_data.bench import add_bench_command as add_data_bench
+
+    add_data_bench(bench_sub)
     bench.set_defaults(func=lambda args: bench.print_help() or 2)
     return parser
 
