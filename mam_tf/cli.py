@@ -21,6 +21,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_demo_command(sub)
 
+    from mam_tf.convert import add_convert_command
+
+    add_convert_command(sub)
+
+    from mam_tf.runtime import add_run_command
+
+    add_run_command(sub)
+
+    from ecg_data.cli import add_data_commands
+
+    add_data_commands(sub)
+
     bench = sub.add_parser(
         "bench", help="benchmarks (each prints its baseline measured in the same run)",
         description="Benchmarks. Each prints the machine, the sizes, and the ratio against its "
@@ -30,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     from mam_tf.bench import add_bench_commands
 
     add_bench_commands(bench_sub)
+    from ecg_data.bench import add_bench_command as add_data_bench
+
+    add_data_bench(bench_sub)
     from mam_tf.bench_train import add_bench_command as add_bench_train_command
 
     add_bench_train_command(bench_sub)

@@ -139,14 +139,19 @@ class MAMDense(MAMLayerMixin, keras.layers.Dense):
         rank = inputs.shape.rank
         x = inputs if rank == 2 else tf.reshape(inputs, [-1, n_in])
 
-        beta = tf.cast(self.beta, x.dtype)
-        mam = ops.mam_reduce(x, kernel)
-        # Pure MAM (inference, export, the end of training) skips the MAC product entirely.
-        outputs = tf.cond(
-            tf.equal(beta, 0.0),
-            lambda: mam,
-            lambda: beta * tf.matmul(x, kernel) + (1.0 - beta) * mam,
-        )
+        if ops.in_builtin_graph():
+            # Export tracing: pure MAM as builtin ops, under a scope the converter finds.
+            with tf.name_scope(ops.EXPORT_SCOPE):
+                outputs = ops.mam_reduce_builtin(x, kernel)
+        else:
+            beta = tf.cast(self.beta, x.dtype)
+            mam = ops.mam_reduce(x, kernel)
+            # Pure MAM (inference, the end of training) skips the MAC product entirely.
+            outputs = tf.cond(
+                tf.equal(beta, 0.0),
+                lambda: mam,
+                lambda: beta * tf.matmul(x, kernel) + (1.0 - beta) * mam,
+            )
         if rank != 2:
             outputs = tf.reshape(
                 outputs, tf.concat([tf.shape(inputs)[:-1], [self.units]], axis=0)

@@ -14,7 +14,9 @@ memory is O(B * c * M), never the O(B * N * M) product tensor.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 
 from mam_tf import fused
 from mam_tf._compat import tf
@@ -25,6 +27,9 @@ __all__ = [
     "mam_backward",
     "mam_forward_reference",
     "mam_backward_reference",
+    "mam_reduce_builtin",
+    "builtin_graph",
+    "in_builtin_graph",
 ]
 
 # How many products one chunk may hold (B * c * M), assuming a batch of 128 when the batch
@@ -156,3 +161,34 @@ def mam_reduce(x, w):
         return mam_backward(g, x, w, amax, amin)
 
     return y, grad
+
+
+def mam_reduce_builtin(x, w):
+    """MAM with TFLite builtin ops only (RESHAPE, MUL, REDUCE_MAX, REDUCE_MIN, ADD).
+
+    Materialises the [B, N, M] products: meant for export (batch 1), where the converter
+    calibrates this graph on true MAM activations and then replaces it by one MAM_SPARSE op.
+    """
+    p = tf.expand_dims(x, -1) * w
+    return tf.reduce_max(p, axis=1) + tf.reduce_min(p, axis=1)
+
+
+#: Name scope of the builtin MAM pattern inside an exported layer's scope.
+EXPORT_SCOPE = "mam_reduce"
+
+_export = threading.local()
+
+
+@contextlib.contextmanager
+def builtin_graph():
+    """Within this context MAM layers trace with :func:`mam_reduce_builtin` (for export)."""
+    previous = getattr(_export, "active", False)
+    _export.active = True
+    try:
+        yield
+    finally:
+        _export.active = previous
+
+
+def in_builtin_graph() -> bool:
+    return getattr(_export, "active", False)

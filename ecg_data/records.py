@@ -1,0 +1,157 @@
+"""Real ECG records (PhysioNet's MIT-BIH Arrhythmia Database and alike) read with wfdb.
+
+Records are read from local files (``100.hea`` + ``100.dat``); ``download_records`` fetches a
+PhysioNet database with wfdb's own downloader for users with internet access. Nothing here
+downloads implicitly.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from .windows import cut_windows, resample, scale_windows
+
+__all__ = ["load_record_windows", "read_record_lead", "list_records", "download_records"]
+
+_WHERE = "load_record_windows"
+
+
+def _record_base(record_path) -> Path:
+    """Record path without the ``.hea``/``.dat`` extension (wfdb's record name)."""
+    p = Path(record_path)
+    if p.suffix in (".hea", ".dat", ".atr", ".xws"):
+        p = p.with_suffix("")
+    return p
+
+
+def list_records(directory) -> list[Path]:
+    """The records of a directory (one per ``*.hea`` header), sorted by name."""
+    d = Path(directory)
+    if not d.is_dir():
+        raise FileNotFoundError(f"list_records: '{d}' is not a directory")
+    return sorted(p.with_suffix("") for p in d.glob("*.hea"))
+
+
+def read_record_lead(record_path, lead="MLII", *, where=_WHERE):
+    """One lead of a local WFDB record as physical units: ``(signal float64 [n], fs)``.
+
+    ``lead`` is a signal name from the header (e.g. ``"MLII"``) or a channel index.
+    """
+    import wfdb
+
+    base = _record_base(record_path)
+    if not Path(f"{base}.hea").is_file():
+        raise FileNotFoundError(f"{where}: record '{base}' not found (no file '{base}.hea')")
+    try:
+        header = wfdb.rdheader(str(base))
+    except Exception as exc:
+        raise ValueError(f"{where}: record '{base}' has an unreadable header: {exc}") from exc
+    names = list(header.sig_name or [])
+    if isinstance(lead, (int, np.integer)) and not isinstance(lead, bool):
+        if not 0 <= lead < len(names):
+            raise ValueError(
+                f"{where}: record '{base}' has no channel {lead}; it has {len(names)} "
+                f"channels {names}"
+            )
+        channel = int(lead)
+    else:
+        if lead not in names:
+            raise ValueError(f"{where}: record '{base}' has no lead {lead!r}; leads are {names}")
+        channel = names.index(lead)
+    try:
+        record = wfdb.rdrecord(str(base), channels=[channel], physical=True)
+    except Exception as exc:
+        raise ValueError(f"{where}: cannot read record '{base}': {exc}") from exc
+    signal = np.asarray(record.p_signal[:, 0], dtype=np.float64)
+    bad = ~np.isfinite(signal)
+    if bad.any():
+        first = int(np.argmax(bad))
+        raise ValueError(
+            f"{where}: record '{base}' lead {names[channel]!r} has {int(bad.sum())} non-finite "
+            f"samples (first at sample {first}, {first / record.fs:.3f} s); clean or crop the record"
+        )
+    return signal, float(record.fs)
+
+
+def _record_windows(base, lead, fs, length, overlap, scale):
+    signal, fs_in = read_record_lead(base, lead)
+    x = resample(signal, fs_in, fs, name=_WHERE)
+    if x.size < length:
+        raise ValueError(
+            f"{_WHERE}: record '{base}' is shorter than one window: {signal.size} samples at "
+            f"{fs_in:g} Hz = {x.size} samples at {fs:g} Hz < length {length}"
+        )
+    w = cut_windows(x, length, overlap, name=_WHERE)
+    return scale_windows(w) if scale == "window" else w.astype(np.float32)
+
+
+def load_record_windows(record_path, lead="MLII", fs=256, length=256, overlap=0, *, scale="window"):
+    """Windows ``float32 [n, length]`` of one lead of a local WFDB record, or of every record of
+    a directory (concatenated in record-name order).
+
+    The lead is resampled from the record's rate to ``fs`` with a polyphase filter (360 -> 256 Hz
+    for MIT-BIH), cut into windows that start every ``length - overlap`` samples (the incomplete
+    tail is dropped) and, like the synthetic data, min-max scaled to [0, 1] per window
+    (``scale=None`` keeps physical units, e.g. mV). A constant window scales to zeros.
+
+    Errors name the record: a missing record (FileNotFoundError), an unknown lead, a record
+    shorter than one window, non-finite samples (ValueError). In a directory, records that lack
+    the lead or are shorter than one window are skipped with a warning (MIT-BIH records 102
+    and 104 have no MLII); an error is raised if no record is left.
+    """
+    if not isinstance(length, (int, np.integer)) or length < 1:
+        raise ValueError(f"{_WHERE}: length is {length!r}; must be an int >= 1")
+    if not isinstance(overlap, (int, np.integer)) or not 0 <= overlap < length:
+        raise ValueError(f"{_WHERE}: overlap is {overlap!r}; must be an int in [0, length={length})")
+    if not fs > 0:
+        raise ValueError(f"{_WHERE}: fs is {fs!r}; must be > 0")
+    if scale not in ("window", None):
+        raise ValueError(f"{_WHERE}: scale is {scale!r}; must be 'window' or None")
+    path = Path(record_path)
+    if not path.is_dir():
+        return _record_windows(_record_base(path), lead, fs, length, overlap, scale)
+
+    records = list_records(path)
+    if not records:
+        raise FileNotFoundError(f"{_WHERE}: directory '{path}' holds no WFDB record (*.hea)")
+    parts, skipped = [], []
+    for base in records:
+        try:
+            parts.append(_record_windows(base, lead, fs, length, overlap, scale))
+        except ValueError as exc:
+            msg = str(exc)
+            if "has no lead" in msg or "has no channel" in msg or "shorter than one window" in msg:
+                warnings.warn(f"skipping: {msg}", stacklevel=2)
+                skipped.append(base.name)
+                continue
+            raise
+    if not parts:
+        raise ValueError(
+            f"{_WHERE}: no record of directory '{path}' gave a window of lead {lead!r} "
+            f"(skipped {skipped})"
+        )
+    return np.concatenate(parts, axis=0)
+
+
+def download_records(dest_dir, database="mitdb", records="all"):
+    """Download a PhysioNet database (default: MIT-BIH Arrhythmia, ``mitdb``) into ``dest_dir``
+    with wfdb's downloader; needs internet access. Returns ``dest_dir`` as a Path.
+
+    ``records``: ``"all"`` or a list of record names such as ``["100", "101"]``.
+    """
+    import wfdb
+
+    dest = Path(dest_dir)
+    os.makedirs(dest, exist_ok=True)
+    try:
+        wfdb.dl_database(database, dl_dir=str(dest), records=records)
+    except Exception as exc:
+        raise RuntimeError(
+            f"download_records: downloading PhysioNet database {database!r} "
+            f"(records {records!r}) into '{dest}' failed: {exc}"
+        ) from exc
+    return dest

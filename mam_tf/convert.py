@@ -1,0 +1,474 @@
+"""Keras -> .tflite with MAM_SPARSE custom ops (MAM_SPARSE.md section 3).
+
+How it works, and why:
+
+1. The model is traced with every MAM layer written as TFLite builtin ops
+   (RESHAPE, MUL, REDUCE_MAX, REDUCE_MIN, ADD: :func:`mam_tf.ops.mam_reduce_builtin`), so
+   TFLite's own converter can run and calibrate it: the quantization parameters of every
+   tensor, the MAM layers' inputs and outputs included, come from the TRUE MAM activations
+   on the representative data. (TFLite cannot calibrate a graph holding an unknown custom op.)
+2. In the quantized flatbuffer, the ops of each MAM layer (found by the ``mam_reduce`` name
+   scope the layer traces under) are replaced by one ``MAM_SPARSE`` op: its input and output
+   tensors are the calibrated ones; its weights are the layer's kernel quantized to
+   symmetric int8 (per row by default) and stored in offset-CSR; its bias is int32 (int8
+   mode) or int64 (16x8 mode) at scale input_scale * weight_scale; the fused activation is the
+   one TFLite fused into the pattern's last ADD.
+3. Tensors and buffers nothing uses any more (the dense float products' constants) are
+   dropped, so the file holds only the sparse weights.
+
+The flatbuffer is edited with the schema's generated object API (from the ``tflite-micro``
+package) and the custom options are written with ``flatbuffers.flexbuffers``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import numpy as np
+
+from mam_tf import flatbuffer as fb
+from mam_tf import ops, options
+from mam_tf._compat import keras, tf
+from mam_tf.layers import MAMDense, mam_layers
+from mam_tf.reference import quantize_layer
+from mam_tf.sparse import encode
+
+__all__ = ["convert", "Conversion", "LayerReport", "write_header", "MODES"]
+
+MODES = ("int8", "int16x8")
+
+# Keras layer types whose TFLite conversion the TFLM kernels support. Anything else is
+# refused by name rather than producing a model the device cannot run.
+_SUPPORTED = {
+    "InputLayer", "Dense", "MAMDense", "Conv1D", "Conv2D", "Conv1DTranspose", "Conv2DTranspose",
+    "DepthwiseConv2D", "Flatten", "Reshape", "Activation", "ReLU", "LeakyReLU", "Softmax",
+    "MaxPooling1D", "MaxPooling2D", "AveragePooling1D", "AveragePooling2D",
+    "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalMaxPooling1D",
+    "GlobalMaxPooling2D", "Dropout", "BatchNormalization", "Add", "Subtract", "Multiply",
+    "Concatenate", "UpSampling1D", "UpSampling2D", "ZeroPadding1D", "ZeroPadding2D",
+    "Cropping1D", "Cropping2D", "Permute", "RepeatVector",
+}
+_WRAPPERS = {"QuantizeWrapper", "QuantizeWrapperV2", "QuantizeLayer", "PruneLowMagnitude"}
+
+
+@dataclasses.dataclass
+class LayerReport:
+    """One row of the conversion report."""
+
+    layer: str
+    op: str
+    shape: tuple  # (M outputs, N inputs)
+    nonzeros: int
+    entries: int  # stored offset-CSR entries, dummies included
+    sparse_bytes: int  # 2*E + 2*M (+ 4*M bias): MAM_SPARSE.md section 2
+    dense_int8_bytes: int  # M*N (+ 4*M bias)
+
+    def as_row(self):
+        return (f"{self.layer:<20}{self.op:<12}{self.shape[0]:>6}x{self.shape[1]:<8}"
+                f"{self.nonzeros:>10}{self.sparse_bytes:>14}{self.dense_int8_bytes:>14}")
+
+
+@dataclasses.dataclass
+class Conversion:
+    """The converted model and what was done to it."""
+
+    tflite: bytes
+    mode: str
+    layers: list
+
+    def report(self) -> str:
+        head = (f"{'layer':<20}{'op':<12}{'M x N':<15}{'nonzeros':>10}{'offset-CSR B':>14}"
+                f"{'dense int8 B':>14}")
+        lines = [head] + [r.as_row() for r in self.layers]
+        lines.append("bytes: offset-CSR = 2*E + 2*M + 4*M (bias) per MAM_SPARSE.md section 2, "
+                     "E = stored entries; dense int8 = M*N + 4*M (bias)")
+        lines.append(f"model: {len(self.tflite)} bytes ({self.mode})")
+        return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------
+# Checks on the Keras side
+# ------------------------------------------------------------------------------------------
+def _walk(layer):
+    yield layer
+    for child in getattr(layer, "layers", None) or ():
+        yield from _walk(child)
+    inner = getattr(layer, "layer", None)
+    if inner is not None:
+        yield from _walk(inner)
+
+
+def _check_model(model, require_mam):
+    for layer in _walk(model):
+        if layer is model or isinstance(layer, keras.Model):
+            continue
+        kind = type(layer).__name__
+        if kind not in _SUPPORTED and kind not in _WRAPPERS:
+            raise ValueError(
+                f"convert: layer '{layer.name}' of type {kind} is not supported for export; "
+                f"supported: {', '.join(sorted(_SUPPORTED))}"
+            )
+    found = mam_layers(model)
+    if require_mam and not found:
+        raise ValueError(f"convert: model '{model.name}' has no MAM layer, and MAM export was asked "
+                         "(pass require_mam=False to convert a model without one)")
+    names = [layer.name for layer in found]
+    if len(set(names)) != len(names):
+        raise ValueError(f"convert: MAM layer names must be unique, got {names}")
+    for layer in found:
+        if not isinstance(layer, MAMDense):
+            raise ValueError(f"convert: MAM layer '{layer.name}' of type {type(layer).__name__} "
+                             "has no MAM_SPARSE export yet")
+        beta = layer.get_beta()
+        if beta != 0.0:
+            raise ValueError(f"MAMDense '{layer.name}': beta is {beta:g}; export needs beta == 0 "
+                             "(finish the vanishing-contributions schedule, or set_beta(0) and "
+                             "fine-tune)")
+        rank = len(layer.input_shape) if isinstance(layer.input_shape, tuple) else None
+        if rank != 2:
+            raise ValueError(f"convert: MAMDense '{layer.name}' has input shape {layer.input_shape}; "
+                             "MAM_SPARSE export takes [batch, features] inputs (add a Flatten)")
+        for what, var in (("kernel", layer.kernel), ("bias", layer.bias if layer.use_bias else None)):
+            if var is not None and not np.isfinite(var.numpy()).all():
+                raise ValueError(f"convert: MAMDense '{layer.name}' has non-finite {what} values")
+    return found
+
+
+# ------------------------------------------------------------------------------------------
+# TFLite conversion of the builtin-op graph
+# ------------------------------------------------------------------------------------------
+def _representative(data, input_shape, limit):
+    arr = np.asarray(data, np.float32)
+    if arr.ndim == len(input_shape):  # one sample
+        arr = arr[None]
+    if tuple(arr.shape[1:]) != tuple(input_shape):
+        raise ValueError(f"convert: representative data has sample shape {arr.shape[1:]}, the "
+                         f"model takes {tuple(input_shape)}")
+    if len(arr) == 0:
+        raise ValueError("convert: representative data is empty")
+    if not np.isfinite(arr).all():
+        raise ValueError("convert: representative data holds non-finite values")
+
+    def gen():
+        for sample in arr[:limit]:
+            yield [sample[None]]
+
+    return gen
+
+
+def _tflite_builtin(model, data, mode, float_io, calibration_samples):
+    if len(model.inputs) != 1:
+        raise ValueError(f"convert: model '{model.name}' has {len(model.inputs)} inputs; one is supported")
+    input_shape = tuple(model.inputs[0].shape[1:])
+    if any(d is None for d in input_shape):
+        raise ValueError(f"convert: input shape {input_shape} must be fully known (except batch)")
+    with ops.builtin_graph():
+        fn = tf.function(lambda x: model(x, training=False))
+        concrete = fn.get_concrete_function(tf.TensorSpec((1,) + input_shape, tf.float32))
+    conv = tf.lite.TFLiteConverter.from_concrete_functions([concrete], model)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = _representative(data, input_shape, calibration_samples)
+    if mode == "int8":
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        io_type = tf.int8
+    else:
+        conv.target_spec.supported_ops = [
+            tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
+        io_type = tf.int16
+    if not float_io:
+        conv.inference_input_type = io_type
+        conv.inference_output_type = io_type
+    return conv.convert()
+
+
+# ------------------------------------------------------------------------------------------
+# Flatbuffer surgery
+# ------------------------------------------------------------------------------------------
+def _in_scope(tensor, layer_name, sub=None):
+    marker = f"{layer_name}/" + (f"{sub}/" if sub else "")
+    return any(n.startswith(marker) or f"/{marker}" in n for n in fb.tensor_names(tensor))
+
+
+def _quant(tensor):
+    scales, zps = fb.quantization(tensor)
+    if scales is None or len(scales) != 1:
+        raise ValueError(f"convert: tensor '{tensor.name}' has no per-tensor quantization")
+    return float(scales[0]), int(zps[0])
+
+
+_PATTERN_OPS = {"RESHAPE", "EXPAND_DIMS", "MUL", "REDUCE_MAX", "REDUCE_MIN"}
+
+
+def _find_pattern(schema, model, sg, layer_name):
+    """The operators implementing one MAM layer, its input and output tensors, its activation.
+
+    The pattern is found by structure, anchored on names only where TFLite keeps them: the
+    ops traced under the layer's ``mam_reduce`` scope (RESHAPE, MUL, REDUCE_MAX, REDUCE_MIN;
+    TFLite may fold the first two for special kernels), then the ADD of the max and the min
+    (whose output may carry any name, e.g. when it is the model output), then an optional
+    ADD of a constant [M] bias.
+    """
+    where = f"convert: MAM layer '{layer_name}'"
+    core = [i for i, op in enumerate(sg.operators)
+            if any(_in_scope(sg.tensors[t], layer_name, ops.EXPORT_SCOPE) for t in op.outputs)
+            and fb.op_name(model, op) in _PATTERN_OPS]
+    kinds = {fb.op_name(model, sg.operators[i]): i for i in core}
+    if "REDUCE_MAX" not in kinds or "REDUCE_MIN" not in kinds:
+        raise ValueError(f"{where}: could not find its REDUCE_MAX/REDUCE_MIN in the converted graph")
+    rmax = sg.operators[kinds["REDUCE_MAX"]].outputs[0]
+    rmin = sg.operators[kinds["REDUCE_MIN"]].outputs[0]
+
+    def consumers(t):
+        return [i for i, op in enumerate(sg.operators) if t in op.inputs]
+
+    adds = [i for i in consumers(rmax) if i in consumers(rmin)
+            and fb.op_name(model, sg.operators[i]) == "ADD"]
+    if len(adds) != 1:
+        raise ValueError(f"{where}: expected one ADD of its max and min, found {len(adds)}")
+    core.append(adds[0])
+    last = adds[0]
+    out = sg.operators[last].outputs[0]
+    nxt = consumers(out)
+    if len(nxt) == 1 and fb.op_name(model, sg.operators[nxt[0]]) == "ADD":
+        op = sg.operators[nxt[0]]
+        other = [t for t in op.inputs if t != out]
+        outputs = {int(t) for t in sg.outputs}
+        if (len(other) == 1 and fb.is_constant(model, sg, other[0])
+                and (any(_in_scope(sg.tensors[t], layer_name) for t in op.outputs)
+                     or int(op.outputs[0]) in outputs)):
+            core.append(nxt[0])
+            last = nxt[0]
+            out = op.outputs[0]
+    produced = {int(t) for i in core for t in sg.operators[i].outputs}
+    inputs = {int(t) for i in core for t in sg.operators[i].inputs
+              if t >= 0 and int(t) not in produced and not fb.is_constant(model, sg, t)}
+    if len(inputs) != 1:
+        raise ValueError(f"{where}: its ops read {len(inputs)} non-constant tensors, expected 1")
+    inner = produced - {int(out)}
+    leaks = [i for i, op in enumerate(sg.operators) if i not in core
+             and any(int(t) in inner for t in op.inputs)]
+    if leaks or inner & {int(t) for t in sg.outputs}:
+        raise ValueError(f"{where}: an intermediate tensor of its pattern is used elsewhere")
+    act = 0
+    opts = sg.operators[last].builtinOptions
+    if opts is not None and hasattr(opts, "fusedActivationFunction"):
+        act = int(opts.fusedActivationFunction)
+    if act not in options.ACTIVATIONS:
+        raise ValueError(f"{where}: fused activation {act} is not one MAM_SPARSE supports "
+                         f"({options.ACTIVATIONS})")
+    return sorted(core), inputs.pop(), int(out), act
+
+
+def _new_buffer(schema, model, array):
+    buf = schema.BufferT()
+    buf.data = np.frombuffer(np.ascontiguousarray(array).tobytes(), np.uint8).copy()
+    model.buffers.append(buf)
+    return len(model.buffers) - 1
+
+
+def _new_tensor(schema, model, sg, name, array, tensor_type, scales=None, zero_points=None):
+    t = schema.TensorT()
+    t.name = name.encode()
+    t.shape = np.array(array.shape, np.int32)
+    t.type = tensor_type
+    t.buffer = _new_buffer(schema, model, array)
+    if scales is not None:
+        q = schema.QuantizationParametersT()
+        q.scale = np.asarray(scales, np.float32).ravel()
+        q.zeroPoint = np.asarray(zero_points, np.int64).ravel()
+        q.quantizedDimension = 0
+        t.quantization = q
+    sg.tensors.append(t)
+    return len(sg.tensors) - 1
+
+
+def _opcode(schema, model, custom_code):
+    for i, code in enumerate(model.operatorCodes):
+        if code.customCode is not None and code.customCode.decode() == custom_code:
+            return i
+    code = schema.OperatorCodeT()
+    code.builtinCode = schema.BuiltinOperator.CUSTOM
+    code.deprecatedBuiltinCode = schema.BuiltinOperator.CUSTOM
+    code.customCode = custom_code.encode()
+    code.version = 1
+    model.operatorCodes.append(code)
+    return len(model.operatorCodes) - 1
+
+
+def _splice_mam(schema, model, layer, mode, per_row):
+    sg = model.subgraphs[0]
+    core, x_idx, y_idx, act = _find_pattern(schema, model, sg, layer.name)
+    x_t, y_t = sg.tensors[x_idx], sg.tensors[y_idx]
+    in_scale, in_zp = _quant(x_t)
+    out_scale, out_zp = _quant(y_t)
+    dtype = np.int8 if mode == "int8" else np.int16
+    q = quantize_layer(
+        layer.kernel.numpy(), layer.bias.numpy() if layer.use_bias else None,
+        input_scale=in_scale, input_zero_point=in_zp, output_scale=out_scale,
+        output_zero_point=out_zp, activation=act, dtype=dtype, per_row=per_row, name=layer.name,
+    )
+    csr = encode(q.weights, name=layer.name)
+    m, n = csr.shape
+    base = f"{layer.name}/MAM_SPARSE"
+    tt = schema.TensorType
+    values = _new_tensor(schema, model, sg, f"{base}/values", csr.values, tt.INT8,
+                         q.weight_scales, np.zeros(q.weight_scales.size))
+    offsets = _new_tensor(schema, model, sg, f"{base}/offsets", csr.offsets, tt.UINT8)
+    counts = _new_tensor(schema, model, sg, f"{base}/row_counts", csr.row_counts, tt.INT16)
+    bias = -1
+    if q.bias is not None:
+        bias_scales = (np.float32(in_scale) * q.weight_scales.astype(np.float32)).astype(np.float32)
+        bias = _new_tensor(schema, model, sg, f"{base}/bias", q.bias,
+                           tt.INT32 if mode == "int8" else tt.INT64,
+                           bias_scales, np.zeros(bias_scales.size))
+    op = schema.OperatorT()
+    op.opcodeIndex = _opcode(schema, model, options.MAM_SPARSE)
+    op.inputs = np.array([x_idx, values, offsets, counts, bias], np.int32)
+    op.outputs = np.array([y_idx], np.int32)
+    op.customOptions = np.frombuffer(options.encode(in_features=n, activation=act), np.uint8).copy()
+    op.customOptionsFormat = schema.CustomOptionsFormat.FLEXBUFFERS
+    first = core[0]
+    sg.operators = [o for i, o in enumerate(sg.operators) if i not in set(core)]
+    sg.operators.insert(first, op)
+    nnz = int(np.count_nonzero(q.weights))
+    bias_bytes = 4 * m if q.bias is not None else 0
+    return LayerReport(layer.name, options.MAM_SPARSE, (m, n), nnz, csr.num_entries,
+                       csr.nbytes(has_bias=q.bias is not None), m * n + bias_bytes)
+
+
+def convert(model, representative_data, mode="int8", *, per_row=True, float_io=False,
+            require_mam=True, calibration_samples=500, return_report=False):
+    """Converts a Keras model with MAM layers to a .tflite holding MAM_SPARSE ops.
+
+    Args:
+      model: a functional or Sequential tf_keras model, single input. Every MAMDense must
+        have beta == 0 and rank-2 inputs.
+      representative_data: float samples shaped like the model input (a [K, ...] array);
+        up to ``calibration_samples`` of them calibrate the activations.
+      mode: ``"int8"`` (int8 activations, int8 weights, int32 bias) or ``"int16x8"``
+        (int16 activations with zero point 0, int8 weights, int64 bias).
+      per_row: one weight scale per output row (default) or one for the whole layer.
+      float_io: keep float32 model input/output (QUANTIZE/DEQUANTIZE ops at the ends)
+        instead of integer I/O.
+      return_report: return a :class:`Conversion` (bytes + per-layer report) instead of bytes.
+    """
+    if mode not in MODES:
+        raise ValueError(f"convert: mode must be one of {MODES}, got {mode!r}")
+    model = _strip_pruning(model)
+    found = _check_model(model, require_mam)
+    flat = _tflite_builtin(model, representative_data, mode, float_io, calibration_samples)
+    schema = fb.schema()
+    tfl = fb.load(flat)
+    if len(tfl.subgraphs) != 1:
+        raise ValueError(f"convert: the converted model has {len(tfl.subgraphs)} subgraphs; one expected")
+    reports = [_splice_mam(schema, tfl, layer, mode, per_row) for layer in found]
+    fb.compact(tfl)
+    out = fb.pack(tfl)
+    if return_report:
+        return Conversion(out, mode, reports)
+    return out
+
+
+def _strip_pruning(model):
+    if any(type(layer).__name__ == "PruneLowMagnitude" for layer in _walk(model)):
+        import tensorflow_model_optimization as tfmot
+
+        return tfmot.sparsity.keras.strip_pruning(model)
+    return model
+
+
+def write_header(tflite: bytes, path, name="model_data"):
+    """Writes the model as an aligned C array, ``const unsigned char name[]`` and its length."""
+    if not name.isidentifier():
+        raise ValueError(f"write_header: {name!r} is not a valid C identifier")
+    lines = [
+        "// Generated by mam-tf convert. The .tflite model as a C array for TFLite-Micro.",
+        "#pragma once",
+        "#include <stddef.h>",
+        "#ifndef __cplusplus",
+        "#include <stdalign.h>",
+        "#endif",
+        "",
+        f"// {len(tflite)} bytes; 16-byte aligned as TFLite-Micro expects for model data.",
+        f"alignas(16) const unsigned char {name}[] = {{",
+    ]
+    for i in range(0, len(tflite), 12):
+        lines.append("  " + ", ".join(f"0x{b:02x}" for b in tflite[i:i + 12]) + ",")
+    lines += ["};", f"const size_t {name}_len = {len(tflite)};", ""]
+    text = "\n".join(lines)
+    with open(path, "w") as fh:
+        fh.write(text)
+    return text
+
+
+# ------------------------------------------------------------------------------------------
+# Command line: mam-tf convert
+# ------------------------------------------------------------------------------------------
+def _load_data(path, key):
+    path = str(path)
+    if path.endswith(".npy"):
+        return np.load(path)
+    with np.load(path) as z:
+        if key is None:
+            if len(z.files) != 1:
+                raise ValueError(f"convert: {path} holds arrays {z.files}; choose one with --data-key")
+            key = z.files[0]
+        if key not in z.files:
+            raise ValueError(f"convert: {path} has no array {key!r}; it holds {z.files}")
+        return z[key]
+
+
+def _cmd_convert(args):
+    import os
+
+    from mam_tf._compat import keras as _keras
+
+    if not os.path.exists(args.model):
+        raise SystemExit(f"mam-tf convert: no model at {args.model!r}")
+    model = _keras.models.load_model(args.model, compile=False)
+    data = _load_data(args.data, args.data_key)
+    try:
+        result = convert(model, data, mode=args.mode, per_row=not args.per_tensor,
+                         float_io=args.float_io, calibration_samples=args.samples,
+                         require_mam=not args.allow_no_mam, return_report=True)
+    except ValueError as err:
+        raise SystemExit(f"mam-tf convert: {err}") from None
+    tmp = args.output + ".part"
+    with open(tmp, "wb") as fh:
+        fh.write(result.tflite)
+    os.replace(tmp, args.output)  # never leave a half-written model behind
+    print(result.report())
+    print(f"wrote {args.output}")
+    if args.header:
+        name = args.header_name or "model_data"
+        write_header(result.tflite, args.header, name=name)
+        print(f"wrote {args.header} ({name}, {name}_len)")
+
+
+def add_convert_command(subparsers):
+    p = subparsers.add_parser(
+        "convert",
+        help="Keras model -> .tflite with MAM_SPARSE custom ops (int8 or 16x8)",
+        description="Converts a saved Keras model (.keras, .h5 or SavedModel) holding MAMDense "
+        "layers to a fully quantized .tflite in which each MAMDense is one MAM_SPARSE custom op "
+        "(offset-CSR int8 weights). Activations are calibrated on the representative data; the "
+        "per-layer report gives nonzeros and bytes (offset-CSR vs dense int8).",
+    )
+    p.add_argument("model", help="saved Keras model (.keras, .h5 or SavedModel folder)")
+    p.add_argument("--data", required=True,
+                   help="representative inputs: a .npy array, or a .npz (see --data-key), "
+                   "shaped [samples, ...model input]")
+    p.add_argument("--data-key", help="array name inside the .npz (default: its only array)")
+    p.add_argument("--mode", choices=MODES, default="int8",
+                   help="int8: int8 activations; int16x8: int16 activations, int8 weights")
+    p.add_argument("-o", "--output", required=True, help="the .tflite file to write")
+    p.add_argument("--header", help="also write the model as a C array header (for firmware)")
+    p.add_argument("--header-name", help="C identifier of the array (default model_data)")
+    p.add_argument("--per-tensor", action="store_true",
+                   help="one weight scale per layer instead of one per output row")
+    p.add_argument("--float-io", action="store_true",
+                   help="keep float32 model input/output (quantize/dequantize on the device)")
+    p.add_argument("--samples", type=int, default=500, help="calibration samples to use")
+    p.add_argument("--allow-no-mam", action="store_true",
+                   help="convert a model without MAM layers too (plain builtin int8 model)")
+    p.set_defaults(func=_cmd_convert)

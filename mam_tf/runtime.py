@@ -1,0 +1,277 @@
+"""Runs a .tflite holding MAM_SPARSE / MAC_SPARSE ops on the host, computing what the device computes.
+
+The model is cut at its custom ops. Each run of builtin ops becomes a small model of its own
+that TFLite-Micro's interpreter (the ``tflite-micro`` package) runs; each MAM_SPARSE /
+MAC_SPARSE op runs in the C core of ``tflm_ops`` through :mod:`mam_tf.core` (or, if that
+library cannot be built here, in the numpy reference :mod:`mam_tf.reference`, which is
+bit-exact with it). Integer tensors flow between the parts unchanged, so the result is the
+device's, bit for bit, for every op TFLite-Micro and the core implement.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from mam_tf import flatbuffer as fb
+from mam_tf import options, reference
+from mam_tf.sparse import OffsetCSR
+
+__all__ = ["Interpreter"]
+
+_CUSTOM = (options.MAM_SPARSE, options.MAC_SPARSE)
+
+
+def _kernels(backend):
+    """The module computing MAM_SPARSE/MAC_SPARSE: the C core, or the numpy reference."""
+    if backend == "reference":
+        return reference
+    try:
+        from mam_tf import core
+
+        core.load()
+        return core
+    except Exception as err:  # no compiler, no cmake: say so once, stay correct
+        if backend == "core":
+            raise
+        warnings.warn(f"mam_tf.runtime: the C core is unavailable ({err}); using the numpy "
+                      "reference, which computes the same integers more slowly", stacklevel=3)
+        return reference
+
+
+class _SparseStep:
+    """One MAM_SPARSE / MAC_SPARSE op, its constants read and its multipliers prepared once."""
+
+    def __init__(self, model, sg, op, kind):
+        self.kind = kind
+        self.input, values, offsets, counts = (int(t) for t in op.inputs[:4])
+        bias = int(op.inputs[4]) if len(op.inputs) > 4 else -1
+        self.output = int(op.outputs[0])
+        opts = options.decode(np.asarray(op.customOptions, np.uint8).tobytes())
+        n = opts["in_features"]
+        row_counts = fb.constant(model, sg, counts)
+        self.csr = OffsetCSR(fb.constant(model, sg, values), fb.constant(model, sg, offsets),
+                             row_counts, (len(row_counts), n))
+        self.csr.check(name=sg.tensors[self.output].name.decode())
+        self.bias = fb.constant(model, sg, bias) if bias >= 0 else None
+        x_t, y_t = sg.tensors[self.input], sg.tensors[self.output]
+        self.dtype = fb.numpy_dtype(x_t.type)
+        in_s, in_zp = fb.quantization(x_t)
+        out_s, out_zp = fb.quantization(y_t)
+        w_s, _ = fb.quantization(sg.tensors[values])
+        real = reference.effective_scale(in_s[0], w_s, out_s[0])
+        self.multiplier, self.shift = reference.quantize_multipliers(real)
+        self.act_min, self.act_max = reference.activation_range(
+            opts["fused_activation_function"], float(out_s[0]), int(out_zp[0]), self.dtype)
+        self.in_zp, self.out_zp = int(in_zp[0]), int(out_zp[0])
+        self.out_shape = [int(d) for d in y_t.shape]
+
+    def run(self, tensors, kernels):
+        fn = kernels.mam_sparse if self.kind == options.MAM_SPARSE else kernels.mac_sparse
+        x = tensors[self.input].reshape(-1, self.csr.shape[1])
+        y = fn(x, self.csr, self.bias, self.multiplier, self.shift,
+               input_zero_point=self.in_zp, output_zero_point=self.out_zp,
+               act_min=self.act_min, act_max=self.act_max)
+        tensors[self.output] = np.asarray(y).reshape(self.out_shape)
+
+
+class _BuiltinStep:
+    """A run of builtin ops, as a model of its own for TFLite-Micro's interpreter."""
+
+    def __init__(self, data, op_indices, inputs, outputs):
+        model = fb.load(data)
+        sg = model.subgraphs[0]
+        sg.operators = [sg.operators[i] for i in op_indices]
+        sg.inputs = np.array(inputs, np.int32)
+        sg.outputs = np.array(outputs, np.int32)
+        # Tensor indices change when the model is compacted: follow the tensors by identity.
+        ins = [sg.tensors[i] for i in inputs]
+        outs = [sg.tensors[i] for i in outputs]
+        fb.compact(model)
+        self.inputs, self.outputs = list(inputs), list(outputs)
+        positions = {id(t): k for k, t in enumerate(sg.tensors)}
+        assert [positions[id(t)] for t in ins] == list(sg.inputs)
+        assert [positions[id(t)] for t in outs] == list(sg.outputs)
+        activations = sum(
+            int(np.prod(t.shape)) * 8 for t in sg.tensors if t.shape is not None)
+        self.data = fb.pack(model)
+        from tflite_micro.python.tflite_micro import runtime as tflm
+
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints a resource-variable count
+            self.interp = tflm.Interpreter.from_bytes(
+                self.data, arena_size=max(1 << 20, 4 * activations + 65536))
+
+    def run(self, tensors):
+        for k, idx in enumerate(self.inputs):
+            self.interp.set_input(tensors[idx], k)
+        self.interp.invoke()
+        for k, idx in enumerate(self.outputs):
+            tensors[idx] = np.array(self.interp.get_output(k))
+
+
+class Interpreter:
+    """Runs a .tflite with MAM_SPARSE / MAC_SPARSE ops on the host.
+
+    ``Interpreter(path_or_bytes).run(x)`` takes float inputs [B, ...] and returns float
+    outputs: inputs are quantized as the model's input tensor says (round half away from
+    zero, clamped) and outputs dequantized; ``run_raw`` takes and returns the integer tensors.
+    After a run, ``tensors`` maps every tensor index of the last sample to its integer value.
+
+    Args:
+      model: a path to a .tflite file, or its bytes.
+      backend: ``"auto"`` (the C core if it can be built, else the numpy reference),
+        ``"core"`` or ``"reference"``.
+    """
+
+    def __init__(self, model, backend="auto"):
+        if isinstance(model, (str, Path)):
+            path = Path(model)
+            if not path.is_file():
+                raise ValueError(f"mam_tf.runtime: no model file at {str(path)!r}")
+            model = path.read_bytes()
+        self._data = bytes(model)
+        try:
+            tfl = fb.load(self._data)
+        except Exception as err:
+            raise ValueError(f"mam_tf.runtime: not a .tflite flatbuffer ({err})") from None
+        if len(tfl.subgraphs) != 1:
+            raise ValueError(f"mam_tf.runtime: {len(tfl.subgraphs)} subgraphs; one is supported")
+        sg = tfl.subgraphs[0]
+        self._kernels = _kernels(backend)
+        self.backend = "reference" if self._kernels is reference else "core"
+        self.input_index = int(sg.inputs[0])
+        self.output_index = int(sg.outputs[0])
+        if len(sg.inputs) != 1 or len(sg.outputs) != 1:
+            raise ValueError("mam_tf.runtime: models with one input and one output are supported")
+        self.input_dtype = fb.numpy_dtype(sg.tensors[self.input_index].type)
+        self.output_dtype = fb.numpy_dtype(sg.tensors[self.output_index].type)
+        self.input_shape = [int(d) for d in sg.tensors[self.input_index].shape]
+        self.input_quantization = fb.quantization(sg.tensors[self.input_index])
+        self.output_quantization = fb.quantization(sg.tensors[self.output_index])
+        self.steps = self._plan(tfl, sg)
+        self.tensors = {}
+
+    def _plan(self, tfl, sg):
+        kinds = [fb.op_name(tfl, op) for op in sg.operators]
+        needed_later = [set() for _ in kinds]  # tensors read by ops after position k
+        later = {int(t) for t in sg.outputs}
+        for k in range(len(kinds) - 1, -1, -1):
+            needed_later[k] = set(later)
+            later.update(int(t) for t in sg.operators[k].inputs if t >= 0)
+        steps, run = [], []
+
+        def flush():
+            if not run:
+                return
+            produced = {int(t) for i in run for t in sg.operators[i].outputs}
+            inputs, outputs = [], []
+            for i in run:
+                for t in sg.operators[i].inputs:
+                    t = int(t)
+                    if t >= 0 and t not in produced and not fb.is_constant(tfl, sg, t) \
+                            and t not in inputs:
+                        inputs.append(t)
+            for i in run:
+                for t in sg.operators[i].outputs:
+                    if int(t) in needed_later[run[-1]] and int(t) not in outputs:
+                        outputs.append(int(t))
+            steps.append(_BuiltinStep(self._data, list(run), inputs, outputs))
+            run.clear()
+
+        for k, kind in enumerate(kinds):
+            if kind in _CUSTOM:
+                flush()
+                steps.append(_SparseStep(tfl, sg, sg.operators[k], kind))
+            elif tfl.operatorCodes[sg.operators[k].opcodeIndex].customCode:
+                raise ValueError(f"mam_tf.runtime: custom op {kind!r} is not known to the host runtime")
+            else:
+                run.append(k)
+        flush()
+        return steps
+
+    def run_raw(self, x):
+        """Integer input [B, ...] (the model input's type) -> integer output [B, ...]."""
+        x = np.asarray(x)
+        if x.dtype != self.input_dtype:
+            raise ValueError(f"mam_tf.runtime: run_raw takes {self.input_dtype} input, got {x.dtype}")
+        per_sample = self.input_shape[1:]
+        if list(x.shape[1:]) != per_sample:
+            raise ValueError(f"mam_tf.runtime: input samples have shape {list(x.shape[1:])}, the "
+                             f"model takes {per_sample}")
+        outs = []
+        for sample in x:
+            tensors = {self.input_index: sample[None]}
+            for step in self.steps:
+                if isinstance(step, _SparseStep):
+                    step.run(tensors, self._kernels)
+                else:
+                    step.run(tensors)
+            outs.append(tensors[self.output_index])
+            self.tensors = tensors
+        return np.concatenate(outs, axis=0)
+
+    def quantize_input(self, x):
+        scales, zps = self.input_quantization
+        if scales is None:
+            return np.asarray(x, self.input_dtype)
+        info = np.iinfo(self.input_dtype)
+        q = np.asarray(x, np.float32) / np.float32(scales[0])
+        q = np.sign(q) * np.floor(np.abs(q) + np.float32(0.5)) + zps[0]
+        return np.clip(q, info.min, info.max).astype(self.input_dtype)
+
+    def dequantize_output(self, y):
+        scales, zps = self.output_quantization
+        if scales is None:
+            return np.asarray(y, np.float32)
+        return ((np.asarray(y, np.int64) - zps[0]) * np.float64(scales[0])).astype(np.float32)
+
+    def run(self, x):
+        """Float input [B, ...] -> float output [B, ...], computed as the device computes it."""
+        return self.dequantize_output(self.run_raw(self.quantize_input(x)))
+
+
+def _cmd_run(args):
+    from mam_tf.convert import _load_data
+
+    try:
+        interp = Interpreter(args.model, backend=args.backend)
+        x = _load_data(args.data, args.data_key)
+        y = interp.run(x)
+    except ValueError as err:
+        raise SystemExit(f"mam-tf run: {err}") from None
+    print(f"ran {len(x)} samples through {args.model} (MAM_SPARSE on the {interp.backend})")
+    if args.output:
+        np.save(args.output, y)
+        print(f"wrote {args.output} {y.shape}")
+    target = None
+    if args.target:
+        target = _load_data(args.target, None)
+    elif args.autoencoder:
+        target = x
+    if target is not None:
+        from ecg_data import arsnr
+
+        print(f"ARSNR: {arsnr(np.asarray(target).reshape(y.shape), y):.2f} dB")
+
+
+def add_run_command(subparsers):
+    p = subparsers.add_parser(
+        "run",
+        help="run a .tflite with MAM_SPARSE ops on this PC, as the device would",
+        description="Runs a .tflite from `mam-tf convert` on the host: builtin ops through "
+        "TFLite-Micro's interpreter, MAM_SPARSE/MAC_SPARSE through the tflm_ops C core. Float "
+        "in, float out (quantized and dequantized with the model's own parameters).",
+    )
+    p.add_argument("model", help="the .tflite file")
+    p.add_argument("--data", required=True, help="inputs: .npy, or .npz (see --data-key)")
+    p.add_argument("--data-key", help="array name inside the .npz (default: its only array)")
+    p.add_argument("--output", help="save the outputs to this .npy")
+    p.add_argument("--target", help="expected outputs (.npy/.npz): print the ARSNR against them")
+    p.add_argument("--autoencoder", action="store_true",
+                   help="the target is the input itself: print the reconstruction ARSNR")
+    p.add_argument("--backend", choices=("auto", "core", "reference"), default="auto",
+                   help="what computes MAM_SPARSE: the C core, the numpy reference, or auto")
+    p.set_defaults(func=_cmd_run)

@@ -1,0 +1,226 @@
+"""Keras -> .tflite with MAM_SPARSE, and the host runtime that runs it."""
+import numpy as np
+import pytest
+
+from ecg_data import arsnr, synthetic_windows
+from mam_tf import MAMDense, VanishingContributions, keras, options, reference
+from mam_tf import flatbuffer as fb
+from mam_tf.convert import convert, write_header
+from mam_tf.runtime import Interpreter
+
+
+def _small_model(seed=0, prune_below=0.3, activation="relu"):
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((20,))
+    h = keras.layers.Dense(16, activation="relu", name="pre")(inp)
+    h = MAMDense(8, activation=activation, name="enc", bias_initializer="random_normal")(h)
+    out = keras.layers.Dense(20, name="dec")(h)
+    model = keras.Model(inp, out)
+    w = model.get_layer("enc").kernel.numpy()
+    w[np.abs(w) < prune_below] = 0.0
+    model.get_layer("enc").kernel.assign(w)
+    return model
+
+
+@pytest.fixture(scope="module")
+def data():
+    return np.random.default_rng(0).standard_normal((64, 20)).astype(np.float32)
+
+
+@pytest.fixture(scope="module", params=["int8", "int16x8"])
+def converted(request, data):
+    keras.backend.clear_session()
+    model = _small_model()
+    return model, convert(model, data, mode=request.param, return_report=True)
+
+
+def _ops(tflite):
+    model = fb.load(tflite)
+    return model, model.subgraphs[0], [fb.op_name(model, op) for op in model.subgraphs[0].operators]
+
+
+def test_each_mam_layer_becomes_one_mam_sparse_op(converted):
+    _, conv = converted
+    model, sg, names = _ops(conv.tflite)
+    assert names == ["FULLY_CONNECTED", "MAM_SPARSE", "FULLY_CONNECTED"]
+    op = sg.operators[1]
+    x, values, offsets, counts, bias = (sg.tensors[i] for i in op.inputs)
+    act = np.int8 if conv.mode == "int8" else np.int16
+    assert fb.numpy_dtype(x.type) == act
+    assert fb.numpy_dtype(values.type) == np.int8
+    assert fb.numpy_dtype(offsets.type) == np.uint8
+    assert fb.numpy_dtype(counts.type) == np.int16
+    assert fb.numpy_dtype(bias.type) == (np.int32 if conv.mode == "int8" else np.int64)
+    assert fb.numpy_dtype(sg.tensors[op.outputs[0]].type) == act
+    # The dense float products' constant is gone: no buffer as large as N*M*... remains.
+    assert len(conv.tflite) < 8000
+
+
+def test_custom_options_are_exactly_the_shared_definition(converted):
+    _, conv = converted
+    _, sg, _ = _ops(conv.tflite)
+    raw = np.asarray(sg.operators[1].customOptions, np.uint8).tobytes()
+    opts = options.decode(raw)
+    assert set(opts) == set(options.KEYS)
+    assert opts == {"in_features": 16, "fused_activation_function": 1, "version": 1}
+
+
+def test_weights_stored_are_the_kernel_quantized_and_pruned(converted):
+    model, conv = converted
+    tfl, sg, _ = _ops(conv.tflite)
+    op = sg.operators[1]
+    values = fb.constant(tfl, sg, op.inputs[1])
+    from mam_tf.sparse import OffsetCSR
+
+    csr = OffsetCSR(values, fb.constant(tfl, sg, op.inputs[2]), fb.constant(tfl, sg, op.inputs[3]),
+                    (8, 16))
+    scales, zps = fb.quantization(sg.tensors[op.inputs[1]])
+    kernel = model.get_layer("enc").kernel.numpy()
+    assert (zps == 0).all() and scales.shape == (8,)
+    np.testing.assert_allclose(csr.decode().astype(np.float32) * scales[:, None], kernel.T,
+                               atol=float(scales.max()) / 2 + 1e-7)
+    assert np.count_nonzero(csr.decode()) == conv.layers[0].nonzeros <= np.count_nonzero(kernel)
+    r = conv.layers[0]
+    assert r.sparse_bytes == 2 * r.entries + 2 * 8 + 4 * 8 and r.dense_int8_bytes == 8 * 16 + 4 * 8
+
+
+def test_runtime_mam_sparse_equals_the_reference(converted, data):
+    _, conv = converted
+    for backend in ("core", "reference"):
+        interp = Interpreter(conv.tflite, backend=backend)
+        interp.run(data[:3])
+        step = interp.steps[1]
+        x = interp.tensors[step.input].reshape(1, -1)
+        expected = reference.mam_sparse(
+            x, step.csr, step.bias, step.multiplier, step.shift, input_zero_point=step.in_zp,
+            output_zero_point=step.out_zp, act_min=step.act_min, act_max=step.act_max)
+        np.testing.assert_array_equal(interp.tensors[step.output].reshape(1, -1), expected)
+    a = Interpreter(conv.tflite, backend="core").run_raw(
+        Interpreter(conv.tflite).quantize_input(data))
+    b = Interpreter(conv.tflite, backend="reference").run_raw(
+        Interpreter(conv.tflite).quantize_input(data))
+    np.testing.assert_array_equal(a, b)
+
+
+def test_converted_model_tracks_keras(converted, data):
+    model, conv = converted
+    y = Interpreter(conv.tflite).run(data)
+    ref = model.predict(data, verbose=0)
+    rel = np.abs(y - ref).max() / np.abs(ref).max()
+    assert rel < (0.05 if conv.mode == "int8" else 0.02)
+
+
+def test_splicing_leaves_other_ops_untouched(data):
+    """The ops before and after the MAM layer are the builtin ops TFLite made, unchanged."""
+    from mam_tf.convert import _tflite_builtin
+
+    model = _small_model()
+    spliced = fb.load(convert(model, data, mode="int8"))
+    plain = fb.load(_tflite_builtin(model, data, "int8", False, 500))
+
+    def describe(tfl, op):
+        sg = tfl.subgraphs[0]
+        consts = [fb.constant(tfl, sg, t).tobytes() for t in op.inputs if fb.is_constant(tfl, sg, t)]
+        quant = []
+        for t in list(op.inputs) + list(op.outputs):
+            scales, zps = fb.quantization(sg.tensors[t]) if t >= 0 else (None, None)
+            quant.append(None if scales is None else (scales.tobytes(), zps.tobytes()))
+        return fb.op_name(tfl, op), consts, quant
+
+    a = [describe(spliced, op) for op in spliced.subgraphs[0].operators]
+    b = [describe(plain, op) for op in plain.subgraphs[0].operators]
+    assert [k for k, _, _ in b] == ["FULLY_CONNECTED", "RESHAPE", "MUL", "REDUCE_MAX",
+                                    "REDUCE_MIN", "ADD", "ADD", "FULLY_CONNECTED"]
+    # Same op, same constants bytes, same quantization on every tensor it touches.
+    assert a[0] == b[0] and a[-1] == b[-1]
+    # MAM_SPARSE reads the tensor the pattern read, and writes the one it wrote.
+    sa, sb = spliced.subgraphs[0], plain.subgraphs[0]
+    mam = sa.operators[1]
+    assert sa.tensors[mam.inputs[0]].name == sb.tensors[sb.operators[1].inputs[0]].name
+    assert sa.tensors[mam.outputs[0]].name == sb.tensors[sb.operators[6].outputs[0]].name
+
+
+def test_header_is_an_aligned_c_array(tmp_path, converted):
+    _, conv = converted
+    text = write_header(conv.tflite, tmp_path / "model_data.h", name="mam_model")
+    assert "alignas(16) const unsigned char mam_model[]" in text
+    assert f"const size_t mam_model_len = {len(conv.tflite)};" in text
+    body = text[text.index("{") + 1:text.index("};")]
+    assert bytes(int(v, 16) for v in body.replace(",", " ").split()) == conv.tflite
+
+
+# -- refusals ------------------------------------------------------------------------------
+def test_beta_not_zero_is_refused(data):
+    model = _small_model()
+    model.get_layer("enc").set_beta(0.25)
+    with pytest.raises(ValueError, match="MAMDense 'enc': beta is 0.25; export needs beta == 0"):
+        convert(model, data)
+
+
+def test_non_finite_weights_are_refused(data):
+    model = _small_model()
+    w = model.get_layer("enc").kernel.numpy()
+    w[0, 0] = np.nan
+    model.get_layer("enc").kernel.assign(w)
+    with pytest.raises(ValueError, match="MAMDense 'enc' has non-finite kernel"):
+        convert(model, data)
+
+
+def test_unsupported_layer_is_refused(data):
+    inp = keras.Input((20,))
+    h = keras.layers.LSTM(4, name="rnn")(keras.layers.Reshape((4, 5))(inp))
+    model = keras.Model(inp, MAMDense(3, name="m")(h))
+    with pytest.raises(ValueError, match="layer 'rnn' of type LSTM is not supported"):
+        convert(model, data)
+
+
+def test_model_without_mam_layer_is_refused(data):
+    inp = keras.Input((20,))
+    model = keras.Model(inp, keras.layers.Dense(3)(inp), name="plain")
+    with pytest.raises(ValueError, match="model 'plain' has no MAM layer"):
+        convert(model, data)
+
+
+def test_unknown_mode_and_bad_data_are_refused(data):
+    model = _small_model()
+    with pytest.raises(ValueError, match="mode must be one of"):
+        convert(model, data, mode="int4")
+    with pytest.raises(ValueError, match=r"sample shape \(7,\)"):
+        convert(model, np.zeros((4, 7), np.float32))
+
+
+def test_row_over_the_int16_entry_limit_names_the_layer_and_row():
+    n = 32768  # one more entry than row_counts (int16) can hold
+    inp = keras.Input((n,))
+    model = keras.Model(inp, MAMDense(1, name="wide", kernel_initializer="ones")(inp))
+    with pytest.raises(ValueError, match=r"layer 'wide'.*row 0"):
+        convert(model, np.ones((2, n), np.float32))
+
+
+# -- end to end on a small ECG autoencoder ---------------------------------------------------
+@pytest.fixture(scope="module")
+def ecg_autoencoder():
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(1)
+    x = synthetic_windows(1200, seed=3)
+    train, test = x[:1000], x[1000:]
+    inp = keras.Input((256,))
+    code = MAMDense(32, activation="relu", beta=1.0, name="encoder")(inp)
+    model = keras.Model(inp, keras.layers.Dense(256, activation="sigmoid", name="decoder")(code))
+    model.compile(keras.optimizers.Adam(1e-2), "mse")
+    model.fit(train, train, epochs=20, batch_size=50, verbose=0,
+              callbacks=[VanishingContributions(length=8)])
+    return model, train, test
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode, budget_db", [("int16x8", 0.5), ("int8", 1.5)])
+def test_converted_autoencoder_keeps_its_arsnr(ecg_autoencoder, mode, budget_db):
+    model, train, test = ecg_autoencoder
+    float_db = arsnr(test, model.predict(test, verbose=0))
+    # The model learned something (well above predicting the mean window), so the
+    # comparison below means something.
+    assert float_db > arsnr(test, np.broadcast_to(train.mean(0), test.shape)) + 2.0
+    tflite = convert(model, train[:200], mode=mode)
+    device_db = arsnr(test, Interpreter(tflite).run(test))
+    assert abs(float_db - device_db) <= budget_db, (float_db, device_db)
