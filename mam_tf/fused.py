@@ -199,8 +199,8 @@ def unavailable_reason() -> str | None:
 
 @contextlib.contextmanager
 def disabled():
-    """Within this block, ``usable`` is False: graphs traced here use only standard TensorFlow
-    ops (for SavedModel or TFLite export, which cannot hold the custom op)."""
+    """Within this block ``usable`` is False, so MAM runs (and graphs trace) on the reference
+    path: to compare the two, or to rule the kernel out while debugging."""
     global _disabled
     with _lock:
         _disabled += 1
