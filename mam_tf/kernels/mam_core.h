@@ -122,7 +122,7 @@ static inline void forward_tile_tracking(const float* x, const float* w, int64_t
 // of the multiply. Instead each step of kStep inputs computes only max and min values
 // (multiply, max, min), and the indices are searched again in the rare steps where a lane's
 // running max or min improves (on random data a few percent of steps after the first few; a
-// monotone input makes every step a search, 2-3x slower, never wrong). Comparisons are
+// monotone input makes every step a search: slower, never wrong). Comparisons are
 // strict and steps ascend, so the lowest index wins every tie; inside a step the search takes
 // the first input whose product equals the step's extreme.
 template <int R>
