@@ -66,7 +66,7 @@ def run_train_bench(shapes=None, steps=None, threads=None, variants=None, out=pr
             f"{'peak RSS MiB':>14}{'step growth MiB':>17}")
         base = None
         for label, variant, jit in chosen:
-            r = bench._run_isolated(variant, batch, n_in, units, n_steps, jit)
+            r = bench.run_isolated(variant, batch, n_in, units, n_steps, jit)
             r["label"] = label
             rows.append(r)
             if label == "dense":
@@ -91,7 +91,7 @@ def _cmd_train(args):
 
 def add_bench_command(subparsers):
     """Adds ``train`` to a ``bench`` sub-command's subparsers."""
-    from mam_tf.bench import _parse_shape
+    from mam_tf.bench import parse_shape
 
     p = subparsers.add_parser(
         "train",
@@ -99,7 +99,7 @@ def add_bench_command(subparsers):
         description=__doc__.split("\n\n", 1)[1].split("Also runnable")[0].strip(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--shape", type=_parse_shape, action="append",
+    p.add_argument("--shape", type=parse_shape, action="append",
                    help="BATCHxINPUTSxUNITS, repeatable (default: 128x16384x128 and 256x48x256)")
     p.add_argument("--steps", type=int, default=None,
                    help="timed steps per variant (default: 11 for big shapes, 101 for small)")

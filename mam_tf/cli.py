@@ -39,15 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
         "baseline measured in the same run.",
     )
     bench_sub = bench.add_subparsers(dest="bench_command", metavar="BENCHMARK")
-    from mam_tf.bench import add_bench_commands
-
-    add_bench_commands(bench_sub)
     from ecg_data.bench import add_bench_command as add_data_bench
+    from mam_tf.bench_train import add_bench_command as add_train_bench
 
+    add_train_bench(bench_sub)
     add_data_bench(bench_sub)
-    from mam_tf.bench_train import add_bench_command as add_bench_train_command
-
-    add_bench_train_command(bench_sub)
     bench.set_defaults(func=lambda args: bench.print_help() or 2)
     return parser
 

@@ -9,7 +9,7 @@ from mam_tf import MAMDense, keras
 from mam_tf.cli import build_parser, main
 
 
-@pytest.mark.parametrize("argv", [[], ["bench"], ["convert"], ["run"], ["demo"], ["bench", "layer"]])
+@pytest.mark.parametrize("argv", [[], ["bench"], ["convert"], ["run"], ["demo"], ["bench", "train"], ["bench", "data"], ["data"]])
 def test_every_command_explains_itself(argv, capsys):
     with pytest.raises(SystemExit) as exc:
         build_parser().parse_args(argv + ["--help"])

@@ -290,7 +290,7 @@ def test_bench_train_prints_every_variant_with_its_ratio_to_dense(monkeypatch):
         t = {"dense": 0.010, "mam": 0.020, "mam-reference": 0.500}[variant] / (2 if jit else 1)
         return {"median_s": t, "min_s": t, "peak_rss_mib": 700.0, "step_rss_growth_mib": 10.0}
 
-    monkeypatch.setattr(bench, "_run_isolated", fake_run)
+    monkeypatch.setattr(bench, "run_isolated", fake_run)
     lines = []
     args = cli.build_parser().parse_args(["bench", "train", "--shape", "4x8x2", "--steps", "3"])
     assert args.func is bench_train._cmd_train
