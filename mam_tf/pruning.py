@@ -121,7 +121,8 @@ def _n_pruned(sparsity, n):
 
 
 def _is_quantize_wrapper(layer):
-    return type(layer).__name__ in ("QuantizeWrapper", "QuantizeWrapperV2", "QuantizeAnnotate")
+    return isinstance(layer, tfmot.quantization.keras.QuantizeWrapper) or \
+        type(layer).__name__ == "QuantizeAnnotate"
 
 
 def _prunable(layer):
@@ -400,6 +401,13 @@ def _activation_counts(fn, model, data, targets, batch_size=256):
     return {t.name: tot.reshape(k.shape) for t, k, tot in zip(targets, kernels, totals)}
 
 
+def _activation_scores(fn, model, data, layers, batch_size=256):
+    # Counted on a private copy: its layers have one call site each, so layer.input is the
+    # input in this graph even when the model's layers were used in another model before.
+    copy = _copy_model(model)
+    return _activation_counts(fn, copy, data, _resolve(fn, copy, layers), batch_size)
+
+
 def prune_activation_rate(model, data, sparsity, layers=None, scope="layer", batch_size=256):
     """One-shot pruning by activation rate: the weights least often selected go first.
 
@@ -414,8 +422,7 @@ def prune_activation_rate(model, data, sparsity, layers=None, scope="layer", bat
     fn = "prune_activation_rate"
     sparsity = _check_sparsity(fn, sparsity)
     _check_scope(fn, scope)
-    targets = _resolve(fn, model, layers)
-    scores = _activation_counts(fn, model, data, targets, batch_size)
+    scores = _activation_scores(fn, model, data, layers, batch_size)
     return _prune_with_scores(fn, model, sparsity, layers, scope, scores)
 
 
@@ -600,7 +607,7 @@ def sweep(model, remaining, metric, *, method="magnitude", data=None, layers=Non
     if method == "magnitude":
         scores = _magnitude_scores(targets)
     else:
-        scores = _activation_counts(fn, model, data, targets)
+        scores = _activation_scores(fn, model, data, layers)
     names = [t.name for t in targets]
     rows = []
     for f in _progress(fractions, fn, progress):
@@ -654,11 +661,15 @@ def _quantized_sparsity_mask(layer):
     return None
 
 
-def _kernel_variable(layer):
-    for w in layer.weights:
+def _kernel_variable(outer, inner):
+    """The kernel variable (a QAT wrapper replaces ``inner.kernel`` by its fake-quantized tensor
+    and tracks the variable itself)."""
+    if isinstance(getattr(inner, "kernel", None), tf.Variable):
+        return inner.kernel
+    for w in outer.weights:
         if w.name.split("/")[-1].split(":")[0] == "kernel":
             return w
-    return layer.kernel
+    raise ValueError(f"summary: cannot find the kernel variable of layer '{inner.name}'")
 
 
 def summary(model, print_fn=print):
@@ -687,7 +698,7 @@ def summary(model, print_fn=print):
             mask = _quantized_sparsity_mask(layer)
         if not _prunable(inner):
             continue
-        k = _kernel_variable(inner).numpy()
+        k = _kernel_variable(layer, inner).numpy()
         if mask is not None:
             k = k * mask
         n, m = k.shape
