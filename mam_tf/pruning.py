@@ -494,19 +494,20 @@ def _walk(layer):
 # Fine-tuning, iterative pruning, sweeps
 # ------------------------------------------------------------------------------------------
 def fine_tune(model, x, y=None, *, optimizer=None, loss=None, metrics=None, callbacks=None,
-              **fit_kwargs):
+              run_eagerly=None, **fit_kwargs):
     """``model.fit`` for a pruned model, keeping pruned weights at exactly zero.
 
     Compiles the model when ``optimizer`` or ``loss`` is given (a freshly pruned model is a new,
     uncompiled model), adds tfmot's ``UpdatePruningStep`` callback if it is missing (the
-    wrappers need it), fits, then re-applies every mask. Other arguments go to ``fit``
+    wrappers need it), fits, then re-applies every mask. ``metrics`` and ``run_eagerly`` go to
+    ``compile``; other arguments go to ``fit``
     (``epochs``, ``batch_size``, ``verbose``, ...). Returns the History.
     """
     if optimizer is not None or loss is not None:
         if optimizer is None or loss is None:
             raise ValueError("fine_tune: pass both optimizer and loss (or neither, for a "
                              "model compiled already)")
-        model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
+        model.compile(optimizer=optimizer, loss=loss, metrics=metrics, run_eagerly=run_eagerly)
     elif getattr(model, "optimizer", None) is None or not getattr(model, "compiled_loss", None):
         raise ValueError(f"fine_tune: model '{model.name}' is not compiled; pass optimizer= and "
                          "loss=")
