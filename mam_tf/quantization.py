@@ -227,8 +227,20 @@ class QATWrapper(_QuantizeWrapperV2):
 
     def build(self, input_shape):
         if not self.layer.built:
-            self.layer.build(input_shape)
+            # Under a name scope: unscoped, every MAM layer's kernel is plain "kernel:0" and
+            # saving an HDF5 file with optimizer slots fails on the duplicate names.
+            with tf.name_scope(self.layer.name):
+                self.layer.build(input_shape)
         super().build(input_shape)
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if isinstance(config.get("layer"), dict):
+            # Leave the wrapped layer unbuilt (Keras would build it, unscoped, while
+            # deserializing it); build() builds it.
+            config["layer"] = {k: v for k, v in config["layer"].items() if k != "build_config"}
+        return super().from_config(config)
 
 
 # ------------------------------------------------------------------------------------------
