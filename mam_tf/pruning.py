@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 import tensorflow_model_optimization as tfmot
