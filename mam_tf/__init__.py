@@ -5,6 +5,7 @@ products per neuron matter, so MAM layers survive very heavy pruning.
 """
 from mam_tf._compat import keras, tf  # noqa: F401  (sets up Keras 2 before anything else)
 from mam_tf.layers import MAMDense, MAMLayerMixin, mam_layers
+from mam_tf import pruning, quantization  # noqa: E402  (modules: mam_tf.pruning.prune_magnitude, ...)
 from mam_tf.training import (
     SelectionCounts,
     VanishingContributions,
@@ -19,6 +20,8 @@ __all__ = [
     "SelectionCounts",
     "VanishingContributions",
     "mam_layers",
+    "pruning",
+    "quantization",
     "selection_counts",
     "vanishing_beta",
     "__version__",

@@ -50,6 +50,14 @@ class MAMLayerMixin:
             return float(self.beta.numpy())
         return self._beta_init
 
+    def get_prunable_weights(self):
+        """The weights pruning may zero: the kernel (tfmot's ``PrunableLayer`` interface).
+
+        The bias and ``beta`` are never pruned. ``mam_tf.pruning`` registers MAM layers as
+        virtual subclasses of ``tfmot.sparsity.keras.PrunableLayer``.
+        """
+        return [self.kernel]
+
     def set_beta(self, value) -> None:
         """Sets the blend factor (0 = pure MAM, 1 = pure MAC); validated to lie in [0, 1]."""
         beta = _check_beta(self._describe(), value)
