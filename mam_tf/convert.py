@@ -48,7 +48,9 @@ _SUPPORTED = {
     "Concatenate", "UpSampling1D", "UpSampling2D", "ZeroPadding1D", "ZeroPadding2D",
     "Cropping1D", "Cropping2D", "Permute", "RepeatVector",
 }
-_WRAPPERS = {"QuantizeWrapper", "QuantizeWrapperV2", "QuantizeLayer", "PruneLowMagnitude"}
+_WRAPPERS = {"QuantizeWrapper", "QuantizeWrapperV2", "QuantizeLayer", "PruneLowMagnitude",
+             "QATWrapper", "QATInput"}
+_QAT = {"QuantizeWrapper", "QuantizeWrapperV2", "QATWrapper"}
 
 
 @dataclasses.dataclass
@@ -98,6 +100,33 @@ def _walk(layer):
         yield from _walk(inner)
 
 
+def _outer(model, layer):
+    """The layer itself, or the wrapper (QAT, pruning) that holds it in the model."""
+    for candidate in _walk(model):
+        if getattr(candidate, "layer", None) is layer:
+            return candidate
+    return layer
+
+
+def _input_shape(model, layer):
+    for candidate in (layer, _outer(model, layer)):
+        try:
+            shape = candidate.input_shape
+        except (AttributeError, RuntimeError):
+            continue
+        return shape if isinstance(shape, tuple) else None
+    return None
+
+
+def _scopes(model, layer):
+    """Name scopes the layer's ops trace under: its own, and its wrapper's (``quant_...``)."""
+    return [layer.name] + ([_outer(model, layer).name] if _outer(model, layer) is not layer else [])
+
+
+def _is_qat(model):
+    return any(type(layer).__name__ in _QAT for layer in _walk(model))
+
+
 def _check_model(model, require_mam):
     for layer in _walk(model):
         if layer is model or isinstance(layer, keras.Model):
@@ -124,12 +153,14 @@ def _check_model(model, require_mam):
             raise ValueError(f"MAMDense '{layer.name}': beta is {beta:g}; export needs beta == 0 "
                              "(finish the vanishing-contributions schedule, or set_beta(0) and "
                              "fine-tune)")
-        rank = len(layer.input_shape) if isinstance(layer.input_shape, tuple) else None
+        rank = len(_input_shape(model, layer) or ())
         if rank != 2:
-            raise ValueError(f"convert: MAMDense '{layer.name}' has input shape {layer.input_shape}; "
+            raise ValueError(f"convert: MAMDense '{layer.name}' has input shape "
+                             f"{_input_shape(model, layer)}; "
                              "MAM_SPARSE export takes [batch, features] inputs (add a Flatten)")
-        for what, var in (("kernel", layer.kernel), ("bias", layer.bias if layer.use_bias else None)):
-            if var is not None and not np.isfinite(var.numpy()).all():
+        for var in layer.weights:  # the variables: a QAT wrapper swaps layer.kernel for a tensor
+            if not np.isfinite(var.numpy()).all():
+                what = var.name.split("/")[-1].split(":")[0]
                 raise ValueError(f"convert: MAMDense '{layer.name}' has non-finite {what} values")
     return found
 
@@ -167,9 +198,11 @@ def _tflite_builtin(model, data, mode, float_io, calibration_samples):
         concrete = fn.get_concrete_function(tf.TensorSpec((1,) + input_shape, tf.float32))
     conv = tf.lite.TFLiteConverter.from_concrete_functions([concrete], model)
     conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.representative_dataset = _representative(data, input_shape, calibration_samples)
+    if data is not None:  # a QAT model carries its ranges in its fake-quant ops
+        conv.representative_dataset = _representative(data, input_shape, calibration_samples)
     if mode == "int8":
-        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        if data is not None:  # (a QAT model converts in TFLite's quantization-aware mode)
+            conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         io_type = tf.int8
     else:
         conv.target_spec.supported_ops = [
@@ -196,21 +229,24 @@ def _quant(tensor):
     return float(scales[0]), int(zps[0])
 
 
-_PATTERN_OPS = {"RESHAPE", "EXPAND_DIMS", "MUL", "REDUCE_MAX", "REDUCE_MIN"}
+_PATTERN_OPS = {"RESHAPE", "EXPAND_DIMS", "MUL", "REDUCE_MAX", "REDUCE_MIN", "DEQUANTIZE"}
 
 
-def _find_pattern(schema, model, sg, layer_name):
+def _find_pattern(schema, model, sg, scopes):
     """The operators implementing one MAM layer, its input and output tensors, its activation.
 
     The pattern is found by structure, anchored on names only where TFLite keeps them: the
     ops traced under the layer's ``mam_reduce`` scope (RESHAPE, MUL, REDUCE_MAX, REDUCE_MIN;
     TFLite may fold the first two for special kernels), then the ADD of the max and the min
     (whose output may carry any name, e.g. when it is the model output), then an optional
-    ADD of a constant [M] bias.
+    ADD of a constant [M] bias. In a quantization-aware model TFLite keeps the pattern in
+    float between a DEQUANTIZE and a QUANTIZE (no fake-quant inside it); both belong to it.
     """
+    layer_name = scopes[0]
     where = f"convert: MAM layer '{layer_name}'"
     core = [i for i, op in enumerate(sg.operators)
-            if any(_in_scope(sg.tensors[t], layer_name, ops.EXPORT_SCOPE) for t in op.outputs)
+            if any(_in_scope(sg.tensors[t], scope, ops.EXPORT_SCOPE)
+                   for t in op.outputs for scope in scopes)
             and fb.op_name(model, op) in _PATTERN_OPS]
     kinds = {fb.op_name(model, sg.operators[i]): i for i in core}
     if "REDUCE_MAX" not in kinds or "REDUCE_MIN" not in kinds:
@@ -234,11 +270,18 @@ def _find_pattern(schema, model, sg, layer_name):
         other = [t for t in op.inputs if t != out]
         outputs = {int(t) for t in sg.outputs}
         if (len(other) == 1 and fb.is_constant(model, sg, other[0])
-                and (any(_in_scope(sg.tensors[t], layer_name) for t in op.outputs)
+                and (any(_in_scope(sg.tensors[t], scope) for t in op.outputs for scope in scopes)
                      or int(op.outputs[0]) in outputs)):
             core.append(nxt[0])
             last = nxt[0]
             out = op.outputs[0]
+    act_op = last
+    nxt = consumers(out)
+    if len(nxt) == 1 and fb.op_name(model, sg.operators[nxt[0]]) == "QUANTIZE" \
+            and fb.numpy_dtype(sg.tensors[out].type) == np.float32:
+        core.append(nxt[0])
+        last = nxt[0]
+        out = sg.operators[last].outputs[0]
     produced = {int(t) for i in core for t in sg.operators[i].outputs}
     inputs = {int(t) for i in core for t in sg.operators[i].inputs
               if t >= 0 and int(t) not in produced and not fb.is_constant(model, sg, t)}
@@ -249,14 +292,32 @@ def _find_pattern(schema, model, sg, layer_name):
              and any(int(t) in inner for t in op.inputs)]
     if leaks or inner & {int(t) for t in sg.outputs}:
         raise ValueError(f"{where}: an intermediate tensor of its pattern is used elsewhere")
+    for t, what in ((next(iter(inputs)), "input"), (int(out), "output")):
+        if fb.numpy_dtype(sg.tensors[t].type) not in (np.int8, np.int16):
+            raise ValueError(f"{where}: its {what} tensor is {fb.numpy_dtype(sg.tensors[t].type)}, "
+                             "not quantized (is a fake-quant missing around the layer?)")
     act = 0
-    opts = sg.operators[last].builtinOptions
+    opts = sg.operators[act_op].builtinOptions
     if opts is not None and hasattr(opts, "fusedActivationFunction"):
         act = int(opts.fusedActivationFunction)
     if act not in options.ACTIVATIONS:
         raise ValueError(f"{where}: fused activation {act} is not one MAM_SPARSE supports "
                          f"({options.ACTIVATIONS})")
     return sorted(core), inputs.pop(), int(out), act
+
+
+def _check_integer_only(model):
+    """Every op left computes on integers (QUANTIZE/DEQUANTIZE at float I/O excepted)."""
+    sg = model.subgraphs[0]
+    for op in sg.operators:
+        kind = fb.op_name(model, op)
+        if kind in ("QUANTIZE", "DEQUANTIZE"):
+            continue
+        for t in op.outputs:
+            if fb.numpy_dtype(sg.tensors[t].type) == np.float32:
+                raise ValueError(f"convert: op {kind} producing '{sg.tensors[t].name.decode()}' was "
+                                 "left in float: the model is not fully quantized (a layer outside "
+                                 "quantization-aware training, or an op TFLite cannot quantize)")
 
 
 def _new_buffer(schema, model, array):
@@ -295,18 +356,32 @@ def _opcode(schema, model, custom_code):
     return len(model.operatorCodes) - 1
 
 
-def _splice_mam(schema, model, layer, mode, per_row):
+def _splice_mam(schema, model, layer, mode, per_row, scopes, qat_params=None):
     sg = model.subgraphs[0]
-    core, x_idx, y_idx, act = _find_pattern(schema, model, sg, layer.name)
+    core, x_idx, y_idx, act = _find_pattern(schema, model, sg, scopes)
     x_t, y_t = sg.tensors[x_idx], sg.tensors[y_idx]
     in_scale, in_zp = _quant(x_t)
     out_scale, out_zp = _quant(y_t)
     dtype = np.int8 if mode == "int8" else np.int16
+    bias = layer.bias.numpy() if layer.use_bias else None
+    kernel, weight_scales = None, None
+    if qat_params is None:
+        kernel = layer.kernel.numpy()
+    else:
+        # The weights exactly as quantization-aware training used them: int8 values times
+        # their scales, which quantize_layer divides back to the same integers.
+        w = qat_params["weights"]
+        weight_scales = np.asarray(w["scale"], np.float32)
+        kernel = w["values"].astype(np.float64) * weight_scales.astype(np.float64)[None, :]
+        bias = qat_params["bias"]
     q = quantize_layer(
-        layer.kernel.numpy(), layer.bias.numpy() if layer.use_bias else None,
+        kernel, bias,
         input_scale=in_scale, input_zero_point=in_zp, output_scale=out_scale,
-        output_zero_point=out_zp, activation=act, dtype=dtype, per_row=per_row, name=layer.name,
+        output_zero_point=out_zp, activation=act, dtype=dtype, per_row=per_row,
+        weight_scales=weight_scales, name=layer.name,
     )
+    if qat_params is not None and not np.array_equal(q.weights, qat_params["weights"]["values"].T):
+        raise AssertionError(f"convert: layer '{layer.name}': QAT weights did not survive requantization")
     csr = encode(q.weights, name=layer.name)
     m, n = csr.shape
     base = f"{layer.name}/MAM_SPARSE"
@@ -344,7 +419,10 @@ def convert(model, representative_data, mode="int8", *, per_row=True, float_io=F
       model: a functional or Sequential tf_keras model, single input. Every MAMDense must
         have beta == 0 and rank-2 inputs.
       representative_data: float samples shaped like the model input (a [K, ...] array);
-        up to ``calibration_samples`` of them calibrate the activations.
+        up to ``calibration_samples`` of them calibrate the activations. A model trained
+        quantization-aware (``mam_tf.quantization.quantize_model``) needs none: its
+        fake-quant ranges and int8 weights are used as they are, and ``mode`` must be the
+        scheme it was trained for.
       mode: ``"int8"`` (int8 activations, int8 weights, int32 bias) or ``"int16x8"``
         (int16 activations with zero point 0, int8 weights, int64 bias).
       per_row: one weight scale per output row (default) or one for the whole layer.
@@ -356,13 +434,28 @@ def convert(model, representative_data, mode="int8", *, per_row=True, float_io=F
         raise ValueError(f"convert: mode must be one of {MODES}, got {mode!r}")
     model = _strip_pruning(model)
     found = _check_model(model, require_mam)
+    qat = None
+    if _is_qat(model):
+        from mam_tf.quantization import layer_quant_params
+
+        qat = layer_quant_params(model)
+        schemes = {p["scheme"] for p in qat.values()}
+        if schemes != {mode}:
+            raise ValueError(f"convert: model '{model.name}' was trained quantization-aware for "
+                             f"{sorted(schemes)}; convert it with mode={sorted(schemes)[0]!r}, "
+                             f"not {mode!r}")
+    elif representative_data is None:
+        raise ValueError("convert: representative data is needed to calibrate a model that was "
+                         "not trained quantization-aware")
     flat = _tflite_builtin(model, representative_data, mode, float_io, calibration_samples)
     schema = fb.schema()
     tfl = fb.load(flat)
     if len(tfl.subgraphs) != 1:
         raise ValueError(f"convert: the converted model has {len(tfl.subgraphs)} subgraphs; one expected")
-    reports = [_splice_mam(schema, tfl, layer, mode, per_row) for layer in found]
+    reports = [_splice_mam(schema, tfl, layer, mode, per_row, _scopes(model, layer),
+                           None if qat is None else qat[layer.name]) for layer in found]
     fb.compact(tfl)
+    _check_integer_only(tfl)
     out = fb.pack(tfl)
     if return_report:
         return Conversion(out, mode, reports)

@@ -224,3 +224,48 @@ def test_converted_autoencoder_keeps_its_arsnr(ecg_autoencoder, mode, budget_db)
     tflite = convert(model, train[:200], mode=mode)
     device_db = arsnr(test, Interpreter(tflite).run(test))
     assert abs(float_db - device_db) <= budget_db, (float_db, device_db)
+
+
+# -- quantization-aware models ---------------------------------------------------------------
+@pytest.mark.parametrize("mode", ["int8", "int16x8"])
+def test_qat_model_converts_with_its_own_ranges_and_weights(data, mode):
+    from mam_tf.quantization import layer_quant_params, quantize_model
+
+    big = np.random.default_rng(1).standard_normal((256, 20)).astype(np.float32)
+    qat = quantize_model(_small_model(), mode, calibration_data=big)
+    params = layer_quant_params(qat)
+    tflite = convert(qat, None, mode=mode)  # no calibration data: the fake-quant ranges rule
+    tfl, sg, names = _ops(tflite)
+    assert names == ["FULLY_CONNECTED", "MAM_SPARSE", "FULLY_CONNECTED"]
+    op = sg.operators[1]
+    x_t, y_t = sg.tensors[op.inputs[0]], sg.tensors[op.outputs[0]]
+    for tensor, p in ((x_t, params["enc"]["input"]), (y_t, params["enc"]["output"])):
+        scales, zps = fb.quantization(tensor)
+        assert scales[0] == np.float32(p["scale"]) and zps[0] == p["zero_point"]
+    from mam_tf.sparse import OffsetCSR
+
+    csr = OffsetCSR(*(fb.constant(tfl, sg, op.inputs[k]) for k in (1, 2, 3)), (8, 16))
+    np.testing.assert_array_equal(csr.decode(), params["enc"]["weights"]["values"].T)
+    np.testing.assert_array_equal(fb.quantization(sg.tensors[op.inputs[1]])[0],
+                                  params["enc"]["weights"]["scale"])
+    # The device's integers reproduce the QAT model's fake-quantized outputs up to rounding:
+    # float32 fake-quant simulation against integer requantization differ by at most 2 output
+    # steps, and only on some outputs (a wrong scale or zero point would shift nearly all).
+    # At 16 bits a step is small against float32 rounding, so more outputs differ by one.
+    lsb = params["dec"]["output"]["scale"]
+    steps = np.abs(Interpreter(tflite).run(big) - qat.predict(big, verbose=0)) / lsb
+    assert steps.max() <= 2.0 + 1e-3
+    assert (steps > 0.5).mean() < (0.05 if mode == "int8" else 0.3)
+
+
+def test_qat_model_must_be_converted_in_its_own_scheme(data):
+    from mam_tf.quantization import quantize_model
+
+    qat = quantize_model(_small_model(), "int16x8", calibration_data=data)
+    with pytest.raises(ValueError, match=r"trained quantization-aware for \['int16x8'\]"):
+        convert(qat, None, mode="int8")
+
+
+def test_float_model_needs_representative_data():
+    with pytest.raises(ValueError, match="representative data is needed"):
+        convert(_small_model(), None)
