@@ -411,8 +411,67 @@ def _splice_mam(schema, model, layer, mode, per_row, scopes, qat_params=None):
                        csr.nbytes(has_bias=q.bias is not None), m * n + bias_bytes)
 
 
+def _splice_mac(schema, model, layer, scopes):
+    """Replaces the FULLY_CONNECTED of a pruned Dense layer by MAC_SPARSE, on TFLite's own
+    quantized weights, bias and requantization: bit for bit what FULLY_CONNECTED computes."""
+    sg = model.subgraphs[0]
+    where = f"convert: Dense '{layer.name}'"
+    # Found by its weights' name (the output's may be the model output's, "Identity" & co).
+    found = [i for i, op in enumerate(sg.operators)
+             if fb.op_name(model, op) == "FULLY_CONNECTED"
+             and any(_in_scope(sg.tensors[t], scope)
+                     for t in [op.inputs[1], *op.outputs] for scope in scopes)]
+    if len(found) != 1:
+        raise ValueError(f"{where}: expected one FULLY_CONNECTED op for it, found {len(found)}")
+    k = found[0]
+    fc = sg.operators[k]
+    x_idx, w_idx = int(fc.inputs[0]), int(fc.inputs[1])
+    b_idx = int(fc.inputs[2]) if len(fc.inputs) > 2 else -1
+    if not fb.is_constant(model, sg, w_idx):
+        raise ValueError(f"{where}: its weights are not a constant tensor")
+    weights = fb.constant(model, sg, w_idx)
+    if weights.dtype != np.int8 or weights.ndim != 2:
+        raise ValueError(f"{where}: weights are {weights.dtype} {weights.shape}, not int8 [M, N]")
+    act = int(getattr(fc.builtinOptions, "fusedActivationFunction", 0) or 0)
+    if act not in options.ACTIVATIONS:
+        raise ValueError(f"{where}: fused activation {act} is not one MAC_SPARSE supports")
+    w_scales, _ = fb.quantization(sg.tensors[w_idx])
+    csr = encode(weights, name=layer.name)
+    m, n = csr.shape
+    base = f"{layer.name}/MAC_SPARSE"
+    tt = schema.TensorType
+    values = _new_tensor(schema, model, sg, f"{base}/values", csr.values, tt.INT8,
+                         w_scales, np.zeros(w_scales.size))
+    offsets = _new_tensor(schema, model, sg, f"{base}/offsets", csr.offsets, tt.UINT8)
+    counts = _new_tensor(schema, model, sg, f"{base}/row_counts", csr.row_counts, tt.INT16)
+    op = schema.OperatorT()
+    op.opcodeIndex = _opcode(schema, model, options.MAC_SPARSE)
+    op.inputs = np.array([x_idx, values, offsets, counts, b_idx], np.int32)
+    op.outputs = np.array([int(fc.outputs[0])], np.int32)
+    op.customOptions = np.frombuffer(options.encode(in_features=n, activation=act), np.uint8).copy()
+    op.customOptionsFormat = schema.CustomOptionsFormat.FLEXBUFFERS
+    sg.operators[k] = op
+    has_bias = b_idx >= 0
+    return LayerReport(layer.name, options.MAC_SPARSE, (m, n), int(np.count_nonzero(weights)),
+                       csr.num_entries, csr.nbytes(has_bias=has_bias),
+                       m * n + (4 * m if has_bias else 0))
+
+
+def _sparse_dense_layers(model, below):
+    """The plain Dense layers whose kernel density is below ``below``."""
+    chosen = []
+    for layer in _walk(model):
+        if type(layer).__name__ != "Dense":
+            continue
+        kernel = next((v for v in layer.weights if "kernel" in v.name), None)
+        if kernel is not None and np.count_nonzero(kernel.numpy()) < below * kernel.shape.num_elements():
+            chosen.append(layer)
+    return chosen
+
+
 def convert(model, representative_data, mode="int8", *, per_row=True, float_io=False,
-            require_mam=True, calibration_samples=500, return_report=False):
+            require_mam=True, mac_sparse_below=None, calibration_samples=500,
+            return_report=False):
     """Converts a Keras model with MAM layers to a .tflite holding MAM_SPARSE ops.
 
     Args:
@@ -428,6 +487,9 @@ def convert(model, representative_data, mode="int8", *, per_row=True, float_io=F
       per_row: one weight scale per output row (default) or one for the whole layer.
       float_io: keep float32 model input/output (QUANTIZE/DEQUANTIZE ops at the ends)
         instead of integer I/O.
+      mac_sparse_below: also store pruned Dense layers whose weight density is below this
+        fraction as MAC_SPARSE ops (offset-CSR), computing exactly what TFLite's
+        FULLY_CONNECTED would; default None keeps every Dense a FULLY_CONNECTED.
       return_report: return a :class:`Conversion` (bytes + per-layer report) instead of bytes.
     """
     if mode not in MODES:
@@ -454,6 +516,11 @@ def convert(model, representative_data, mode="int8", *, per_row=True, float_io=F
         raise ValueError(f"convert: the converted model has {len(tfl.subgraphs)} subgraphs; one expected")
     reports = [_splice_mam(schema, tfl, layer, mode, per_row, _scopes(model, layer),
                            None if qat is None else qat[layer.name]) for layer in found]
+    if mac_sparse_below is not None:
+        if not 0.0 < mac_sparse_below <= 1.0:
+            raise ValueError(f"convert: mac_sparse_below must be in (0, 1], got {mac_sparse_below}")
+        reports += [_splice_mac(schema, tfl, layer, _scopes(model, layer))
+                    for layer in _sparse_dense_layers(model, mac_sparse_below)]
     fb.compact(tfl)
     _check_integer_only(tfl)
     out = fb.pack(tfl)
@@ -519,10 +586,11 @@ def _cmd_convert(args):
     if not os.path.exists(args.model):
         raise SystemExit(f"mam-tf convert: no model at {args.model!r}")
     model = _keras.models.load_model(args.model, compile=False)
-    data = _load_data(args.data, args.data_key)
+    data = None if args.data is None else _load_data(args.data, args.data_key)
     try:
         result = convert(model, data, mode=args.mode, per_row=not args.per_tensor,
                          float_io=args.float_io, calibration_samples=args.samples,
+                         mac_sparse_below=args.mac_sparse_below,
                          require_mam=not args.allow_no_mam, return_report=True)
     except ValueError as err:
         raise SystemExit(f"mam-tf convert: {err}") from None
@@ -548,9 +616,10 @@ def add_convert_command(subparsers):
         "per-layer report gives nonzeros and bytes (offset-CSR vs dense int8).",
     )
     p.add_argument("model", help="saved Keras model (.keras, .h5 or SavedModel folder)")
-    p.add_argument("--data", required=True,
+    p.add_argument("--data",
                    help="representative inputs: a .npy array, or a .npz (see --data-key), "
-                   "shaped [samples, ...model input]")
+                   "shaped [samples, ...model input]; needed unless the model was trained "
+                   "quantization-aware (its fake-quant ranges are used then)")
     p.add_argument("--data-key", help="array name inside the .npz (default: its only array)")
     p.add_argument("--mode", choices=MODES, default="int8",
                    help="int8: int8 activations; int16x8: int16 activations, int8 weights")
@@ -562,6 +631,9 @@ def add_convert_command(subparsers):
     p.add_argument("--float-io", action="store_true",
                    help="keep float32 model input/output (quantize/dequantize on the device)")
     p.add_argument("--samples", type=int, default=500, help="calibration samples to use")
+    p.add_argument("--mac-sparse-below", type=float, metavar="DENSITY",
+                   help="store pruned Dense layers with fewer than this fraction of nonzero "
+                   "weights as MAC_SPARSE ops (same results as FULLY_CONNECTED, offset-CSR storage)")
     p.add_argument("--allow-no-mam", action="store_true",
                    help="convert a model without MAM layers too (plain builtin int8 model)")
     p.set_defaults(func=_cmd_convert)

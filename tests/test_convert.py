@@ -269,3 +269,40 @@ def test_qat_model_must_be_converted_in_its_own_scheme(data):
 def test_float_model_needs_representative_data():
     with pytest.raises(ValueError, match="representative data is needed"):
         convert(_small_model(), None)
+
+
+# -- MAC_SPARSE for pruned Dense layers ------------------------------------------------------
+@pytest.mark.parametrize("mode", ["int8", "int16x8"])
+def test_pruned_dense_as_mac_sparse_computes_what_fully_connected_does(data, mode):
+    model = _small_model()
+    dec = model.get_layer("dec")
+    k = dec.kernel.numpy()
+    k[np.abs(k) < np.quantile(np.abs(k), 0.8)] = 0.0  # 20% density
+    dec.kernel.assign(k)
+    dec.bias.assign(np.linspace(-0.2, 0.2, 20).astype(np.float32))
+    plain = convert(model, data, mode=mode)
+    sparse = convert(model, data, mode=mode, mac_sparse_below=0.5, return_report=True)
+    _, _, names = _ops(sparse.tflite)
+    assert names == ["FULLY_CONNECTED", "MAM_SPARSE", "MAC_SPARSE"]  # "pre" is dense: untouched
+    assert [r.op for r in sparse.layers] == ["MAM_SPARSE", "MAC_SPARSE"]
+    assert sparse.layers[1].sparse_bytes < sparse.layers[1].dense_int8_bytes
+    x = Interpreter(plain).quantize_input(data)
+    np.testing.assert_array_equal(Interpreter(sparse.tflite).run_raw(x), Interpreter(plain).run_raw(x))
+    with pytest.raises(ValueError, match="mac_sparse_below must be in"):
+        convert(model, data, mode=mode, mac_sparse_below=0.0)
+
+
+def test_16x8_dense_without_bias_differs_from_mac_sparse_by_at_most_one_step(data):
+    """TFLM's 16x8 FULLY_CONNECTED without a bias requantizes with the 32-bit routine;
+    MAC_SPARSE always uses the 64-bit one (the contract): at most one output step apart."""
+    model = _small_model()
+    dec = model.get_layer("dec")
+    k = dec.kernel.numpy()
+    k[np.abs(k) < np.quantile(np.abs(k), 0.8)] = 0.0
+    dec.kernel.assign(k)  # bias stays all zeros: TFLite drops it
+    plain = convert(model, data, mode="int16x8")
+    sparse = convert(model, data, mode="int16x8", mac_sparse_below=0.5)
+    x = Interpreter(plain).quantize_input(data)
+    diff = np.abs(Interpreter(sparse).run_raw(x).astype(np.int64)
+                  - Interpreter(plain).run_raw(x).astype(np.int64))
+    assert diff.max() <= 1
