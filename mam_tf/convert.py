@@ -29,7 +29,7 @@ import numpy as np
 from mam_tf import flatbuffer as fb
 from mam_tf import ops, options
 from mam_tf._compat import keras, tf
-from mam_tf.layers import MAMDense, mam_layers
+from mam_tf.layers import MAMDense, mam_layers, walk_layers
 from mam_tf.reference import quantize_layer
 from mam_tf.sparse import encode
 
@@ -91,18 +91,9 @@ class Conversion:
 # ------------------------------------------------------------------------------------------
 # Checks on the Keras side
 # ------------------------------------------------------------------------------------------
-def _walk(layer):
-    yield layer
-    for child in getattr(layer, "layers", None) or ():
-        yield from _walk(child)
-    inner = getattr(layer, "layer", None)
-    if inner is not None:
-        yield from _walk(inner)
-
-
 def _outer(model, layer):
     """The layer itself, or the wrapper (QAT, pruning) that holds it in the model."""
-    for candidate in _walk(model):
+    for candidate in walk_layers(model):
         if getattr(candidate, "layer", None) is layer:
             return candidate
     return layer
@@ -124,11 +115,11 @@ def _scopes(model, layer):
 
 
 def _is_qat(model):
-    return any(type(layer).__name__ in _QAT for layer in _walk(model))
+    return any(type(layer).__name__ in _QAT for layer in walk_layers(model))
 
 
 def _check_model(model, require_mam):
-    for layer in _walk(model):
+    for layer in walk_layers(model):
         if layer is model or isinstance(layer, keras.Model):
             continue
         kind = type(layer).__name__
@@ -460,7 +451,7 @@ def _splice_mac(schema, model, layer, scopes):
 def _sparse_dense_layers(model, below):
     """The plain Dense layers whose kernel density is below ``below``."""
     chosen = []
-    for layer in _walk(model):
+    for layer in walk_layers(model):
         if type(layer).__name__ != "Dense":
             continue
         kernel = next((v for v in layer.weights if "kernel" in v.name), None)
@@ -530,7 +521,7 @@ def convert(model, representative_data, mode="int8", *, per_row=True, float_io=F
 
 
 def _strip_pruning(model):
-    if any(type(layer).__name__ == "PruneLowMagnitude" for layer in _walk(model)):
+    if any(type(layer).__name__ == "PruneLowMagnitude" for layer in walk_layers(model)):
         import tensorflow_model_optimization as tfmot
 
         return tfmot.sparsity.keras.strip_pruning(model)

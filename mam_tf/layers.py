@@ -4,7 +4,7 @@ from __future__ import annotations
 from mam_tf import ops
 from mam_tf._compat import keras, tf
 
-__all__ = ["MAMLayerMixin", "MAMDense", "mam_layers"]
+__all__ = ["MAMLayerMixin", "MAMDense", "mam_layers", "walk_layers", "require_graph_model"]
 
 
 def _check_beta(owner, value):
@@ -176,22 +176,34 @@ class MAMDense(MAMLayerMixin, keras.layers.Dense):
         return {**super().get_config(), "beta": self.get_beta()}
 
 
+def walk_layers(obj):
+    """Yields a layer or model and everything inside it: sub-models' layers and the layers
+    that wrappers (pruning, quantization, TimeDistributed) hold, depth first, in model order."""
+    yield obj
+    for child in getattr(obj, "layers", None) or ():
+        yield from walk_layers(child)
+    inner = getattr(obj, "layer", None)
+    if inner is not None:
+        yield from walk_layers(inner)
+
+
 def mam_layers(model_or_layers):
     """All MAM layers inside a model (nested models and wrappers included), in model order."""
-    found = []
-
-    def visit(obj):
-        if isinstance(obj, MAMLayerMixin):
-            if not any(obj is f for f in found):
-                found.append(obj)
-            return
-        for child in getattr(obj, "layers", None) or ():  # models, Sequential
-            visit(child)
-        inner = getattr(obj, "layer", None)  # wrappers: pruning, quantization, TimeDistributed
-        if inner is not None:
-            visit(inner)
-
     items = model_or_layers if isinstance(model_or_layers, (list, tuple)) else [model_or_layers]
+    found = []
     for item in items:
-        visit(item)
+        for layer in walk_layers(item):
+            if isinstance(layer, MAMLayerMixin) and not any(layer is f for f in found):
+                found.append(layer)
     return found
+
+
+def require_graph_model(fn, model):
+    """Raises unless ``model`` is a built functional or Sequential Keras model."""
+    if not isinstance(model, keras.Model) or not (
+        isinstance(model, keras.Sequential) or getattr(model, "_is_graph_network", False)
+    ):
+        raise ValueError(f"{fn}: needs a functional or Sequential keras model, got "
+                         f"{type(model).__name__}")
+    if not model.built:
+        raise ValueError(f"{fn}: model '{model.name}' is not built; build it on a keras.Input")

@@ -30,7 +30,8 @@ from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wra
 
 from mam_tf import ops
 from mam_tf._compat import keras, tf
-from mam_tf.layers import MAMDense, MAMLayerMixin
+from mam_tf.layers import MAMDense, MAMLayerMixin, require_graph_model, walk_layers
+from mam_tf.training import iter_batches
 
 __all__ = [
     "FixedMask",
@@ -161,13 +162,7 @@ class _Target:
 
 
 def _check_model(fn, model):
-    if not isinstance(model, keras.Model) or not (
-        isinstance(model, keras.Sequential) or getattr(model, "_is_graph_network", False)
-    ):
-        raise ValueError(f"{fn}: needs a functional or Sequential keras model, got "
-                         f"{type(model).__name__}")
-    if not model.built:
-        raise ValueError(f"{fn}: model '{model.name}' is not built; build it on a keras.Input")
+    require_graph_model(fn, model)
     for layer in model.layers:
         if _is_quantize_wrapper(layer):
             raise ValueError(f"{fn}: layer '{layer.name}' is quantization-aware; prune before "
@@ -346,19 +341,6 @@ def prune_magnitude(model, sparsity, layers=None, scope="layer"):
 # ------------------------------------------------------------------------------------------
 # Activation-rate pruning
 # ------------------------------------------------------------------------------------------
-def _batches(data, batch_size):
-    if isinstance(data, tf.data.Dataset):
-        for item in data:
-            yield item[0] if isinstance(item, (tuple, list)) else item
-    elif isinstance(data, (np.ndarray, tf.Tensor)) or hasattr(data, "__array__"):
-        arr = np.asarray(data)
-        for i in range(0, len(arr), batch_size):
-            yield arr[i:i + batch_size]
-    else:
-        for item in data:
-            yield item[0] if isinstance(item, (tuple, list)) else item
-
-
 def _activation_counts(fn, model, data, targets, batch_size=256):
     """For each target: how often each weight was the argmax or argmin of its row over data.
 
@@ -388,7 +370,7 @@ def _activation_counts(fn, model, data, targets, batch_size=256):
 
     totals = [np.zeros(int(np.prod(k.shape)), np.int64) for k in kernels]
     seen = 0
-    for batch in _batches(data, batch_size):
+    for batch in iter_batches(data, batch_size):
         xs = probe(batch, training=False)
         if len(targets) == 1:
             xs = [xs]
@@ -474,19 +456,10 @@ def strip_pruning(model):
     middle of an epoch, a custom training loop) are zero again. Like tfmot's, the result shares
     its layers (and weights) with ``model``.
     """
-    for layer in _walk(model):
+    for layer in walk_layers(model):
         if isinstance(layer, PruneLowMagnitude) and layer.built:
             layer.pruning_obj.weight_mask_op()
     return tfmot.sparsity.keras.strip_pruning(model)
-
-
-def _walk(layer):
-    yield layer
-    for child in getattr(layer, "layers", None) or ():
-        yield from _walk(child)
-    inner = getattr(layer, "layer", None)
-    if inner is not None:
-        yield from _walk(inner)
 
 
 # ------------------------------------------------------------------------------------------
@@ -515,7 +488,7 @@ def fine_tune(model, x, y=None, *, optimizer=None, loss=None, metrics=None, call
         callbacks.append(tfmot.sparsity.keras.UpdatePruningStep())
     fit_kwargs.setdefault("verbose", 0)
     history = model.fit(x, y, callbacks=callbacks, **fit_kwargs)
-    for layer in _walk(model):
+    for layer in walk_layers(model):
         if isinstance(layer, PruneLowMagnitude) and layer.built:
             layer.pruning_obj.weight_mask_op()
     return history

@@ -65,7 +65,7 @@ from tensorflow_model_optimization.python.core.quantization.keras.graph_transfor
 
 from mam_tf import ops
 from mam_tf._compat import keras, tf
-from mam_tf.layers import MAMLayerMixin
+from mam_tf.layers import MAMLayerMixin, require_graph_model
 
 __all__ = [
     "SCHEMES",
@@ -437,13 +437,7 @@ def _weight_quantizer(per_channel, weight_range):
 
 
 def _check_layers(fn, model):
-    if not isinstance(model, keras.Model) or not (
-        isinstance(model, keras.Sequential) or getattr(model, "_is_graph_network", False)
-    ):
-        raise ValueError(f"{fn}: needs a functional or Sequential keras model, got "
-                         f"{type(model).__name__}")
-    if not model.built:
-        raise ValueError(f"{fn}: model '{model.name}' is not built; build it on a keras.Input")
+    require_graph_model(fn, model)
     for layer in model.layers:
         kind = type(layer).__name__
         if isinstance(layer, (_QuantizeWrapper, _QuantizeLayer)) or kind == "QuantizeAnnotate":
@@ -742,7 +736,8 @@ def _pre_activation(layer, x):
 
 
 def _calibrate(fn, float_model, qat, data):
-    from mam_tf.pruning import _batches, _copy_model
+    from mam_tf.pruning import _copy_model
+    from mam_tf.training import iter_batches
 
     # A private copy: its layers have exactly one call site, so layer.input is this graph's.
     float_model = _copy_model(float_model)
@@ -756,7 +751,7 @@ def _calibrate(fn, float_model, qat, data):
     lo = np.full(2 * len(dense) + 1, np.inf)
     hi = np.full(2 * len(dense) + 1, -np.inf)
     seen = 0
-    for batch in _batches(data, 256):
+    for batch in iter_batches(data, 256):
         batch = tf.convert_to_tensor(batch, tf.float32)
         outs = probe(batch, training=False)
         outs = outs if isinstance(outs, (list, tuple)) else [outs]

@@ -137,7 +137,8 @@ class SelectionCounts(NamedTuple):
     argmin: np.ndarray
 
 
-def _batches(data, batch_size):
+def iter_batches(data, batch_size):
+    """Input batches of a numpy array, a tf.data.Dataset of x or (x, y), or an iterable."""
     if isinstance(data, tf.data.Dataset):
         for item in data:
             yield item[0] if isinstance(item, (tuple, list)) else item
@@ -200,7 +201,7 @@ def selection_counts(model, data, layers=None, batch_size=256):
         return out
 
     totals = [[np.zeros(int(np.prod(k.shape)), np.int64) for _ in range(2)] for k in kernels]
-    for batch in _batches(data, batch_size):
+    for batch in iter_batches(data, batch_size):
         xs = probe(batch, training=False)
         if len(chosen) == 1:
             xs = [xs]
