@@ -62,8 +62,8 @@ class LayerReport:
     shape: tuple  # (M outputs, N inputs)
     nonzeros: int
     entries: int  # stored offset-CSR entries, dummies included
-    sparse_bytes: int  # 2*E + 2*M (+ 4*M bias): MAM_SPARSE.md section 2
-    dense_int8_bytes: int  # M*N (+ 4*M bias)
+    sparse_bytes: int  # 2*E + 2*M + bias bytes (4*M int32, 8*M int64): MAM_SPARSE.md section 2
+    dense_int8_bytes: int  # M*N + the same bias bytes
 
     def as_row(self):
         return (f"{self.layer:<20}{self.op:<12}{self.shape[0]:>6}x{self.shape[1]:<8}"
@@ -82,8 +82,9 @@ class Conversion:
         head = (f"{'layer':<20}{'op':<12}{'M x N':<15}{'nonzeros':>10}{'offset-CSR B':>14}"
                 f"{'dense int8 B':>14}")
         lines = [head] + [r.as_row() for r in self.layers]
-        lines.append("bytes: offset-CSR = 2*E + 2*M + 4*M (bias) per MAM_SPARSE.md section 2, "
-                     "E = stored entries; dense int8 = M*N + 4*M (bias)")
+        lines.append("bytes: offset-CSR = 2*E + 2*M + bias (MAM_SPARSE.md section 2), E = stored "
+                     "entries; dense int8 = M*N + bias; bias = 4*M (int32, int8 mode) or 8*M "
+                     "(int64, 16x8 mode)")
         lines.append(f"model: {len(self.tflite)} bytes ({self.mode})")
         return "\n".join(lines)
 
@@ -202,7 +203,12 @@ def _tflite_builtin(model, data, mode, float_io, calibration_samples):
     if not float_io:
         conv.inference_input_type = io_type
         conv.inference_output_type = io_type
-    return conv.convert()
+    try:
+        return conv.convert()
+    except Exception as err:  # TFLite raises ConverterError & co with long MLIR dumps
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"convert: TFLite's converter failed on model '{model.name}' "
+                         f"({mode}): {first}") from err
 
 
 # ------------------------------------------------------------------------------------------
@@ -239,11 +245,14 @@ def _find_pattern(schema, model, sg, scopes):
             if any(_in_scope(sg.tensors[t], scope, ops.EXPORT_SCOPE)
                    for t in op.outputs for scope in scopes)
             and fb.op_name(model, op) in _PATTERN_OPS]
-    kinds = {fb.op_name(model, sg.operators[i]): i for i in core}
-    if "REDUCE_MAX" not in kinds or "REDUCE_MIN" not in kinds:
-        raise ValueError(f"{where}: could not find its REDUCE_MAX/REDUCE_MIN in the converted graph")
-    rmax = sg.operators[kinds["REDUCE_MAX"]].outputs[0]
-    rmin = sg.operators[kinds["REDUCE_MIN"]].outputs[0]
+    reduces = {kind: [i for i in core if fb.op_name(model, sg.operators[i]) == kind]
+               for kind in ("REDUCE_MAX", "REDUCE_MIN")}
+    if any(len(found) != 1 for found in reduces.values()):
+        raise ValueError(f"{where}: expected one REDUCE_MAX and one REDUCE_MIN in the converted "
+                         f"graph, found {len(reduces['REDUCE_MAX'])} and {len(reduces['REDUCE_MIN'])}")
+    rmax = sg.operators[reduces["REDUCE_MAX"][0]].outputs[0]
+    rmin = sg.operators[reduces["REDUCE_MIN"][0]].outputs[0]
+    units = int(sg.tensors[rmax].shape[-1])
 
     def consumers(t):
         return [i for i, op in enumerate(sg.operators) if t in op.inputs]
@@ -257,12 +266,14 @@ def _find_pattern(schema, model, sg, scopes):
     out = sg.operators[last].outputs[0]
     nxt = consumers(out)
     if len(nxt) == 1 and fb.op_name(model, sg.operators[nxt[0]]) == "ADD":
+        # The bias: its constant carries the layer's name (".../BiasAdd/ReadVariableOp");
+        # the ADD's own output may be named after whatever consumes it.
         op = sg.operators[nxt[0]]
-        other = [t for t in op.inputs if t != out]
-        outputs = {int(t) for t in sg.outputs}
+        other = [int(t) for t in op.inputs if t != out]
         if (len(other) == 1 and fb.is_constant(model, sg, other[0])
-                and (any(_in_scope(sg.tensors[t], scope) for t in op.outputs for scope in scopes)
-                     or int(op.outputs[0]) in outputs)):
+                and int(np.prod(sg.tensors[other[0]].shape)) == units
+                and any(_in_scope(sg.tensors[t], scope)
+                        for t in (other[0], *op.outputs) for scope in scopes)):
             core.append(nxt[0])
             last = nxt[0]
             out = op.outputs[0]
@@ -295,6 +306,23 @@ def _find_pattern(schema, model, sg, scopes):
         raise ValueError(f"{where}: fused activation {act} is not one MAM_SPARSE supports "
                          f"({options.ACTIVATIONS})")
     return sorted(core), inputs.pop(), int(out), act
+
+
+def _check_no_mam_left(model):
+    """No MAM pattern was left unspliced (a layer called twice traces a second pattern)."""
+    sg = model.subgraphs[0]
+    for op in sg.operators:
+        if fb.op_name(model, op) in (options.MAM_SPARSE, options.MAC_SPARSE):
+            continue  # its output tensor keeps the pattern's name
+        for t in op.outputs:
+            for name in fb.tensor_names(sg.tensors[t]):
+                parts = name.split("/")
+                hits = [k for k, part in enumerate(parts) if part.startswith(ops.EXPORT_SCOPE)]
+                if hits and hits[0] > 0:
+                    raise ValueError(
+                        f"convert: MAM layer '{parts[hits[0] - 1]}' left a second MAM pattern "
+                        f"('{name}'): a layer called more than once (shared) cannot be exported; "
+                        "give each call its own layer")
 
 
 def _check_integer_only(model):
@@ -397,9 +425,10 @@ def _splice_mam(schema, model, layer, mode, per_row, scopes, qat_params=None):
     sg.operators = [o for i, o in enumerate(sg.operators) if i not in set(core)]
     sg.operators.insert(first, op)
     nnz = int(np.count_nonzero(q.weights))
-    bias_bytes = 4 * m if q.bias is not None else 0
+    bias_size = q.bias.dtype.itemsize if q.bias is not None else 0
     return LayerReport(layer.name, options.MAM_SPARSE, (m, n), nnz, csr.num_entries,
-                       csr.nbytes(has_bias=q.bias is not None), m * n + bias_bytes)
+                       csr.nbytes(has_bias=q.bias is not None, bias_itemsize=bias_size or 4),
+                       m * n + bias_size * m)
 
 
 def _splice_mac(schema, model, layer, scopes):
@@ -442,10 +471,10 @@ def _splice_mac(schema, model, layer, scopes):
     op.customOptions = np.frombuffer(options.encode(in_features=n, activation=act), np.uint8).copy()
     op.customOptionsFormat = schema.CustomOptionsFormat.FLEXBUFFERS
     sg.operators[k] = op
-    has_bias = b_idx >= 0
+    bias_size = fb.numpy_dtype(sg.tensors[b_idx].type).itemsize if b_idx >= 0 else 0
     return LayerReport(layer.name, options.MAC_SPARSE, (m, n), int(np.count_nonzero(weights)),
-                       csr.num_entries, csr.nbytes(has_bias=has_bias),
-                       m * n + (4 * m if has_bias else 0))
+                       csr.num_entries, csr.nbytes(has_bias=b_idx >= 0, bias_itemsize=bias_size or 4),
+                       m * n + bias_size * m)
 
 
 def _sparse_dense_layers(model, below):
@@ -512,6 +541,7 @@ def convert(model, representative_data, mode="int8", *, per_row=True, float_io=F
             raise ValueError(f"convert: mac_sparse_below must be in (0, 1], got {mac_sparse_below}")
         reports += [_splice_mac(schema, tfl, layer, _scopes(model, layer))
                     for layer in _sparse_dense_layers(model, mac_sparse_below)]
+    _check_no_mam_left(tfl)
     fb.compact(tfl)
     _check_integer_only(tfl)
     out = fb.pack(tfl)
@@ -522,9 +552,9 @@ def convert(model, representative_data, mode="int8", *, per_row=True, float_io=F
 
 def _strip_pruning(model):
     if any(type(layer).__name__ == "PruneLowMagnitude" for layer in walk_layers(model)):
-        import tensorflow_model_optimization as tfmot
+        from mam_tf.pruning import strip_pruning  # applies the held masks, unlike tfmot's
 
-        return tfmot.sparsity.keras.strip_pruning(model)
+        return strip_pruning(model)
     return model
 
 
@@ -534,6 +564,7 @@ def write_header(tflite: bytes, path, name="model_data"):
         raise ValueError(f"write_header: {name!r} is not a valid C identifier")
     lines = [
         "// Generated by mam-tf convert. The .tflite model as a C array for TFLite-Micro.",
+        "// Include it in exactly ONE source file (it defines the array).",
         "#pragma once",
         "#include <stddef.h>",
         "#ifndef __cplusplus",

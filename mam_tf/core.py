@@ -123,9 +123,12 @@ def build_library(src: Path = _SOURCE_DIR, dest_dir: Optional[Path] = None,
                     f"building the C core failed (`{' '.join(cmd)}` exited {proc.returncode}); "
                     f"is a C compiler installed?\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
                 )
-        tmp = dest_dir / (_LIB_NAME + ".tmp")
+        # A private temporary name (two processes may build at once), then an atomic rename:
+        # a reader sees all of a library or nothing.
+        fd, tmp = tempfile.mkstemp(prefix=_LIB_NAME + ".", suffix=".tmp", dir=dest_dir)
+        os.close(fd)
         shutil.copy2(Path(build) / _LIB_NAME, tmp)
-        os.replace(tmp, dest_dir / _LIB_NAME)  # atomic: a reader sees all or nothing
+        os.replace(tmp, dest_dir / _LIB_NAME)
     return dest_dir / _LIB_NAME
 
 

@@ -93,8 +93,13 @@ def quantization(tensor):
 
 
 def compact(model):
-    """Drops tensors no operator or subgraph I/O uses, then unused buffers and opcodes."""
-    used_buffers = {0}
+    """Drops tensors no operator or subgraph I/O uses, then unused buffers and opcodes.
+
+    Metadata keeps its buffers; signature entries follow their tensors' new indices (an entry
+    whose tensor is gone is dropped).
+    """
+    used_buffers = {0} | {int(md.buffer) for md in (model.metadata or [])}
+    remaps = []
     for sg in model.subgraphs:
         keep = sorted({int(t) for op in sg.operators for t in list(op.inputs) + list(op.outputs)
                        if t >= 0} | {int(t) for t in sg.inputs} | {int(t) for t in sg.outputs})
@@ -106,12 +111,22 @@ def compact(model):
         sg.inputs = np.array([remap[int(t)] for t in sg.inputs], np.int32)
         sg.outputs = np.array([remap[int(t)] for t in sg.outputs], np.int32)
         used_buffers.update(t.buffer for t in sg.tensors)
+        remaps.append(remap)
+    for sig in model.signatureDefs or []:
+        remap = remaps[sig.subgraphIndex]
+        for attr in ("inputs", "outputs"):
+            kept = [tm for tm in (getattr(sig, attr) or []) if int(tm.tensorIndex) in remap]
+            for tm in kept:
+                tm.tensorIndex = remap[int(tm.tensorIndex)]
+            setattr(sig, attr, kept)
     keep_b = sorted(used_buffers)
     remap_b = {old: new for new, old in enumerate(keep_b)}
     model.buffers = [model.buffers[i] for i in keep_b]
     for sg in model.subgraphs:
         for t in sg.tensors:
             t.buffer = remap_b[t.buffer]
+    for md in model.metadata or []:
+        md.buffer = remap_b[int(md.buffer)]
     used_codes = sorted({op.opcodeIndex for sg in model.subgraphs for op in sg.operators})
     remap_c = {old: new for new, old in enumerate(used_codes)}
     model.operatorCodes = [model.operatorCodes[i] for i in used_codes]

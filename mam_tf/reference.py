@@ -28,6 +28,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
+from mam_tf import options as _options
 from mam_tf.sparse import OffsetCSR, encode
 
 __all__ = [
@@ -52,7 +53,7 @@ INT32_MIN = -(1 << 31)
 INT32_MAX = (1 << 31) - 1
 
 #: TFLite's ActivationFunctionType values that MAM_SPARSE accepts.
-ACTIVATIONS = {0: "NONE", 1: "RELU", 2: "RELU_N1_TO_1", 3: "RELU6"}
+ACTIVATIONS = _options.ACTIVATIONS  # the one definition, shared with the converter and C glue
 
 #: Shift limits the kernels accept (MultiplyByQuantizedMultiplier's own contract):
 #: int8 mode shifts left by at most 30 (``1 << 31`` would overflow), int16 mode by at most 7.

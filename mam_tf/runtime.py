@@ -62,6 +62,9 @@ class _SparseStep:
         in_s, in_zp = fb.quantization(x_t)
         out_s, out_zp = fb.quantization(y_t)
         w_s, _ = fb.quantization(sg.tensors[values])
+        if in_s is None or out_s is None or w_s is None:
+            raise ValueError(f"mam_tf.runtime: {kind} '{y_t.name.decode()}' has an unquantized "
+                             "input, output or values tensor")
         real = reference.effective_scale(in_s[0], w_s, out_s[0])
         self.multiplier, self.shift = reference.quantize_multipliers(real)
         self.act_min, self.act_max = reference.activation_range(
@@ -87,6 +90,7 @@ class _BuiltinStep:
         sg.operators = [sg.operators[i] for i in op_indices]
         sg.inputs = np.array(inputs, np.int32)
         sg.outputs = np.array(outputs, np.int32)
+        model.signatureDefs = []  # a part of the model: the whole model's signature does not apply
         # Tensor indices change when the model is compacted: follow the tensors by identity.
         ins = [sg.tensors[i] for i in inputs]
         outs = [sg.tensors[i] for i in outputs]
@@ -218,8 +222,10 @@ class Interpreter:
         if scales is None:
             return np.asarray(x, self.input_dtype)
         info = np.iinfo(self.input_dtype)
-        q = np.asarray(x, np.float32) / np.float32(scales[0])
-        q = np.sign(q) * np.floor(np.abs(q) + np.float32(0.5)) + zps[0]
+        # As TFLite's QUANTIZE (AffineQuantize): float32 in, divided by the scale in double,
+        # rounded half away from zero.
+        q = np.asarray(x, np.float32).astype(np.float64) / np.float64(scales[0])
+        q = np.sign(q) * np.floor(np.abs(q) + 0.5) + zps[0]
         return np.clip(q, info.min, info.max).astype(self.input_dtype)
 
     def dequantize_output(self, y):
