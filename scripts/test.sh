@@ -1,8 +1,26 @@
 #!/usr/bin/env bash
-# Installs everything the tests need (Python packages into the cached venv, and the C toolchain
-# pieces when missing) and runs the whole test suite. README's test command; .ci/run calls it.
+# Installs everything the tests need and runs the whole test suite (README's test command;
+# .ci/run calls it): the C/C++ compilers and CMake from Debian when missing (the fused kernel,
+# the C core and its sanitizer-built fuzz driver need them), then the Python packages into the
+# cached venv, then pytest.
 set -euo pipefail
+need=()
+command -v gcc >/dev/null 2>&1 || need+=(gcc)
+command -v g++ >/dev/null 2>&1 || need+=(g++)
+command -v cmake >/dev/null 2>&1 || need+=(cmake)
+command -v make >/dev/null 2>&1 || need+=(make)
+if [ "${#need[@]}" -gt 0 ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "[mam-tf] missing ${need[*]}: install them (e.g. sudo apt-get install ${need[*]})" >&2
+        exit 1
+    fi
+    echo "[mam-tf] installing ${need[*]} (apt-get)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
 source "$(dirname "${BASH_SOURCE[0]}")/_env.sh" test
 cd "$REPO_ROOT"
+# The compiler is there now: a fused kernel that fails to build is a failure, not a skip.
+export MAM_TF_REQUIRE_FUSED=1
 # pytest exits 5 when it collects no test: with `set -e` that fails this script, as it must.
 python -m pytest "$@"
