@@ -16,7 +16,8 @@ fi
 source "$MAM_TF_VENV/bin/activate"
 
 # Reinstall only when pyproject.toml (the requirements) or the requested extras change.
-_extras="${1:-}"
+# The extras come in a variable: a sourced script would otherwise see the caller's arguments.
+_extras="${MAM_TF_EXTRAS:-}"
 _stamp="$MAM_TF_VENV/.mam-tf-stamp${_extras:+-$_extras}"
 _want="$(cat "$REPO_ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1) $REPO_ROOT"
 if [ ! -f "$_stamp" ] || [ "$(cat "$_stamp")" != "$_want" ]; then

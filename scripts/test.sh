@@ -18,7 +18,8 @@ if [ "${#need[@]}" -gt 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-source "$(dirname "${BASH_SOURCE[0]}")/_env.sh" test
+MAM_TF_EXTRAS=test
+source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
 cd "$REPO_ROOT"
 # The compiler is there now: a fused kernel that fails to build is a failure, not a skip.
 export MAM_TF_REQUIRE_FUSED=1

@@ -53,3 +53,16 @@ def test_convert_refusal_is_a_clean_message(tmp_path):
 def test_console_script_is_installed():
     proc = subprocess.run([sys.executable, "-m", "mam_tf.cli", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "mam-tf" in proc.stdout
+
+
+def test_readme_demo_command_passes_its_arguments_to_the_demo():
+    """`bash scripts/demo.sh ARGS` sets up the environment and hands ARGS to `mam-tf demo`."""
+    import os
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "MAM_TF_VENV": sys.prefix}
+    proc = subprocess.run(["bash", str(root / "scripts" / "demo.sh"), "--help"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "--remaining" in proc.stdout and "usage: mam-tf demo" in proc.stdout
