@@ -24,9 +24,9 @@ import numbers
 from dataclasses import dataclass
 
 import numpy as np
-import tensorflow_model_optimization as tfmot
-from tensorflow_model_optimization.python.core.sparsity.keras import pruning_schedule as _schedules
-from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper as _wrapper
+from mam_tf._tfmot_compat import pruning_schedule as _schedules
+from mam_tf._tfmot_compat import pruning_wrapper as _wrapper
+from mam_tf._tfmot_compat import tfmot
 
 from mam_tf import ops
 from mam_tf._compat import keras, tf

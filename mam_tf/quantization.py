@@ -48,20 +48,12 @@ from __future__ import annotations
 import numbers
 
 import numpy as np
-import tensorflow_model_optimization as tfmot
-from tensorflow_model_optimization.python.core.quantization.keras import quantize_layer as _qlayer
-from tensorflow_model_optimization.python.core.quantization.keras import quantize_layout_transform
-from tensorflow_model_optimization.python.core.quantization.keras import quantize_wrapper as _qwrapper
-from tensorflow_model_optimization.python.core.quantization.keras import quantize_scheme
-from tensorflow_model_optimization.python.core.quantization.keras import utils as _qutils
-from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
-    default_8bit_quantize_registry,
-    default_8bit_transforms,
-)
-from tensorflow_model_optimization.python.core.quantization.keras.graph_transformations import (
-    model_transformer,
-    transforms,
-)
+from mam_tf._tfmot_compat import default_8bit_quantize_registry, default_8bit_transforms
+from mam_tf._tfmot_compat import model_transformer, quantize_layout_transform, quantize_scheme
+from mam_tf._tfmot_compat import quantize_layer as _qlayer
+from mam_tf._tfmot_compat import quantize_utils as _qutils
+from mam_tf._tfmot_compat import quantize_wrapper as _qwrapper
+from mam_tf._tfmot_compat import tfmot, transforms
 
 from mam_tf import ops
 from mam_tf._compat import keras, tf
