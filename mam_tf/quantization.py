@@ -46,6 +46,7 @@ after the model input, or the previous layer's output quantizer).
 from __future__ import annotations
 
 import numbers
+import warnings
 
 import numpy as np
 from mam_tf._tfmot_compat import default_8bit_quantize_registry, default_8bit_transforms
@@ -464,7 +465,9 @@ def quantize_model(model, scheme="int8", *, per_channel=False, weight_range=None
         Reshape and Dropout layers. Pruning wrappers are stripped first (their masks
         applied); every zero weight then stays exactly zero through QAT.
       scheme: ``"int8"`` (int8 activations) or ``"int16x8"`` (int16 activations, zero point 0).
-      per_channel: one weight scale per output unit instead of one per layer.
+      per_channel: one weight scale per output unit instead of one per layer, for MAM layers
+        (plain Dense layers keep one scale, with a warning: TFLite's converter cannot convert
+        per-channel fake-quant Dense weights).
       weight_range: ``None`` (the range follows the weights: max |w|) or a fixed symmetric
         ``(-a, a)``, e.g. seed 004's ``(-1, 1)`` (scale a / 127). Not with ``per_channel``.
       input_range: ``None`` (the model input's range is learned as the running min/max seen in
@@ -505,13 +508,23 @@ def quantize_model(model, scheme="int8", *, per_channel=False, weight_range=None
             raise ValueError(f"{fn}: output_range applies to Dense/MAM layers; model outputs "
                              f"come from {bad}")
 
+    # TFLite's converter cannot convert per-channel fake-quant Dense kernels ("mismatched
+    # quantized axes" on the kernel's transpose); MAM layers are exported by mam-tf itself.
+    per_tensor_dense = [layer.name for layer in model.layers if per_channel
+                        and _dense_like(layer) and not isinstance(layer, MAMLayerMixin)]
+    if per_tensor_dense:
+        warnings.warn(f"{fn}: per_channel applies to MAM layers; Dense layers {per_tensor_dense} "
+                      "keep one weight scale (TFLite cannot convert per-channel fake-quant Dense "
+                      "weights)", stacklevel=2)
+
     def annotate(layer):
         if isinstance(layer, _PASS_THROUGH):
             config = PassThroughQuantizeConfig(scheme)
         else:
             fixed = output_range if layer.name in output_names else None
-            cls = MAMDenseQuantizeConfig if isinstance(layer, MAMLayerMixin) else DenseQuantizeConfig
-            config = cls(_weight_quantizer(per_channel, weight_range),
+            mam = isinstance(layer, MAMLayerMixin)
+            cls = MAMDenseQuantizeConfig if mam else DenseQuantizeConfig
+            config = cls(_weight_quantizer(per_channel and mam, weight_range),
                          _activation_quantizer(scheme, fixed), scheme)
         return tfmot.quantization.keras.quantize_annotate_layer(layer, quantize_config=config)
 

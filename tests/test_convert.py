@@ -370,11 +370,28 @@ def tf_ones_like(v):
     return np.ones(v.shape, np.float32)
 
 
-def test_converter_failure_is_a_value_error_naming_the_model(data):
-    from mam_tf.quantization import quantize_model
+def test_converter_failure_is_a_value_error_naming_the_model(data, monkeypatch):
+    from mam_tf._compat import tf
 
-    # TFLite cannot convert per-channel fake-quant Dense weights here ("mismatched quantized
-    # axes"): the user gets one line naming the model, not a raw ConverterError and MLIR dump.
-    qat = quantize_model(_small_model(), "int8", per_channel=True, calibration_data=data)
-    with pytest.raises(ValueError, match="convert: TFLite's converter failed on model 'model"):
-        convert(qat, None, mode="int8")
+    def fail(self):
+        raise RuntimeError("'tfl.transpose' op has mismatched quantized axes\n<long MLIR dump>")
+
+    monkeypatch.setattr(tf.lite.TFLiteConverter, "convert", fail)
+    with pytest.raises(ValueError, match=r"convert: TFLite's converter failed on model 'model.*"
+                                         r"\(int8\): 'tfl.transpose' op has mismatched"):
+        convert(_small_model(), data, mode="int8")
+
+
+@pytest.mark.parametrize("mode", ["int8", "int16x8"])
+def test_per_channel_qat_model_with_dense_layers_converts(data, mode):
+    from mam_tf.quantization import layer_quant_params, quantize_model
+
+    with pytest.warns(UserWarning, match=r"Dense layers \['pre', 'dec'\] keep one weight scale"):
+        qat = quantize_model(_small_model(), mode, per_channel=True, calibration_data=data)
+    params = layer_quant_params(qat)
+    assert params["enc"]["weights"]["scale"].shape == (8,)
+    assert params["pre"]["weights"]["scale"].shape == (1,)
+    tfl, sg, names = _ops(convert(qat, None, mode=mode))
+    assert names == ["FULLY_CONNECTED", "MAM_SPARSE", "FULLY_CONNECTED"]
+    np.testing.assert_array_equal(fb.quantization(sg.tensors[sg.operators[1].inputs[1]])[0],
+                                  params["enc"]["weights"]["scale"])
