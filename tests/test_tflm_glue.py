@@ -216,6 +216,26 @@ def test_tflm_with_the_glue_equals_the_host_runtime(tflm, which, mode, per_row, 
     assert len(np.unique(got)) > 8  # outputs vary: the comparison is not between constants
 
 
+@pytest.mark.parametrize("mode", ["int8", "int16x8"])
+def test_converter_made_mac_sparse_runs_in_tflm_as_on_the_host(tflm, mode):
+    """A pruned Dense stored by `convert(mac_sparse_below=...)` as MAC_SPARSE."""
+    keras.backend.clear_session()
+    model, n = _model_a()
+    dec = model.get_layer("dec")
+    _prune(dec, np.random.default_rng(5), 0.7)
+    dec.bias.assign(np.linspace(-0.3, 0.3, 20).astype(np.float32))
+    data = np.random.default_rng(2).standard_normal((64, n)).astype(np.float32)
+    tflite = convert(model, data, mode=mode, mac_sparse_below=0.5)
+    tfl = fb.load(tflite)
+    names = [fb.op_name(tfl, op) for op in tfl.subgraphs[0].operators]
+    assert names == ["FULLY_CONNECTED", "MAM_SPARSE", "MAC_SPARSE"], names
+    host = Interpreter(tflite, backend="core")
+    x = _inputs(host, data, seed=4)
+    want = np.stack([host.run_raw(s) for s in x])
+    np.testing.assert_array_equal(_run_tflm(tflm, tflite, x), want)
+    assert len(np.unique(want)) > 8
+
+
 def test_a_batch_of_rows_runs_in_one_invoke(tflm):
     """MAM_SPARSE flattens its input to [B, N] like FULLY_CONNECTED: B = 4 rows at once."""
     tflite, data = _converted("b", "int8")
