@@ -488,7 +488,7 @@ def _simulate_reference_3d(p, length, q, fs, model, hr_range):
     h = 1.0 / (q * fs)
     n_steps = int(p["j0"].max()) + (length - 1) * q
     wth, wa, wb = model.wave_params(p["hr"])
-    tau, rr = p["tau"], p["rr"]
+    tau = p["tau"]
     wresp = _TWO_PI * model.resp_freq
 
     def omega(t):

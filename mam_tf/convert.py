@@ -22,7 +22,6 @@ package) and the custom options are written with ``flatbuffers.flexbuffers``.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
 
 import numpy as np
 

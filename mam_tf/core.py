@@ -412,6 +412,24 @@ def _bias(bias):
     return None if bias is None else np.ascontiguousarray(bias)
 
 
+def _run(name, weight_args, x, n, m, b, requant):
+    """Validates the requantization, then calls the core's ``name``_s8/_s16 kernel on x."""
+    dt = x.dtype
+    q, keep = _requant(m, *requant, dt)  # keep: the arrays q points into stay alive
+    status, msg = _call_validation(load().mam_validate_requant, ctypes.byref(q), m, TYPE_CODES[dt])
+    if status:
+        _raise(status, msg)
+    xc = np.ascontiguousarray(x.reshape(-1, n))
+    batches = xc.shape[0]
+    out = np.empty((batches, m), dt)
+    xt = c_int8 if dt == np.int8 else c_int16
+    bt = c_int32 if dt == np.int8 else c_int64
+    fn = getattr(load(), f"{name}_{'s8' if dt == np.int8 else 's16'}")
+    fn(*weight_args, ctypes.byref(q), _ptr(b, bt) if b is not None else None,
+       _ptr(xc, xt), batches, _ptr(out, xt))
+    return out.reshape(x.shape[:-1] + (m,))
+
+
 def _sparse(kind, x, csr: OffsetCSR, bias, multiplier, shift, input_zero_point,
             output_zero_point, act_min, act_max):
     m, n = csr.shape
@@ -426,22 +444,10 @@ def _sparse(kind, x, csr: OffsetCSR, bias, multiplier, shift, input_zero_point,
     ))
     if status:
         _raise(status, msg)
-    q, keep = _requant(m, multiplier, shift, input_zero_point, output_zero_point, act_min,
-                       act_max, dt)
-    status, msg = _call_validation(load().mam_validate_requant, ctypes.byref(q), m, TYPE_CODES[dt])
-    if status:
-        _raise(status, msg)
-    xc = np.ascontiguousarray(x.reshape(-1, n))
-    batches = xc.shape[0]
-    out = np.empty((batches, m), dt)
     w = _CSR(n=n, m=m, values=_ptr(csr.values, c_int8), offsets=_ptr(csr.offsets, c_uint8),
              row_counts=_ptr(csr.row_counts, c_int16))
-    xt = c_int8 if dt == np.int8 else c_int16
-    bt = c_int32 if dt == np.int8 else c_int64
-    fn = getattr(load(), f"{kind}_sparse_{'s8' if dt == np.int8 else 's16'}")
-    fn(ctypes.byref(w), ctypes.byref(q), _ptr(b, bt) if b is not None else None,
-       _ptr(xc, xt), batches, _ptr(out, xt))
-    return out.reshape(x.shape[:-1] + (m,))
+    return _run(f"{kind}_sparse", (ctypes.byref(w),), x, n, m, b,
+                (multiplier, shift, input_zero_point, output_zero_point, act_min, act_max))
 
 
 def _dense(kind, x, w_int8, bias, multiplier, shift, input_zero_point, output_zero_point,
@@ -458,20 +464,8 @@ def _dense(kind, x, w_int8, bias, multiplier, shift, input_zero_point, output_ze
     want = np.dtype(np.int32 if dt == np.int8 else np.int64)
     if b is not None and (b.dtype != want or b.shape != (m,)):
         raise ValueError(f"bias must be {want.name} [{m}], got {b.dtype} {b.shape}")
-    q, keep = _requant(m, multiplier, shift, input_zero_point, output_zero_point, act_min,
-                       act_max, dt)
-    status, msg = _call_validation(load().mam_validate_requant, ctypes.byref(q), m, TYPE_CODES[dt])
-    if status:
-        _raise(status, msg)
-    xc = np.ascontiguousarray(x.reshape(-1, n))
-    batches = xc.shape[0]
-    out = np.empty((batches, m), dt)
-    xt = c_int8 if dt == np.int8 else c_int16
-    bt = c_int32 if dt == np.int8 else c_int64
-    fn = getattr(load(), f"{kind}_dense_{'s8' if dt == np.int8 else 's16'}")
-    fn(_ptr(w, c_int8), m, n, ctypes.byref(q), _ptr(b, bt) if b is not None else None,
-       _ptr(xc, xt), batches, _ptr(out, xt))
-    return out.reshape(x.shape[:-1] + (m,))
+    return _run(f"{kind}_dense", (_ptr(w, c_int8), m, n), x, n, m, b,
+                (multiplier, shift, input_zero_point, output_zero_point, act_min, act_max))
 
 
 def mam_sparse(x, csr: OffsetCSR, bias, multiplier, shift, *, input_zero_point: int = 0,

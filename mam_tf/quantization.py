@@ -402,22 +402,21 @@ def _dense_like(layer):
         getattr(layer, "kernel", None) is not None and len(layer.kernel.shape) == 2
 
 
-def _activation_quantizer(scheme, fixed):
+def _range_quantizer(scheme, fixed, learned):
+    """The scheme's activation quantizer: a fixed range, or ``learned`` (a tfmot class)."""
     bits = _ACT_BITS[scheme]
     symmetric = scheme == "int16x8"
     if fixed is not None:
         return FixedRangeQuantizer(bits, fixed[0], fixed[1], narrow_range=symmetric)
-    return _QUANTIZERS.MovingAverageQuantizer(num_bits=bits, per_axis=False,
-                                              symmetric=symmetric, narrow_range=symmetric)
+    return learned(num_bits=bits, per_axis=False, symmetric=symmetric, narrow_range=symmetric)
+
+
+def _activation_quantizer(scheme, fixed):
+    return _range_quantizer(scheme, fixed, _QUANTIZERS.MovingAverageQuantizer)
 
 
 def _input_quantizer(scheme, fixed):
-    bits = _ACT_BITS[scheme]
-    symmetric = scheme == "int16x8"
-    if fixed is not None:
-        return FixedRangeQuantizer(bits, fixed[0], fixed[1], narrow_range=symmetric)
-    return _QUANTIZERS.AllValuesQuantizer(num_bits=bits, per_axis=False,
-                                          symmetric=symmetric, narrow_range=symmetric)
+    return _range_quantizer(scheme, fixed, _QUANTIZERS.AllValuesQuantizer)
 
 
 def _weight_quantizer(per_channel, weight_range):
