@@ -108,7 +108,8 @@ SCALES = {
                  deploy=(("mam", "magnitude", 0.05), ("mac", "magnitude", 0.05)),
                  deploy_windows=8, record_windows=64),
     # The README's first command: one seed, minutes on a 2-core machine.
-    "demo": dict(windows=20_000, epochs=15, vc_epochs=8, qat_epochs=2, seeds=(0,)),
+    "demo": dict(windows=20_000, epochs=15, vc_epochs=8, qat_epochs=2, seeds=(0,),
+                 eval_windows=1000),
     # Three seeds, the README's table and figures.
     "small": dict(windows=20_000, epochs=15, vc_epochs=8, qat_epochs=2, seeds=(0, 1, 2)),
     # The paper's sizes: 100 000 windows, 200 float + 10 QAT epochs, 10 seeds.
@@ -765,7 +766,7 @@ def _deploy_table(results):
                      d["keras_qat_arsnr"], d["deployed_arsnr"],
                      d["deployed_arsnr"] - d["keras_qat_arsnr"],
                      f"{d['fc1_op']}: {d['fc1_nonzeros']} nonzeros, {d['fc1_offset_csr_bytes']} B"
-                     if d["fc1_op"] else "-",
+                     if d["fc1_op"] else "FULLY_CONNECTED (dense int8)",
                      str(d["tflite_bytes"]), d["runtime_ms_per_window"]])
     head = ["model", "seed", "FC1", "Keras QAT (dB)", "int16x8 .tflite, host runtime (dB)",
             "difference (dB)", "FC1 op", ".tflite bytes", "ms / window (host)"]
