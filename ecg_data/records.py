@@ -78,7 +78,7 @@ def read_record_lead(record_path, lead="MLII", *, where=_WHERE):
     return signal, float(record.fs)
 
 
-def bandpass_filter(signal, fs, band=(0.5, 40.0), order=2):
+def bandpass_filter(signal, fs, band=(0.5, 40.0), order=4):
     """Zero-phase Butterworth band-pass of a signal sampled at ``fs`` Hz (forward-backward,
     second-order sections): removes baseline wander (below ``band[0]``) and mains / muscle
     noise (above ``band[1]``) before windowing. ``order`` is per pass (the response is applied
