@@ -79,6 +79,7 @@ class Config:
     records: str | None = None
     record_windows: int = 2000
     bandpass: tuple | None = (0.5, 40.0)
+    mcu: bool = True            # Cortex-M7 figures when mam_tf.bench_mcu and its toolchain exist
 
     def data_params(self):
         if self.train_records:
@@ -394,7 +395,12 @@ def _mask_from(prune_stage, method, fraction):
 
 def mcu_status():
     """(available, why not): whether ``mam_tf.bench_mcu`` exists and its toolchain is here."""
-    if importlib.util.find_spec("mam_tf.bench_mcu") is None:
+    import mam_tf
+
+    spec = importlib.util.find_spec("mam_tf.bench_mcu")
+    here = Path(mam_tf.__file__).resolve().parent
+    # (an editable install elsewhere could lend a module of another checkout: not this one's)
+    if spec is None or spec.origin is None or Path(spec.origin).resolve().parent != here:
         return False, "mam_tf.bench_mcu is not part of this installation"
     from mam_tf import bench_mcu
 
@@ -446,7 +452,7 @@ def _stage_deploy(cfg, run, data_stage, train_stage, qat_stage, prune_stage, kin
             "fc1_offset_csr_bytes": None if fc1 is None else int(fc1.sparse_bytes),
             "mcu": None,
         }
-        if with_mcu:
+        if with_mcu and value["fc1_op"] in ("MAM_SPARSE", "MAC_SPARSE"):
             from mam_tf import bench_mcu
 
             value["mcu"] = bench_mcu.bench_model(work / "tail.tflite")
@@ -508,7 +514,7 @@ def run(cfg: Config, out_dir, *, progress=True, merge=None, print_fn=print) -> d
                                      f"{cfg.scale!r}")
                 seeds = sorted(set(seeds) | set(other.get("seeds", [])))
         cfg = dataclasses.replace(cfg, seeds=tuple(seeds))
-    with_mcu, mcu_why = mcu_status()
+    with_mcu, mcu_why = mcu_status() if cfg.mcu else (False, "not asked for (--no-mcu)")
     data = _stage_data(cfg, p)
     per = {}
     for seed in seeds:
@@ -838,6 +844,8 @@ def _cmd(args):
     cfg = config_for(args.scale, seeds=tuple(args.seeds) if args.seeds else None,
                      epochs=args.epochs, windows=args.windows, records=args.records,
                      train_records=args.train_records, deploy_windows=args.deploy_windows)
+    if args.no_mcu:
+        cfg = dataclasses.replace(cfg, mcu=False)
     if args.no_bandpass:
         cfg = dataclasses.replace(cfg, bandpass=None)
     out = args.out or f"runs/{NAME}-{args.scale}"
@@ -859,6 +867,9 @@ def add_command(subparsers, common):
                    help="train on the windows of the WFDB records of DIR instead of synthetic ones")
     g.add_argument("--no-bandpass", action="store_true",
                    help="do not band-pass filter records (default 0.5-40 Hz before windowing)")
+    g.add_argument("--no-mcu", action="store_true",
+                   help="leave out the Cortex-M7 figures even when mam_tf.bench_mcu and its "
+                   "toolchain are present")
     g.add_argument("--epochs", type=int, default=None, help="float epochs (default: the scale's)")
     g.add_argument("--windows", type=int, default=None,
                    help="synthetic windows in all (default: the scale's)")
