@@ -225,3 +225,27 @@ def test_cli_lists_the_experiment(capsys):
     text = capsys.readouterr().out
     for option in ("--scale", "--seeds", "--merge", "--records", "--train-records"):
         assert option in text
+
+
+def test_seeds_run_apart_merge_into_one_report(tiny, tmp_path):
+    """`--seeds 1` elsewhere, then `--merge`: every stage is read back, statistics span both."""
+    import dataclasses
+
+    cfg, out, results = tiny
+    other = dataclasses.replace(cfg, seeds=(1,), deploy=(), records=None)
+    one = mwscas.run(other, tmp_path / "seed1", progress=False, print_fn=None)
+    merged_cfg = dataclasses.replace(cfg, seeds=(), deploy=(), records=None)
+    merged = mwscas.run(merged_cfg, tmp_path / "merged", progress=False, print_fn=None,
+                        merge=[out, tmp_path / "seed1"])
+    manifest = json.loads((tmp_path / "merged" / "manifest.json").read_text())
+    assert manifest["stages_computed"] == 0
+    assert merged["seeds"] == [0, 1]
+    for p in merged["points"]:
+        a = next(q for q in results["points"] if (q["kind"], q["method"], q["remaining"])
+                 == (p["kind"], p["method"], p["remaining"]))
+        b = next(q for q in one["points"] if (q["kind"], q["method"], q["remaining"])
+                 == (p["kind"], p["method"], p["remaining"]))
+        assert p["seeds"] == 2
+        assert p["arsnr_min"] == min(a["arsnr_mean"], b["arsnr_mean"])
+        assert p["arsnr_max"] == max(a["arsnr_mean"], b["arsnr_mean"])
+        assert p["arsnr_mean"] == pytest.approx((a["arsnr_mean"] + b["arsnr_mean"]) / 2)

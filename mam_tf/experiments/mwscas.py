@@ -503,6 +503,8 @@ def run(cfg: Config, out_dir, *, progress=True, merge=None, print_fn=print) -> d
     out = Path(out_dir)
     p = pl.Pipeline(out, NAME, config=dataclasses.asdict(cfg), progress=progress)
     seeds = list(cfg.seeds)
+    if not seeds and not merge:
+        raise ValueError("mwscas: no seeds to run (give --seeds, or --merge run folders)")
     if merge:
         p.import_stages(merge)
         for d in merge:
@@ -841,7 +843,9 @@ def _cmd(args):
     from mam_tf._compat import tf
 
     tf.get_logger().setLevel("ERROR")  # retracing / AutoGraph notices drown the progress lines
-    cfg = config_for(args.scale, seeds=tuple(args.seeds) if args.seeds else None,
+    # With --merge and no --seeds, the merged runs' seeds are the run's seeds.
+    seeds = tuple(args.seeds) if args.seeds else (() if args.merge else None)
+    cfg = config_for(args.scale, seeds=seeds,
                      epochs=args.epochs, windows=args.windows, records=args.records,
                      train_records=args.train_records, deploy_windows=args.deploy_windows)
     if args.no_mcu:
