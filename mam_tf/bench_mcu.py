@@ -375,6 +375,36 @@ def count_loop(iterations: Sequence[int], b: Optional[McuBuild] = None) -> list[
     return [c - (counts[0] - 1) for c in counts[1:]]
 
 
+def count_by_trace(calls: Sequence[KernelCall], b: Optional[McuBuild] = None) -> list[int]:
+    """The same counts as :func:`run_calls` by a second, independent method (slow; small
+    cases only): QEMU translates one instruction per block (``-singlestep``), chains none and
+    logs every block it executes (``-d nochain,exec``); the log lines after each begin marker up
+    to and including the end marker are the instructions. No plugin is involved."""
+    b = b or build()
+    jobs = [_job(_EMPTY)] + [_encode_call(c)[0] for c in calls]
+    with tempfile.TemporaryDirectory(prefix="mam-mcu-trace-") as tmp:
+        tmp = Path(tmp)
+        (tmp / "mcu_in.bin").write_bytes(b"MCU1" + struct.pack("<I", len(jobs)) + b"".join(jobs))
+        _run_tool([QEMU, "-M", "mps2-an500", "-nographic", "-monitor", "none", "-serial", "none",
+                   "-semihosting-config", "enable=on,target=native", "-singlestep",
+                   "-d", "nochain,exec", "-D", "trace.log", "-kernel", str(b.elf)],
+                  "QEMU with an execution trace", cwd=tmp)
+        begin, end = f"/{b.begin:08x}/", f"/{b.end:08x}/"
+        counts, n = [], None
+        with open(tmp / "trace.log") as fh:
+            for line in fh:
+                if not line.startswith("Trace"):
+                    continue
+                if begin in line:
+                    n = 0
+                elif n is not None:
+                    n += 1
+                    if end in line:
+                        counts.append(n)
+                        n = None
+    return [c - (counts[0] - 1) for c in counts[1:]]
+
+
 # ----------------------------------------------------------------------------------------
 # The benchmark
 # ----------------------------------------------------------------------------------------
