@@ -73,6 +73,22 @@ def _calls(fw, rng):
         for kernel in ("mac_dense", "mam_dense"):
             calls.append(bm.KernelCall(kernel, "portable", x, mult, shift, weights=w, bias=bias,
                                        **kw))
+    # Small values at scale 1 (or just under): every accumulator reaches the output unrounded,
+    # so an error of 1 anywhere shows.
+    for dt in (np.int8, np.int16):
+        for real in (1.0, 0.999):
+            w = rng.integers(-4, 5, size=(9, 600)).astype(np.int8)
+            w[rng.random(w.shape) < 0.7] = 0
+            w[0] = 0
+            w[1, :] = 3
+            x = rng.integers(-4, 5, (2, 600)).astype(dt)
+            mult, shift = reference.quantize_multipliers([real])
+            bias = rng.integers(-9, 10, 9).astype(np.int32 if dt == np.int8 else np.int64)
+            kw = dict(input_zero_point=1 if dt == np.int8 else 0)
+            for kernel in ("mam_sparse", "mac_sparse"):
+                for v in variants:
+                    calls.append(bm.KernelCall(kernel, v, x, mult, shift, csr=encode(w),
+                                               bias=bias, **kw))
     return calls
 
 
