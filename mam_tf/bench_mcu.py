@@ -112,7 +112,8 @@ class McuBuild:
     cmsis_nn: bool
     begin: int
     end: int
-    symbols: dict = field(default_factory=dict)  # name -> code bytes
+    symbols: dict = field(default_factory=dict)  # function name -> code bytes
+    callees: dict = field(default_factory=dict)  # function name -> functions it branches to
 
     def has(self, kernel: str, variant: str) -> bool:
         if variant == "optimized":
@@ -122,10 +123,18 @@ class McuBuild:
         return True
 
     def code_bytes(self, kernel: str, variant: str, act_bits: int) -> Optional[int]:
+        """Thumb code of the kernel's function and of every function it calls or branches to
+        (transitively), as linked in the firmware (sizes from arm-none-eabi-nm)."""
         name = _SYMBOLS[(kernel, variant)].format(b=act_bits)
-        if kernel == "cmsis_fc":  # what the firmware calls, and what that calls
-            return sum(v for k, v in self.symbols.items() if k.startswith("arm_")) or None
-        return self.symbols.get(name)
+        if name not in self.symbols:
+            return None
+        seen, todo = set(), [name]
+        while todo:
+            f = todo.pop()
+            if f not in seen and f in self.symbols:
+                seen.add(f)
+                todo += self.callees.get(f, [])
+        return sum(self.symbols[f] for f in seen)
 
 
 def _cmsis_paths(lib=None, include=None):
@@ -139,8 +148,11 @@ def _cmsis_paths(lib=None, include=None):
     return (str(Path(lib).resolve()), str(Path(include).resolve())) if lib else (None, None)
 
 
+_BUILD_FORMAT = b"2"  # bump when what a build records changes
+
+
 def _build_key(cmsis_lib, cmsis_include) -> str:
-    h = hashlib.sha256()
+    h = hashlib.sha256(_BUILD_FORMAT)
     files = []
     for sub in ("include", "src", "firmware"):
         files += sorted(p for p in (_OPS / sub).rglob("*") if p.is_file())
@@ -168,7 +180,8 @@ def _load_build(dest: Path) -> McuBuild:
     info = json.loads((dest / "build.json").read_text())
     return McuBuild(elf=dest / "mam_bench.elf", plugin=dest / "libmam_insn_count.so",
                     optimized=info["optimized"], cmsis_nn=info["cmsis_nn"],
-                    begin=info["begin"], end=info["end"], symbols=info["symbols"])
+                    begin=info["begin"], end=info["end"], symbols=info["symbols"],
+                    callees=info["callees"])
 
 
 def _do_build(dest: Path, cmsis_lib, cmsis_include):
@@ -195,13 +208,24 @@ def _do_build(dest: Path, cmsis_lib, cmsis_include):
                 symbols[parts[3]] = int(parts[1], 16)
             if len(parts) >= 3:
                 addr[parts[-1]] = int(parts[0], 16)
+        callees, current = {}, None
+        dis = _run_tool(["arm-none-eabi-objdump", "-d", str(fw / "mam_bench.elf")], "disassembling")
+        for line in dis.splitlines():
+            if line.endswith(">:"):
+                current = line.split("<", 1)[1][:-2]
+                callees[current] = []
+            elif current and "\t" in line and "<" in line:
+                op = line.split("\t")[2].split()[0] if line.count("\t") >= 2 else ""
+                target = line.rsplit("<", 1)[1].rstrip(">").split("+")[0]
+                if op.startswith(("bl", "b.", "b")) and target != current:
+                    callees[current].append(target)
         out.mkdir()
         shutil.copy2(fw / "mam_bench.elf", out / "mam_bench.elf")
         shutil.copy2(pl / "libmam_insn_count.so", out / "libmam_insn_count.so")
         (out / "build.json").write_text(json.dumps({
             "optimized": cfg.get("optimized") == "1", "cmsis_nn": cfg.get("cmsis_nn") == "1",
             "begin": addr["mcu_mark_begin"] & ~1, "end": addr["mcu_mark_end"] & ~1,
-            "symbols": symbols, "cmsis_nn_lib": cmsis_lib,
+            "symbols": symbols, "callees": callees, "cmsis_nn_lib": cmsis_lib,
         }))
         try:  # a reader sees a whole build or none
             os.replace(out, dest)
@@ -618,6 +642,34 @@ def format_table(records, out=print):
             out(f"  int{bits} {k} {v}: a = {a:.2f} per entry, b = {per_row:.0f} per row")
 
 
+def format_summary(records, out=print):
+    """Instructions per stored entry (per weight for dense kernels) by kept fraction, one table
+    per activation width, with the per-entry / per-row fit of each sparse kernel."""
+    fits = fit_rows(records)
+    for bits in sorted({r["act_bits"] for r in records}, reverse=True):
+        rs = [r for r in records if r["act_bits"] == bits]
+        kept = sorted({r["remaining"] for r in rs if r["kernel"].endswith("_sparse")}, reverse=True)
+        out(f"int{bits} activations, {rs[0]['rows']} x {rs[0]['cols']}: instructions per stored "
+            "entry (dense: per weight)")
+        out("| kernel | " + " | ".join(f"{k:.0%}" for k in kept) + " | fit: per entry | fit: per row |")
+        out("|---" * (len(kept) + 3) + "|")
+        seen = []
+        for r in rs:
+            if (r["kernel"], r["variant"]) not in seen:
+                seen.append((r["kernel"], r["variant"]))
+        for k, v in seen:
+            cells = {r["remaining"]: r["instr_per_entry"] for r in rs
+                     if r["kernel"] == k and r["variant"] == v}
+            fit = fits.get((k, v, bits))
+            if k.endswith("_sparse"):
+                row = [f"{cells[x]:.2f}" if x in cells else "" for x in kept]
+            else:
+                row = [f"{next(iter(cells.values())):.2f} (all weights)"] + [""] * (len(kept) - 1)
+            out(f"| {_label({'kernel': k, 'variant': v})} | " + " | ".join(row) + " | "
+                + (f"{fit[0]:.2f} | {fit[1]:.0f}" if fit else " | ") + " |")
+        out("")
+
+
 def plot(records, path):
     """Instructions and estimated time vs weights kept, MAM vs MAC (after seed 004 Fig. 5)."""
     import matplotlib
@@ -706,6 +758,8 @@ def _cmd_mcu(args):
         print("outputs: every kernel's output equals the host core's (mam_tf.core), byte for byte"
               + ("; CMSIS-NN's are compared in the tests" if args.model and b.cmsis_nn else ""))
     print()
+    if not args.model:
+        format_summary(records)
     format_table(records)
     if args.out:
         out = Path(args.out)
