@@ -39,13 +39,19 @@ static inline int32_t finish_s16(uint64_t acc, const mam_requant *q, int32_t j) 
  * Building blocks
  * ------------------------------------------------------------------------------------- */
 
-/* Four bytes from any address: one LDR (ARMv7-M loads words unaligned; GCC assumes so unless
- * -mno-unaligned-access, where memcpy becomes byte loads and stays correct). */
-static inline uint32_t read_u32(const void *p) {
-  uint32_t v;
-  memcpy(&v, p, 4);
-  return v;
-}
+/* v = the four bytes at p, then p += 4: one LDR with post-index. ARMv7-M loads words from
+ * any address (rows of the offset-CSR start anywhere); where the compiler is told otherwise
+ * (-mno-unaligned-access: no __ARM_FEATURE_UNALIGNED) memcpy reads the bytes. The asm reads
+ * model constants that nothing writes while a kernel runs. */
+#if defined(__ARM_FEATURE_UNALIGNED)
+#define LOAD_WORD_INC(v, p) __asm__("ldr %0, [%1], #4" : "=r"(v), "+r"(p))
+#else
+#define LOAD_WORD_INC(v, p) \
+  do {                      \
+    memcpy(&(v), (p), 4);   \
+    (p) += 4;               \
+  } while (0)
+#endif
 
 /* Bytes 1 and 3 of v as two signed halfwords (SXTB16 with ROR #8), and as two unsigned
  * halfwords plus a (UXTAB16 with ROR #8): GCC's intrinsics take no rotation. */
@@ -106,9 +112,11 @@ static inline uint32_t pkhbt16(uint32_t lo, uint32_t hi) {
  * ------------------------------------------------------------------------------------- */
 
 /* MAM, int16: four entries from offsets word ow and weights word vw. */
-#define MAM_S16_GROUP(ow_expr, vw_expr)                                             \
+#define MAM_S16_GROUP()                                             \
   do {                                                                              \
-    const uint32_t ow = (ow_expr), vw = (vw_expr);                                  \
+    uint32_t ow, vw;                                                                \
+    LOAD_WORD_INC(ow, off);                                                         \
+    LOAD_WORD_INC(vw, val);                                                         \
     const int32_t w02 = __sxtb16((int32_t)vw), w13 = sxtb16_ror8(vw);               \
     const uint32_t o02 = __uxtab16(ones, ow), o13 = uxtab16_ror8(ones, ow);         \
     col += (int32_t)(o02 & 0xFFFFu);                                                \
@@ -132,20 +140,15 @@ void mam_sparse_s16_armv7em(const mam_csr *w, const mam_requant *q, const int64_
     const uint8_t *off = w->offsets;
     for (int32_t j = 0; j < m; ++j) {
       const int32_t count = w->row_counts[j];
-      const uint8_t *const end8 = off + (count & ~7);
       int32_t neglo = count < n ? 0 : -((int32_t)x[off[0]] * (int32_t)val[0]);
       uint32_t range = 0;
       int32_t col = -1;
-      while (off != end8) {
-        MAM_S16_GROUP(read_u32(off), read_u32(val));
-        MAM_S16_GROUP(read_u32(off + 4), read_u32(val + 4));
-        off += 8;
-        val += 8;
+      for (int32_t g = count >> 3; g > 0; --g) {
+        MAM_S16_GROUP();
+        MAM_S16_GROUP();
       }
       if (count & 4) {
-        MAM_S16_GROUP(read_u32(off), read_u32(val));
-        off += 4;
-        val += 4;
+        MAM_S16_GROUP();
       }
       for (int32_t e = count & 3; e > 0; --e) {
         col += (int32_t)*off++ + 1;
@@ -159,33 +162,44 @@ void mam_sparse_s16_armv7em(const mam_csr *w, const mam_requant *q, const int64_
   }
 }
 
-/* MAM, int8: the products (x - zx) w lie in [-32640, 32640], so t = p - min of two products
- * fits a halfword each as long as p >= min, and if p < min its low 16 bits read as more than
- * max - min (p + 65536 > 32640 >= max): PKHBT packs two t, UQSUB16 against the range in both
- * halfwords is 0 exactly when both products lie in [min, max]. */
-#define MAM_S8_PAIR(xa, xb, wab, smla_b)                                            \
+/* Four t = p - min at once: one test in the common case that none leaves [min, max], a
+ * chain of conditional compares (CMP, ITTT LS, CMPLS x3: HI if any t > range) read through
+ * a flag output; else each tracked in turn (t rebased on the min the previous ones moved). */
+static inline int any_above4(int32_t t0, int32_t t1, int32_t t2, int32_t t3, uint32_t range) {
+  int above;
+  __asm__("cmp %1, %5\n\tittt ls\n\tcmpls %2, %5\n\tcmpls %3, %5\n\tcmpls %4, %5"
+          : "=@cchi"(above)
+          : "r"(t0), "r"(t1), "r"(t2), "r"(t3), "r"(range));
+  return above;
+}
+
+#define MAM_TRACK4(t0, t1, t2, t3)                                                  \
   do {                                                                              \
-    const int32_t ta = __smlabb((xa) - zx, (wab), neglo);                           \
-    const int32_t tb = smla_b((xb) - zx, (wab), neglo);                             \
-    if (__builtin_expect(__uqsub16(pkhbt16((uint32_t)ta, (uint32_t)tb), range2) != 0, 0)) { \
-      const int32_t pa = ta - neglo, pb = tb - neglo;                               \
-      MAM_TRACK(pa + neglo);                                                        \
-      MAM_TRACK(pb + neglo);                                                        \
-      range2 = range * 0x00010001u;                                                 \
+    if (__builtin_expect(any_above4((t0), (t1), (t2), (t3), range), 0)) {           \
+      const int32_t neglo0_ = neglo;                                                \
+      MAM_TRACK(t0);                                                                \
+      MAM_TRACK((t1) + (neglo - neglo0_));                                          \
+      MAM_TRACK((t2) + (neglo - neglo0_));                                          \
+      MAM_TRACK((t3) + (neglo - neglo0_));                                          \
     }                                                                               \
   } while (0)
 
-#define MAM_S8_GROUP(ow_expr, vw_expr)                                              \
+#define MAM_S8_GROUP()                                                              \
   do {                                                                              \
-    const uint32_t ow = (ow_expr), vw = (vw_expr);                                  \
+    uint32_t ow, vw;                                                                \
+    LOAD_WORD_INC(ow, off);                                                         \
+    LOAD_WORD_INC(vw, val);                                                         \
     const int32_t w02 = __sxtb16((int32_t)vw), w13 = sxtb16_ror8(vw);               \
     int32_t x0, x1, x2, x3;                                                         \
     STEP_LOAD_S8(xp, x0, ow, ROR0);                                                 \
     STEP_LOAD_S8(xp, x1, ow, ROR8);                                                 \
     STEP_LOAD_S8(xp, x2, ow, ROR16);                                                \
     STEP_LOAD_S8(xp, x3, ow, ROR24);                                                \
-    MAM_S8_PAIR(x0, x2, w02, __smlabt);                                             \
-    MAM_S8_PAIR(x1, x3, w13, __smlabt);                                             \
+    const int32_t t0 = __smlabb(x0 - zx, w02, neglo);                               \
+    const int32_t t1 = __smlabb(x1 - zx, w13, neglo);                               \
+    const int32_t t2 = __smlabt(x2 - zx, w02, neglo);                               \
+    const int32_t t3 = __smlabt(x3 - zx, w13, neglo);                               \
+    MAM_TRACK4(t0, t1, t2, t3);                                                     \
   } while (0)
 
 void mam_sparse_s8_armv7em(const mam_csr *w, const mam_requant *q, const int32_t *bias,
@@ -198,20 +212,15 @@ void mam_sparse_s8_armv7em(const mam_csr *w, const mam_requant *q, const int32_t
     const uint8_t *off = w->offsets;
     for (int32_t j = 0; j < m; ++j) {
       const int32_t count = w->row_counts[j];
-      const uint8_t *const end8 = off + (count & ~7);
       int32_t neglo = count < n ? 0 : -(((int32_t)x[off[0]] - zx) * (int32_t)val[0]);
-      uint32_t range = 0, range2 = 0;
+      uint32_t range = 0;
       const int8_t *xp = x; /* x + col + 1 */
-      while (off != end8) {
-        MAM_S8_GROUP(read_u32(off), read_u32(val));
-        MAM_S8_GROUP(read_u32(off + 4), read_u32(val + 4));
-        off += 8;
-        val += 8;
+      for (int32_t g = count >> 3; g > 0; --g) {
+        MAM_S8_GROUP();
+        MAM_S8_GROUP();
       }
       if (count & 4) {
-        MAM_S8_GROUP(read_u32(off), read_u32(val));
-        off += 4;
-        val += 4;
+        MAM_S8_GROUP();
       }
       for (int32_t e = count & 3; e > 0; --e) {
         xp += *off++;
@@ -226,9 +235,11 @@ void mam_sparse_s8_armv7em(const mam_csr *w, const mam_requant *q, const int32_t
 
 /* MAC, int8: sum (x - zx) w = sum x w - zx sum w; the second sum by SMLAD of the weights
  * with -zx in both halfwords (nzx2). The int32 accumulator wraps as the portable one. */
-#define MAC_S8_GROUP(ow_expr, vw_expr)                                              \
+#define MAC_S8_GROUP()                                              \
   do {                                                                              \
-    const uint32_t ow = (ow_expr), vw = (vw_expr);                                  \
+    uint32_t ow, vw;                                                                \
+    LOAD_WORD_INC(ow, off);                                                         \
+    LOAD_WORD_INC(vw, val);                                                         \
     const int32_t w02 = __sxtb16((int32_t)vw), w13 = sxtb16_ror8(vw);               \
     int32_t x0, x1, x2, x3;                                                         \
     STEP_LOAD_S8(xp, x0, ow, ROR0);                                                 \
@@ -254,19 +265,14 @@ void mac_sparse_s8_armv7em(const mam_csr *w, const mam_requant *q, const int32_t
     const uint8_t *off = w->offsets;
     for (int32_t j = 0; j < m; ++j) {
       const int32_t count = w->row_counts[j];
-      const uint8_t *const end8 = off + (count & ~7);
       int32_t acc = 0;
       const int8_t *xp = x; /* x + col + 1 */
-      while (off != end8) {
-        MAC_S8_GROUP(read_u32(off), read_u32(val));
-        MAC_S8_GROUP(read_u32(off + 4), read_u32(val + 4));
-        off += 8;
-        val += 8;
+      for (int32_t g = count >> 3; g > 0; --g) {
+        MAC_S8_GROUP();
+        MAC_S8_GROUP();
       }
       if (count & 4) {
-        MAC_S8_GROUP(read_u32(off), read_u32(val));
-        off += 4;
-        val += 4;
+        MAC_S8_GROUP();
       }
       for (int32_t e = count & 3; e > 0; --e) {
         xp += *off++;
@@ -281,9 +287,11 @@ void mac_sparse_s8_armv7em(const mam_csr *w, const mam_requant *q, const int32_t
 
 /* MAC, int16: two inputs packed by PKHBT, SMLALD adds two products to the int64 sum
  * (|sum| < 2^37: no wrap before the bias). */
-#define MAC_S16_GROUP(ow_expr, vw_expr)                                             \
+#define MAC_S16_GROUP()                                             \
   do {                                                                              \
-    const uint32_t ow = (ow_expr), vw = (vw_expr);                                  \
+    uint32_t ow, vw;                                                                \
+    LOAD_WORD_INC(ow, off);                                                         \
+    LOAD_WORD_INC(vw, val);                                                         \
     const int32_t w02 = __sxtb16((int32_t)vw), w13 = sxtb16_ror8(vw);               \
     const uint32_t o02 = __uxtab16(ones, ow), o13 = uxtab16_ror8(ones, ow);         \
     col += (int32_t)(o02 & 0xFFFFu);                                                \
@@ -309,19 +317,14 @@ void mac_sparse_s16_armv7em(const mam_csr *w, const mam_requant *q, const int64_
     const uint8_t *off = w->offsets;
     for (int32_t j = 0; j < m; ++j) {
       const int32_t count = w->row_counts[j];
-      const uint8_t *const end8 = off + (count & ~7);
       int64_t acc = 0;
       int32_t col = -1;
-      while (off != end8) {
-        MAC_S16_GROUP(read_u32(off), read_u32(val));
-        MAC_S16_GROUP(read_u32(off + 4), read_u32(val + 4));
-        off += 8;
-        val += 8;
+      for (int32_t g = count >> 3; g > 0; --g) {
+        MAC_S16_GROUP();
+        MAC_S16_GROUP();
       }
       if (count & 4) {
-        MAC_S16_GROUP(read_u32(off), read_u32(val));
-        off += 4;
-        val += 4;
+        MAC_S16_GROUP();
       }
       for (int32_t e = count & 3; e > 0; --e) {
         col += (int32_t)*off++ + 1;
