@@ -111,8 +111,35 @@ static inline uint32_t pkhbt16(uint32_t lo, uint32_t hi) {
  * pointer x + col + 1.
  * ------------------------------------------------------------------------------------- */
 
-/* MAM, int16: four entries from offsets word ow and weights word vw. */
-#define MAM_S16_GROUP()                                             \
+/* Four t = p - min at once: one test in the common case that none leaves [min, max], a
+ * chain of conditional compares (CMP, ITTT LS, CMPLS x3: HI if any t > range) read through
+ * a flag output; else each tracked in turn (t rebased on the min the previous ones moved). */
+static inline int any_above4(int32_t t0, int32_t t1, int32_t t2, int32_t t3, uint32_t range) {
+#if defined(__GCC_ASM_FLAG_OUTPUTS__)
+  int above;
+  __asm__("cmp %1, %5\n\tittt ls\n\tcmpls %2, %5\n\tcmpls %3, %5\n\tcmpls %4, %5"
+          : "=@cchi"(above)
+          : "r"(t0), "r"(t1), "r"(t2), "r"(t3), "r"(range));
+  return above;
+#else
+  return (uint32_t)t0 > range || (uint32_t)t1 > range || (uint32_t)t2 > range ||
+         (uint32_t)t3 > range;
+#endif
+}
+
+#define MAM_TRACK4(t0, t1, t2, t3)                                                  \
+  do {                                                                              \
+    if (__builtin_expect(any_above4((t0), (t1), (t2), (t3), range), 0)) {           \
+      const int32_t neglo0_ = neglo;                                                \
+      MAM_TRACK(t0);                                                                \
+      MAM_TRACK((t1) + (neglo - neglo0_));                                          \
+      MAM_TRACK((t2) + (neglo - neglo0_));                                          \
+      MAM_TRACK((t3) + (neglo - neglo0_));                                          \
+    }                                                                               \
+  } while (0)
+
+/* MAM, int16: four entries from the next word of offsets and of weights. */
+#define MAM_S16_GROUP()                                                             \
   do {                                                                              \
     uint32_t ow, vw;                                                                \
     LOAD_WORD_INC(ow, off);                                                         \
@@ -120,13 +147,14 @@ static inline uint32_t pkhbt16(uint32_t lo, uint32_t hi) {
     const int32_t w02 = __sxtb16((int32_t)vw), w13 = sxtb16_ror8(vw);               \
     const uint32_t o02 = __uxtab16(ones, ow), o13 = uxtab16_ror8(ones, ow);         \
     col += (int32_t)(o02 & 0xFFFFu);                                                \
-    MAM_TRACK(__smlabb(x[col], w02, neglo));                                        \
+    const int32_t t0 = __smlabb(x[col], w02, neglo);                                \
     col += (int32_t)(o13 & 0xFFFFu);                                                \
-    MAM_TRACK(__smlabb(x[col], w13, neglo));                                        \
+    const int32_t t1 = __smlabb(x[col], w13, neglo);                                \
     col += (int32_t)(o02 >> 16);                                                    \
-    MAM_TRACK(__smlabt(x[col], w02, neglo));                                        \
+    const int32_t t2 = __smlabt(x[col], w02, neglo);                                \
     col += (int32_t)(o13 >> 16);                                                    \
-    MAM_TRACK(__smlabt(x[col], w13, neglo));                                        \
+    const int32_t t3 = __smlabt(x[col], w13, neglo);                                \
+    MAM_TRACK4(t0, t1, t2, t3);                                                     \
   } while (0)
 
 void mam_sparse_s16_armv7em(const mam_csr *w, const mam_requant *q, const int64_t *bias,
@@ -162,28 +190,7 @@ void mam_sparse_s16_armv7em(const mam_csr *w, const mam_requant *q, const int64_
   }
 }
 
-/* Four t = p - min at once: one test in the common case that none leaves [min, max], a
- * chain of conditional compares (CMP, ITTT LS, CMPLS x3: HI if any t > range) read through
- * a flag output; else each tracked in turn (t rebased on the min the previous ones moved). */
-static inline int any_above4(int32_t t0, int32_t t1, int32_t t2, int32_t t3, uint32_t range) {
-  int above;
-  __asm__("cmp %1, %5\n\tittt ls\n\tcmpls %2, %5\n\tcmpls %3, %5\n\tcmpls %4, %5"
-          : "=@cchi"(above)
-          : "r"(t0), "r"(t1), "r"(t2), "r"(t3), "r"(range));
-  return above;
-}
-
-#define MAM_TRACK4(t0, t1, t2, t3)                                                  \
-  do {                                                                              \
-    if (__builtin_expect(any_above4((t0), (t1), (t2), (t3), range), 0)) {           \
-      const int32_t neglo0_ = neglo;                                                \
-      MAM_TRACK(t0);                                                                \
-      MAM_TRACK((t1) + (neglo - neglo0_));                                          \
-      MAM_TRACK((t2) + (neglo - neglo0_));                                          \
-      MAM_TRACK((t3) + (neglo - neglo0_));                                          \
-    }                                                                               \
-  } while (0)
-
+/* MAM, int8: the same with the input zero point taken off each input. */
 #define MAM_S8_GROUP()                                                              \
   do {                                                                              \
     uint32_t ow, vw;                                                                \
@@ -215,7 +222,13 @@ void mam_sparse_s8_armv7em(const mam_csr *w, const mam_requant *q, const int32_t
       int32_t neglo = count < n ? 0 : -(((int32_t)x[off[0]] - zx) * (int32_t)val[0]);
       uint32_t range = 0;
       const int8_t *xp = x; /* x + col + 1 */
-      for (int32_t g = count >> 3; g > 0; --g) {
+      for (int32_t g = count >> 4; g > 0; --g) {
+        MAM_S8_GROUP();
+        MAM_S8_GROUP();
+        MAM_S8_GROUP();
+        MAM_S8_GROUP();
+      }
+      if (count & 8) {
         MAM_S8_GROUP();
         MAM_S8_GROUP();
       }
@@ -235,7 +248,7 @@ void mam_sparse_s8_armv7em(const mam_csr *w, const mam_requant *q, const int32_t
 
 /* MAC, int8: sum (x - zx) w = sum x w - zx sum w; the second sum by SMLAD of the weights
  * with -zx in both halfwords (nzx2). The int32 accumulator wraps as the portable one. */
-#define MAC_S8_GROUP()                                              \
+#define MAC_S8_GROUP()                                                              \
   do {                                                                              \
     uint32_t ow, vw;                                                                \
     LOAD_WORD_INC(ow, off);                                                         \
@@ -287,7 +300,7 @@ void mac_sparse_s8_armv7em(const mam_csr *w, const mam_requant *q, const int32_t
 
 /* MAC, int16: two inputs packed by PKHBT, SMLALD adds two products to the int64 sum
  * (|sum| < 2^37: no wrap before the bias). */
-#define MAC_S16_GROUP()                                             \
+#define MAC_S16_GROUP()                                                             \
   do {                                                                              \
     uint32_t ow, vw;                                                                \
     LOAD_WORD_INC(ow, off);                                                         \
