@@ -12,6 +12,9 @@
 
 #if defined(__ARM_FEATURE_DSP)
 
+#include <arm_acle.h>
+#include <string.h>
+
 static inline int32_t clamp_i32(int32_t v, int32_t lo, int32_t hi) {
   return v < lo ? lo : (v > hi ? hi : v);
 }
@@ -32,108 +35,317 @@ static inline int32_t finish_s16(uint64_t acc, const mam_requant *q, int32_t j) 
                    q->act_max);
 }
 
-/* Starting point: straight copies of the portable kernels (to be optimized). */
-void mam_sparse_s8_armv7em(const mam_csr *w, const mam_requant *q, const int32_t *bias,
-                           const int8_t *input, int32_t batches, int8_t *output) {
-  const int32_t n = w->n, m = w->m, zx = q->input_zero_point;
-  for (int32_t b = 0; b < batches; ++b) {
-    const int8_t *x = input + (size_t)b * (size_t)n;
-    int8_t *y = output + (size_t)b * (size_t)m;
-    const int8_t *val = w->values;
-    const uint8_t *off = w->offsets;
-    for (int32_t j = 0; j < m; ++j) {
-      const int32_t count = w->row_counts[j];
-      /* A row storing fewer than N entries has a pruned column whose product 0 competes. */
-      int32_t hi = count < n ? 0 : INT32_MIN;
-      int32_t lo = count < n ? 0 : INT32_MAX;
-      int32_t col = -1;
-      for (int32_t e = 0; e < count; ++e) {
-        col += (int32_t)off[e] + 1;
-        const int32_t p = ((int32_t)x[col] - zx) * (int32_t)val[e];
-        if (p > hi) hi = p;
-        if (p < lo) lo = p;
-      }
-      val += count;
-      off += count;
-      uint32_t acc = (uint32_t)hi + (uint32_t)lo;
-      if (bias != NULL) acc += (uint32_t)bias[j];
-      y[j] = (int8_t)finish_s8(acc, q, j);
-    }
-  }
+/* ---------------------------------------------------------------------------------------
+ * Building blocks
+ * ------------------------------------------------------------------------------------- */
+
+/* v = the four bytes at p, then p += 4: one LDR with post-index. ARMv7-M loads words from
+ * any address (rows of the offset-CSR start anywhere); where the compiler is told otherwise
+ * (-mno-unaligned-access: no __ARM_FEATURE_UNALIGNED) memcpy reads the bytes. The asm reads
+ * model constants that nothing writes while a kernel runs. */
+#if defined(__ARM_FEATURE_UNALIGNED)
+#define LOAD_WORD_INC(v, p) __asm__("ldr %0, [%1], #4" : "=r"(v), "+r"(p))
+#else
+#define LOAD_WORD_INC(v, p) \
+  do {                      \
+    memcpy(&(v), (p), 4);   \
+    (p) += 4;               \
+  } while (0)
+#endif
+
+/* Bytes 1 and 3 of v as two signed halfwords (SXTB16 with ROR #8), and as two unsigned
+ * halfwords plus a (UXTAB16 with ROR #8): GCC's intrinsics take no rotation. */
+static inline int32_t sxtb16_ror8(uint32_t v) {
+  int32_t r;
+  __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(v));
+  return r;
 }
+static inline uint32_t uxtab16_ror8(uint32_t a, uint32_t v) {
+  uint32_t r;
+  __asm__("uxtab16 %0, %1, %2, ror #8" : "=r"(r) : "r"(a), "r"(v));
+  return r;
+}
+
+/* Bottom halfword of lo, bottom halfword of hi in the top half (PKHBT). */
+static inline uint32_t pkhbt16(uint32_t lo, uint32_t hi) {
+  uint32_t r;
+  __asm__("pkhbt %0, %1, %2, lsl #16" : "=r"(r) : "r"(lo), "r"(hi));
+  return r;
+}
+
+/* Running max and min of a row's products, kept as neglo = -min and range = max - min
+ * (max >= min always). A product p lies in [min, max] exactly when t = p - min, seen as
+ * unsigned, is <= range: one compare per product in the common case; the products of a row
+ * span less than 2^31, so t < 0 says p is a new min and t > range a new max. The kernels
+ * get t straight from a multiply-accumulate: t = x * w + neglo. */
+#define MAM_TRACK(t_expr)                                        \
+  do {                                                           \
+    const int32_t t_ = (t_expr);                                 \
+    if (__builtin_expect((uint32_t)t_ > range, 0)) {             \
+      if (t_ < 0) {                                              \
+        neglo -= t_;                                             \
+        range -= (uint32_t)t_;                                   \
+      } else {                                                   \
+        range = (uint32_t)t_;                                    \
+      }                                                          \
+    }                                                            \
+  } while (0)
+
+/* int8 input: xp += byte k of ow (UXTAB with ROR), then xv = *xp++ (LDRSB, post-index):
+ * two instructions for the column step and the load. */
+#define STEP_LOAD_S8(xp, xv, ow, ror)                                               \
+  __asm__("uxtab %0, %0, %2" ror "\n\tldrsb %1, [%0], #1"                           \
+          : "+r"(xp), "=r"(xv)                                                      \
+          : "r"(ow))
+#define ROR0 ""
+#define ROR8 ", ror #8"
+#define ROR16 ", ror #16"
+#define ROR24 ", ror #24"
+
+/* ---------------------------------------------------------------------------------------
+ * The kernels. Each row: groups of eight entries (two words of offsets, two of weights),
+ * then one group of four if left, then the 0..3 entries left one by one. A row that stores
+ * fewer than N entries starts with max = min = 0 (a pruned column's product), a full row
+ * with its first product. int16 kernels keep col, the column of the last entry, and step it
+ * by offset + 1 from UXTAB16 (0x00010001 + two offsets at once); int8 kernels keep the
+ * pointer x + col + 1.
+ * ------------------------------------------------------------------------------------- */
+
+/* Four t = p - min at once: one test in the common case that none leaves [min, max], a
+ * chain of conditional compares (CMP, ITTT LS, CMPLS x3: HI if any t > range) read through
+ * a flag output; else each tracked in turn (t rebased on the min the previous ones moved). */
+static inline int any_above4(int32_t t0, int32_t t1, int32_t t2, int32_t t3, uint32_t range) {
+#if defined(__GCC_ASM_FLAG_OUTPUTS__)
+  int above;
+  __asm__("cmp %1, %5\n\tittt ls\n\tcmpls %2, %5\n\tcmpls %3, %5\n\tcmpls %4, %5"
+          : "=@cchi"(above)
+          : "r"(t0), "r"(t1), "r"(t2), "r"(t3), "r"(range));
+  return above;
+#else
+  return (uint32_t)t0 > range || (uint32_t)t1 > range || (uint32_t)t2 > range ||
+         (uint32_t)t3 > range;
+#endif
+}
+
+#define MAM_TRACK4(t0, t1, t2, t3)                                                  \
+  do {                                                                              \
+    if (__builtin_expect(any_above4((t0), (t1), (t2), (t3), range), 0)) {           \
+      const int32_t neglo0_ = neglo;                                                \
+      MAM_TRACK(t0);                                                                \
+      MAM_TRACK((t1) + (neglo - neglo0_));                                          \
+      MAM_TRACK((t2) + (neglo - neglo0_));                                          \
+      MAM_TRACK((t3) + (neglo - neglo0_));                                          \
+    }                                                                               \
+  } while (0)
+
+/* MAM, int16: four entries from the next word of offsets and of weights. */
+#define MAM_S16_GROUP()                                                             \
+  do {                                                                              \
+    uint32_t ow, vw;                                                                \
+    LOAD_WORD_INC(ow, off);                                                         \
+    LOAD_WORD_INC(vw, val);                                                         \
+    const int32_t w02 = __sxtb16((int32_t)vw), w13 = sxtb16_ror8(vw);               \
+    const uint32_t o02 = __uxtab16(ones, ow), o13 = uxtab16_ror8(ones, ow);         \
+    col += (int32_t)(o02 & 0xFFFFu);                                                \
+    const int32_t t0 = __smlabb(x[col], w02, neglo);                                \
+    col += (int32_t)(o13 & 0xFFFFu);                                                \
+    const int32_t t1 = __smlabb(x[col], w13, neglo);                                \
+    col += (int32_t)(o02 >> 16);                                                    \
+    const int32_t t2 = __smlabt(x[col], w02, neglo);                                \
+    col += (int32_t)(o13 >> 16);                                                    \
+    const int32_t t3 = __smlabt(x[col], w13, neglo);                                \
+    MAM_TRACK4(t0, t1, t2, t3);                                                     \
+  } while (0)
 
 void mam_sparse_s16_armv7em(const mam_csr *w, const mam_requant *q, const int64_t *bias,
                             const int16_t *input, int32_t batches, int16_t *output) {
   const int32_t n = w->n, m = w->m;
+  const uint32_t ones = 0x00010001u;
   for (int32_t b = 0; b < batches; ++b) {
-    const int16_t *x = input + (size_t)b * (size_t)n;
-    int16_t *y = output + (size_t)b * (size_t)m;
+    const int16_t *const x = input + (size_t)b * (size_t)n;
+    int16_t *const y = output + (size_t)b * (size_t)m;
     const int8_t *val = w->values;
     const uint8_t *off = w->offsets;
     for (int32_t j = 0; j < m; ++j) {
       const int32_t count = w->row_counts[j];
-      int32_t hi = count < n ? 0 : INT32_MIN;
-      int32_t lo = count < n ? 0 : INT32_MAX;
+      int32_t neglo = count < n ? 0 : -((int32_t)x[off[0]] * (int32_t)val[0]);
+      uint32_t range = 0;
       int32_t col = -1;
-      for (int32_t e = 0; e < count; ++e) {
-        col += (int32_t)off[e] + 1;
-        const int32_t p = (int32_t)x[col] * (int32_t)val[e];
-        if (p > hi) hi = p;
-        if (p < lo) lo = p;
+      for (int32_t g = count >> 3; g > 0; --g) {
+        MAM_S16_GROUP();
+        MAM_S16_GROUP();
       }
-      val += count;
-      off += count;
-      uint64_t acc = (uint64_t)(int64_t)hi + (uint64_t)(int64_t)lo;
+      if (count & 4) {
+        MAM_S16_GROUP();
+      }
+      for (int32_t e = count & 3; e > 0; --e) {
+        col += (int32_t)*off++ + 1;
+        MAM_TRACK((int32_t)x[col] * (int32_t)*val++ + neglo);
+      }
+      /* max + min = range + 2 min = range - 2 neglo */
+      uint64_t acc = (uint64_t)(int64_t)(int32_t)(range - 2u * (uint32_t)neglo);
       if (bias != NULL) acc += (uint64_t)bias[j];
       y[j] = (int16_t)finish_s16(acc, q, j);
     }
   }
 }
 
-void mac_sparse_s8_armv7em(const mam_csr *w, const mam_requant *q, const int32_t *bias,
+/* MAM, int8: the same with the input zero point taken off each input. */
+#define MAM_S8_GROUP()                                                              \
+  do {                                                                              \
+    uint32_t ow, vw;                                                                \
+    LOAD_WORD_INC(ow, off);                                                         \
+    LOAD_WORD_INC(vw, val);                                                         \
+    const int32_t w02 = __sxtb16((int32_t)vw), w13 = sxtb16_ror8(vw);               \
+    int32_t x0, x1, x2, x3;                                                         \
+    STEP_LOAD_S8(xp, x0, ow, ROR0);                                                 \
+    STEP_LOAD_S8(xp, x1, ow, ROR8);                                                 \
+    STEP_LOAD_S8(xp, x2, ow, ROR16);                                                \
+    STEP_LOAD_S8(xp, x3, ow, ROR24);                                                \
+    const int32_t t0 = __smlabb(x0 - zx, w02, neglo);                               \
+    const int32_t t1 = __smlabb(x1 - zx, w13, neglo);                               \
+    const int32_t t2 = __smlabt(x2 - zx, w02, neglo);                               \
+    const int32_t t3 = __smlabt(x3 - zx, w13, neglo);                               \
+    MAM_TRACK4(t0, t1, t2, t3);                                                     \
+  } while (0)
+
+void mam_sparse_s8_armv7em(const mam_csr *w, const mam_requant *q, const int32_t *bias,
                            const int8_t *input, int32_t batches, int8_t *output) {
   const int32_t n = w->n, m = w->m, zx = q->input_zero_point;
   for (int32_t b = 0; b < batches; ++b) {
-    const int8_t *x = input + (size_t)b * (size_t)n;
-    int8_t *y = output + (size_t)b * (size_t)m;
+    const int8_t *const x = input + (size_t)b * (size_t)n;
+    int8_t *const y = output + (size_t)b * (size_t)m;
     const int8_t *val = w->values;
     const uint8_t *off = w->offsets;
     for (int32_t j = 0; j < m; ++j) {
       const int32_t count = w->row_counts[j];
-      uint32_t acc = 0;
-      int32_t col = -1;
-      for (int32_t e = 0; e < count; ++e) {
-        col += (int32_t)off[e] + 1;
-        acc += (uint32_t)(((int32_t)x[col] - zx) * (int32_t)val[e]);
+      int32_t neglo = count < n ? 0 : -(((int32_t)x[off[0]] - zx) * (int32_t)val[0]);
+      uint32_t range = 0;
+      const int8_t *xp = x; /* x + col + 1 */
+      for (int32_t g = count >> 4; g > 0; --g) {
+        MAM_S8_GROUP();
+        MAM_S8_GROUP();
+        MAM_S8_GROUP();
+        MAM_S8_GROUP();
       }
-      val += count;
-      off += count;
+      if (count & 8) {
+        MAM_S8_GROUP();
+        MAM_S8_GROUP();
+      }
+      if (count & 4) {
+        MAM_S8_GROUP();
+      }
+      for (int32_t e = count & 3; e > 0; --e) {
+        xp += *off++;
+        MAM_TRACK(((int32_t)*xp++ - zx) * (int32_t)*val++ + neglo);
+      }
+      uint32_t acc = range - 2u * (uint32_t)neglo;
       if (bias != NULL) acc += (uint32_t)bias[j];
       y[j] = (int8_t)finish_s8(acc, q, j);
     }
   }
 }
 
-void mac_sparse_s16_armv7em(const mam_csr *w, const mam_requant *q, const int64_t *bias,
-                            const int16_t *input, int32_t batches, int16_t *output) {
-  const int32_t n = w->n, m = w->m;
+/* MAC, int8: sum (x - zx) w = sum x w - zx sum w; the second sum by SMLAD of the weights
+ * with -zx in both halfwords (nzx2). The int32 accumulator wraps as the portable one. */
+#define MAC_S8_GROUP()                                                              \
+  do {                                                                              \
+    uint32_t ow, vw;                                                                \
+    LOAD_WORD_INC(ow, off);                                                         \
+    LOAD_WORD_INC(vw, val);                                                         \
+    const int32_t w02 = __sxtb16((int32_t)vw), w13 = sxtb16_ror8(vw);               \
+    int32_t x0, x1, x2, x3;                                                         \
+    STEP_LOAD_S8(xp, x0, ow, ROR0);                                                 \
+    STEP_LOAD_S8(xp, x1, ow, ROR8);                                                 \
+    STEP_LOAD_S8(xp, x2, ow, ROR16);                                                \
+    STEP_LOAD_S8(xp, x3, ow, ROR24);                                                \
+    acc = __smlabb(x0, w02, acc);                                                   \
+    acc = __smlabb(x1, w13, acc);                                                   \
+    acc = __smlabt(x2, w02, acc);                                                   \
+    acc = __smlabt(x3, w13, acc);                                                   \
+    acc = __smlad(w02, nzx2, acc);                                                  \
+    acc = __smlad(w13, nzx2, acc);                                                  \
+  } while (0)
+
+void mac_sparse_s8_armv7em(const mam_csr *w, const mam_requant *q, const int32_t *bias,
+                           const int8_t *input, int32_t batches, int8_t *output) {
+  const int32_t n = w->n, m = w->m, zx = q->input_zero_point;
+  const int32_t nzx2 = (int32_t)(((uint32_t)-zx & 0xFFFFu) * 0x00010001u);
   for (int32_t b = 0; b < batches; ++b) {
-    const int16_t *x = input + (size_t)b * (size_t)n;
-    int16_t *y = output + (size_t)b * (size_t)m;
+    const int8_t *const x = input + (size_t)b * (size_t)n;
+    int8_t *const y = output + (size_t)b * (size_t)m;
     const int8_t *val = w->values;
     const uint8_t *off = w->offsets;
     for (int32_t j = 0; j < m; ++j) {
       const int32_t count = w->row_counts[j];
-      uint64_t acc = 0;
-      int32_t col = -1;
-      for (int32_t e = 0; e < count; ++e) {
-        col += (int32_t)off[e] + 1;
-        acc += (uint64_t)(int64_t)((int32_t)x[col] * (int32_t)val[e]);
+      int32_t acc = 0;
+      const int8_t *xp = x; /* x + col + 1 */
+      for (int32_t g = count >> 3; g > 0; --g) {
+        MAC_S8_GROUP();
+        MAC_S8_GROUP();
       }
-      val += count;
-      off += count;
-      if (bias != NULL) acc += (uint64_t)bias[j];
-      y[j] = (int16_t)finish_s16(acc, q, j);
+      if (count & 4) {
+        MAC_S8_GROUP();
+      }
+      for (int32_t e = count & 3; e > 0; --e) {
+        xp += *off++;
+        acc = (int32_t)((uint32_t)acc + (uint32_t)(((int32_t)*xp++ - zx) * (int32_t)*val++));
+      }
+      uint32_t uacc = (uint32_t)acc;
+      if (bias != NULL) uacc += (uint32_t)bias[j];
+      y[j] = (int8_t)finish_s8(uacc, q, j);
+    }
+  }
+}
+
+/* MAC, int16: two inputs packed by PKHBT, SMLALD adds two products to the int64 sum
+ * (|sum| < 2^37: no wrap before the bias). */
+#define MAC_S16_GROUP()                                                             \
+  do {                                                                              \
+    uint32_t ow, vw;                                                                \
+    LOAD_WORD_INC(ow, off);                                                         \
+    LOAD_WORD_INC(vw, val);                                                         \
+    const int32_t w02 = __sxtb16((int32_t)vw), w13 = sxtb16_ror8(vw);               \
+    const uint32_t o02 = __uxtab16(ones, ow), o13 = uxtab16_ror8(ones, ow);         \
+    col += (int32_t)(o02 & 0xFFFFu);                                                \
+    const uint32_t x0 = (uint16_t)x[col];                                           \
+    col += (int32_t)(o13 & 0xFFFFu);                                                \
+    const uint32_t x1 = (uint16_t)x[col];                                           \
+    col += (int32_t)(o02 >> 16);                                                    \
+    const uint32_t x2 = (uint16_t)x[col];                                           \
+    col += (int32_t)(o13 >> 16);                                                    \
+    const uint32_t x3 = (uint16_t)x[col];                                           \
+    acc = __smlald((int32_t)pkhbt16(x0, x2), w02, acc);                             \
+    acc = __smlald((int32_t)pkhbt16(x1, x3), w13, acc);                             \
+  } while (0)
+
+void mac_sparse_s16_armv7em(const mam_csr *w, const mam_requant *q, const int64_t *bias,
+                            const int16_t *input, int32_t batches, int16_t *output) {
+  const int32_t n = w->n, m = w->m;
+  const uint32_t ones = 0x00010001u;
+  for (int32_t b = 0; b < batches; ++b) {
+    const int16_t *const x = input + (size_t)b * (size_t)n;
+    int16_t *const y = output + (size_t)b * (size_t)m;
+    const int8_t *val = w->values;
+    const uint8_t *off = w->offsets;
+    for (int32_t j = 0; j < m; ++j) {
+      const int32_t count = w->row_counts[j];
+      int64_t acc = 0;
+      int32_t col = -1;
+      for (int32_t g = count >> 3; g > 0; --g) {
+        MAC_S16_GROUP();
+        MAC_S16_GROUP();
+      }
+      if (count & 4) {
+        MAC_S16_GROUP();
+      }
+      for (int32_t e = count & 3; e > 0; --e) {
+        col += (int32_t)*off++ + 1;
+        acc += (int32_t)x[col] * (int32_t)*val++;
+      }
+      uint64_t uacc = (uint64_t)acc;
+      if (bias != NULL) uacc += (uint64_t)bias[j];
+      y[j] = (int16_t)finish_s16(uacc, q, j);
     }
   }
 }
