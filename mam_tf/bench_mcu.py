@@ -114,6 +114,7 @@ class McuBuild:
     end: int
     symbols: dict = field(default_factory=dict)  # function name -> code bytes
     callees: dict = field(default_factory=dict)  # function name -> functions it branches to
+    model_elf: Optional[Path] = None  # the whole-model firmware, when built with a TFLM library
 
     def has(self, kernel: str, variant: str) -> bool:
         if variant == "optimized":
@@ -148,11 +149,28 @@ def _cmsis_paths(lib=None, include=None):
     return (str(Path(lib).resolve()), str(Path(include).resolve())) if lib else (None, None)
 
 
+def _tflm_paths(lib=None, root=None, flatbuffers_include=None):
+    lib = lib or os.environ.get("MAM_TF_TFLM_LIB") or None
+    if not lib:
+        return None
+    root = root or os.environ.get("MAM_TF_TFLM_ROOT")
+    fb_inc = flatbuffers_include or os.environ.get("MAM_TF_FLATBUFFERS_INCLUDE")
+    if not root or not fb_inc:
+        raise McuError("TFLite-Micro: a library was given without its source tree "
+                       "($MAM_TF_TFLM_ROOT) or flatbuffers headers ($MAM_TF_FLATBUFFERS_INCLUDE)")
+    if not Path(lib).is_file():
+        raise McuError(f"TFLite-Micro: library {lib!r} is not a file")
+    return tuple(str(Path(p).resolve()) for p in (lib, root, fb_inc))
+
+
 _BUILD_FORMAT = b"2"  # bump when what a build records changes
 
 
-def _build_key(cmsis_lib, cmsis_include) -> str:
+def _build_key(cmsis_lib, cmsis_include, tflm=None) -> str:
     h = hashlib.sha256(_BUILD_FORMAT)
+    if tflm:
+        st = Path(tflm[0]).stat()
+        h.update(f"{tflm}\0{st.st_size}\0{st.st_mtime_ns}".encode())
     files = []
     for sub in ("include", "src", "firmware"):
         files += sorted(p for p in (_OPS / sub).rglob("*") if p.is_file())
@@ -181,10 +199,11 @@ def _load_build(dest: Path) -> McuBuild:
     return McuBuild(elf=dest / "mam_bench.elf", plugin=dest / "libmam_insn_count.so",
                     optimized=info["optimized"], cmsis_nn=info["cmsis_nn"],
                     begin=info["begin"], end=info["end"], symbols=info["symbols"],
-                    callees=info["callees"])
+                    callees=info["callees"],
+                    model_elf=dest / "mam_model.elf" if info.get("model") else None)
 
 
-def _do_build(dest: Path, cmsis_lib, cmsis_include):
+def _do_build(dest: Path, cmsis_lib, cmsis_include, tflm=None):
     cmake = shutil.which("cmake")
     with tempfile.TemporaryDirectory(prefix="build-", dir=dest.parent) as tmp:
         tmp = Path(tmp)
@@ -193,6 +212,9 @@ def _do_build(dest: Path, cmsis_lib, cmsis_include):
                 f"-DCMAKE_TOOLCHAIN_FILE={_FW / 'cmake' / 'arm-none-eabi-cortex-m7.cmake'}"]
         if cmsis_lib:
             args += [f"-DCMSIS_NN_LIB={cmsis_lib}", f"-DCMSIS_NN_INCLUDE={cmsis_include}"]
+        if tflm:
+            args += [f"-DTFLM_LIB={tflm[0]}", f"-DTFLM_ROOT={tflm[1]}",
+                     f"-DFLATBUFFERS_INCLUDE_DIR={tflm[2]}"]
         _run_tool(args, "configuring the Cortex-M7 firmware")
         _run_tool([cmake, "--build", str(fw)], "building the Cortex-M7 firmware")
         _run_tool([cmake, "-S", str(_FW / "plugin"), "-B", str(pl), "-DCMAKE_BUILD_TYPE=Release"],
@@ -222,10 +244,13 @@ def _do_build(dest: Path, cmsis_lib, cmsis_include):
         out.mkdir()
         shutil.copy2(fw / "mam_bench.elf", out / "mam_bench.elf")
         shutil.copy2(pl / "libmam_insn_count.so", out / "libmam_insn_count.so")
+        if cfg.get("model") == "1":
+            shutil.copy2(fw / "mam_model.elf", out / "mam_model.elf")
         (out / "build.json").write_text(json.dumps({
             "optimized": cfg.get("optimized") == "1", "cmsis_nn": cfg.get("cmsis_nn") == "1",
             "begin": addr["mcu_mark_begin"] & ~1, "end": addr["mcu_mark_end"] & ~1,
             "symbols": symbols, "callees": callees, "cmsis_nn_lib": cmsis_lib,
+            "model": cfg.get("model") == "1",
         }))
         try:  # a reader sees a whole build or none
             os.replace(out, dest)
@@ -234,14 +259,20 @@ def _do_build(dest: Path, cmsis_lib, cmsis_include):
                 raise
 
 
-def build(cmsis_nn_lib=None, cmsis_nn_include=None) -> McuBuild:
-    """Build (once per source state) the firmware and the plugin; returns the build."""
+def build(cmsis_nn_lib=None, cmsis_nn_include=None, tflm_lib=None, tflm_root=None,
+          flatbuffers_include=None) -> McuBuild:
+    """Build (once per source state) the firmware and the plugin; returns the build.
+
+    With a TFLite-Micro static library built for Cortex-M7 (``tflm_lib`` or
+    ``$MAM_TF_TFLM_LIB``, with ``$MAM_TF_TFLM_ROOT`` and ``$MAM_TF_FLATBUFFERS_INCLUDE``) also
+    the whole-model firmware (:func:`run_model`)."""
     ok, why = toolchain_available()
     if not ok:
         raise McuError(f"cannot build the Cortex-M7 firmware: {why}")
     lib, inc = _cmsis_paths(cmsis_nn_lib, cmsis_nn_include)
+    tflm = _tflm_paths(tflm_lib, tflm_root, flatbuffers_include)
     root = _cache_root()
-    dest = root / f"mcu-{_build_key(lib, inc)}"
+    dest = root / f"mcu-{_build_key(lib, inc, tflm)}"
     if (dest / "build.json").is_file():
         return _load_build(dest)
     root.mkdir(parents=True, exist_ok=True)
@@ -250,7 +281,7 @@ def build(cmsis_nn_lib=None, cmsis_nn_include=None) -> McuBuild:
     with open(root / f"{dest.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one build at a time; the others wait and reuse it
         if not (dest / "build.json").is_file():
-            _do_build(dest, lib, inc)
+            _do_build(dest, lib, inc, tflm)
     return _load_build(dest)
 
 
@@ -427,6 +458,53 @@ def count_by_trace(calls: Sequence[KernelCall], b: Optional[McuBuild] = None) ->
                         counts.append(n)
                         n = None
     return [c - (counts[0] - 1) for c in counts[1:]]
+
+
+def run_model(tflite, x_raw, b: Optional[McuBuild] = None, timeout: float = 600.0) -> dict:
+    """Runs a converted .tflite through TFLite-Micro (with the MAM_SPARSE / MAC_SPARSE glue) on
+    the emulated Cortex-M7, one Invoke per sample of ``x_raw`` (the model input's integer type,
+    [samples, ...]). Needs a build with a TFLite-Micro library (:func:`build`).
+
+    Returns ``output`` (the model output's type, [samples, ...]), ``ops``: [(op name,
+    instructions of its Invoke in the first sample)] and ``arena_used`` (bytes). An op's count
+    runs from the profiler's BeginEvent to its EndEvent: the op's Invoke and the interpreter's
+    few instructions around it."""
+    from mam_tf import flatbuffer as fb
+
+    b = b or build()
+    if b.model_elf is None:
+        raise McuError("run_model needs a TFLite-Micro library built for Cortex-M7: "
+                       "set $MAM_TF_TFLM_LIB, $MAM_TF_TFLM_ROOT, $MAM_TF_FLATBUFFERS_INCLUDE")
+    data = Path(tflite).read_bytes() if not isinstance(tflite, (bytes, bytearray)) else bytes(tflite)
+    model = fb.load(data)
+    sg = model.subgraphs[0]
+    t_in, t_out = sg.tensors[int(sg.inputs[0])], sg.tensors[int(sg.outputs[0])]
+    in_dt, out_dt = fb.numpy_dtype(t_in.type), fb.numpy_dtype(t_out.type)
+    x = np.ascontiguousarray(x_raw, in_dt)
+    per_sample = int(np.prod(t_in.shape)) * x.dtype.itemsize
+    if x.size * x.dtype.itemsize != per_sample * x.shape[0]:
+        raise ValueError(f"run_model: samples of shape {x.shape[1:]} do not fill the model "
+                         f"input {list(t_in.shape)}")
+    with tempfile.TemporaryDirectory(prefix="mam-mcu-model-") as tmp:
+        tmp = Path(tmp)
+        (tmp / "model.tflite").write_bytes(data)
+        (tmp / "model_in.bin").write_bytes(struct.pack("<II", x.shape[0], per_sample) + x.tobytes())
+        cmd = [QEMU, "-M", "mps2-an500", "-nographic", "-monitor", "none", "-serial", "none",
+               "-semihosting-config", "enable=on,target=native",
+               "-plugin", f"{b.plugin},begin={b.begin:#x},end={b.end:#x},out=counts.txt",
+               "-kernel", str(b.model_elf)]
+        proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=timeout)
+        if proc.returncode != 0:
+            raise McuError(f"the model firmware exited {proc.returncode}:\n"
+                           f"{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+        names = [line.split(" ", 2)[2] for line in proc.stdout.splitlines()
+                 if line.startswith("op ")]
+        arena = [int(line.split()[1]) for line in proc.stdout.splitlines()
+                 if line.startswith("arena_used ")]
+        counts = [int(v) for v in (tmp / "counts.txt").read_text().split("\n") if v.isdigit()]
+        y = np.frombuffer((tmp / "model_out.bin").read_bytes(), out_dt)
+    return dict(output=y.reshape((x.shape[0],) + tuple(int(d) for d in t_out.shape[1:])),
+                ops=list(zip(names, counts[:len(names)])), arena_used=arena[0] if arena else None)
 
 
 # ----------------------------------------------------------------------------------------

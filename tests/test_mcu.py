@@ -254,3 +254,27 @@ def test_cmsis_nn_fully_connected_equals_our_mac_kernels():
         cmsis, ours = results[i][0], results[i + 1][0]
         np.testing.assert_array_equal(cmsis, ours)
         np.testing.assert_array_equal(ours, bm.host_output(calls[i + 1]))
+
+
+TFLM_LIB = os.environ.get("MAM_TF_TFLM_LIB")
+
+
+@pytest.mark.skipif(not (TFLM_LIB and os.environ.get("MAM_TF_TFLM_ROOT")
+                         and os.environ.get("MAM_TF_FLATBUFFERS_INCLUDE")),
+                    reason="TFLite-Micro for Cortex-M7 not given: set MAM_TF_TFLM_LIB to a "
+                    "static library built with TFLM's own build, MAM_TF_TFLM_ROOT to its tree "
+                    "and MAM_TF_FLATBUFFERS_INCLUDE to flatbuffers 25.9.23's include/")
+def test_whole_model_through_tflm_on_the_cortex_m7_equals_the_host_runtime(tmp_path):
+    from mam_tf.runtime import Interpreter
+
+    fw = bm.build()
+    assert fw.model_elf is not None
+    path = _converted_model(tmp_path)
+    host = Interpreter(path)
+    x = host.quantize_input(np.random.default_rng(2).standard_normal((5, 300)))
+    got = bm.run_model(path, x, fw)
+    np.testing.assert_array_equal(got["output"], host.run_raw(x))
+    names = [name for name, _ in got["ops"]]
+    assert "MAM_SPARSE" in names and "MAC_SPARSE" in names
+    assert all(count > 0 for _, count in got["ops"])
+    assert 0 < got["arena_used"] < 4 << 20
