@@ -115,6 +115,7 @@ class McuBuild:
     symbols: dict = field(default_factory=dict)  # function name -> code bytes
     callees: dict = field(default_factory=dict)  # function name -> functions it branches to
     model_elf: Optional[Path] = None  # the whole-model firmware, when built with a TFLM library
+    size: tuple = ()  # arm-none-eabi-size of the bench firmware: text, data, bss
 
     def has(self, kernel: str, variant: str) -> bool:
         if variant == "optimized":
@@ -163,7 +164,7 @@ def _tflm_paths(lib=None, root=None, flatbuffers_include=None):
     return tuple(str(Path(p).resolve()) for p in (lib, root, fb_inc))
 
 
-_BUILD_FORMAT = b"2"  # bump when what a build records changes
+_BUILD_FORMAT = b"3"  # bump when what a build records changes
 
 
 def _build_key(cmsis_lib, cmsis_include, tflm=None) -> str:
@@ -200,7 +201,8 @@ def _load_build(dest: Path) -> McuBuild:
                     optimized=info["optimized"], cmsis_nn=info["cmsis_nn"],
                     begin=info["begin"], end=info["end"], symbols=info["symbols"],
                     callees=info["callees"],
-                    model_elf=dest / "mam_model.elf" if info.get("model") else None)
+                    model_elf=dest / "mam_model.elf" if info.get("model") else None,
+                    size=tuple(info["size"]))
 
 
 def _do_build(dest: Path, cmsis_lib, cmsis_include, tflm=None):
@@ -230,6 +232,8 @@ def _do_build(dest: Path, cmsis_lib, cmsis_include, tflm=None):
                 symbols[parts[3]] = int(parts[1], 16)
             if len(parts) >= 3:
                 addr[parts[-1]] = int(parts[0], 16)
+        size = _run_tool(["arm-none-eabi-size", str(fw / "mam_bench.elf")], "arm-none-eabi-size")
+        text, data_b, bss = (int(v) for v in size.splitlines()[1].split()[:3])
         callees, current = {}, None
         dis = _run_tool(["arm-none-eabi-objdump", "-d", str(fw / "mam_bench.elf")], "disassembling")
         for line in dis.splitlines():
@@ -250,7 +254,7 @@ def _do_build(dest: Path, cmsis_lib, cmsis_include, tflm=None):
             "optimized": cfg.get("optimized") == "1", "cmsis_nn": cfg.get("cmsis_nn") == "1",
             "begin": addr["mcu_mark_begin"] & ~1, "end": addr["mcu_mark_end"] & ~1,
             "symbols": symbols, "callees": callees, "cmsis_nn_lib": cmsis_lib,
-            "model": cfg.get("model") == "1",
+            "model": cfg.get("model") == "1", "size": [text, data_b, bss],
         }))
         try:  # a reader sees a whole build or none
             os.replace(out, dest)
@@ -807,7 +811,9 @@ def _machine_lines(b: McuBuild):
         f"target: Cortex-M7 on {qv} -M mps2-an500; {gv} -O2 "
         "-mcpu=cortex-m7 -mthumb -mfpu=fpv5-d16 -mfloat-abi=hard",
         f"optimized kernels: {'built' if b.optimized else 'not in this tree'}; CMSIS-NN: "
-        + ("given" if b.cmsis_nn else "not given"),
+        + ("given" if b.cmsis_nn else "not given")
+        + f"; bench firmware (arm-none-eabi-size): text {b.size[0]} B, data {b.size[1]} B, "
+        f"bss {b.size[2]} B",
         f"estimates: {CLOCK_HZ / 1e6:.0f} MHz, {POWER_W * 1e3:.1f} mW, CPI {CPI:g} assumed "
         f"(range {CPI_RANGE[0]:g}-{CPI_RANGE[1]:g}: dual-issue peak to stalls); QEMU models no "
         "caches, wait states, dual issue or latencies",
@@ -853,6 +859,10 @@ def add_bench_command(subparsers):
     p = subparsers.add_parser(
         "mcu", help="kernels on an emulated Cortex-M7 (QEMU): exact instruction counts",
         description=__doc__.split("\n\n")[1] + "\n\n" + __doc__.split("\n\n")[2],
+        epilog=f"Estimates: {CLOCK_HZ / 1e6:.0f} MHz and {POWER_W * 1e3:.1f} mW (seed 004's "
+        f"operating point), CPI {CPI:g} (range {CPI_RANGE[0]:g}-{CPI_RANGE[1]:g}); 'fits' "
+        f"compares CSR + bias + op data + activations with the STM32F767ZI's 512 kB SRAM. "
+        "Without arm-none-eabi-gcc, newlib and qemu-system-arm it says which is missing.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", type=int, default=128, help="output rows M (default 128)")
     p.add_argument("--cols", type=int, default=16384, help="input columns N (default 16384)")

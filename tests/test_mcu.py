@@ -19,7 +19,17 @@ from mam_tf.sparse import encode
 _OK, _WHY = bm.toolchain_available()
 if os.environ.get("MAM_TF_REQUIRE_MCU") == "1" and not _OK:
     raise RuntimeError(f"MAM_TF_REQUIRE_MCU=1 but the Cortex-M7 toolchain is unusable: {_WHY}")
-pytestmark = pytest.mark.skipif(not _OK, reason=f"Cortex-M7 under QEMU unavailable: {_WHY}")
+needs_mcu = pytest.mark.skipif(not _OK, reason=f"Cortex-M7 under QEMU unavailable: {_WHY}")
+
+
+def test_missing_tools_are_named(monkeypatch, tmp_path, capsys):
+    from mam_tf import cli
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # nothing on PATH
+    ok, why = bm.toolchain_available()
+    assert not ok and "arm-none-eabi-gcc is not on PATH" in why and "gcc-arm-none-eabi" in why
+    assert cli.main(["bench", "mcu", "--quick"]) == 1
+    assert "arm-none-eabi-gcc is not on PATH" in capsys.readouterr().out
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +110,7 @@ def _small(rng, m, n, dt, per_row, with_bias, act):
     return w, mult, shift, bias, kw
 
 
+@needs_mcu
 def test_every_kernel_in_qemu_equals_the_host_core(fw):
     rng = np.random.default_rng(7)
     calls = _calls(fw, rng)
@@ -124,6 +135,7 @@ def test_every_kernel_in_qemu_equals_the_host_core(fw):
                                             act_min=c.act_min, act_max=c.act_max))
 
 
+@needs_mcu
 def test_count_of_a_known_loop_is_exact(fw):
     # The loop body is 2 instructions (subs, bne): n iterations cost exactly 2n more.
     ns = [1, 2, 10, 1000, 54321]
@@ -134,6 +146,7 @@ def test_count_of_a_known_loop_is_exact(fw):
     assert len({c - 2 * n for n, c in zip(ns, counts)}) == 1
 
 
+@needs_mcu
 def test_counts_are_repeatable_and_grow_linearly_with_entries(fw):
     rng = np.random.default_rng(3)
     n = 512
@@ -157,6 +170,7 @@ def test_counts_are_repeatable_and_grow_linearly_with_entries(fw):
         assert (c1 - c0) % 40 == 0  # a whole number of instructions per entry
 
 
+@needs_mcu
 def test_plugin_count_equals_an_execution_trace(fw):
     rng = np.random.default_rng(5)
     w, mult, shift, bias, kw = _layer(rng, 6, 400, np.int8, True, True, 1)
@@ -169,6 +183,7 @@ def test_plugin_count_equals_an_execution_trace(fw):
     assert bm.count_by_trace(calls, fw) == plugin
 
 
+@needs_mcu
 def test_bench_cli_writes_records_and_plot(tmp_path, capsys):
     from mam_tf import cli
 
@@ -192,6 +207,7 @@ def test_bench_cli_writes_records_and_plot(tmp_path, capsys):
             assert r["bytes"] == 2 * r["entries"] + 2 * 16 + 4 * 16 + 8 + 28
 
 
+@needs_mcu
 def test_bench_model_counts_every_sparse_op_of_a_converted_model(tmp_path, fw):
     from mam_tf import flatbuffer as fb
     from mam_tf import options
@@ -232,6 +248,7 @@ CMSIS_LIB = os.environ.get("MAM_TF_CMSIS_NN_LIB")
 CMSIS_INC = os.environ.get("MAM_TF_CMSIS_NN_INCLUDE")
 
 
+@needs_mcu
 @pytest.mark.skipif(not (CMSIS_LIB and CMSIS_INC),
                     reason="CMSIS-NN not given: set MAM_TF_CMSIS_NN_LIB to a CMSIS-NN static "
                     "library built for Cortex-M7 and MAM_TF_CMSIS_NN_INCLUDE to its Include/")
@@ -259,6 +276,7 @@ def test_cmsis_nn_fully_connected_equals_our_mac_kernels():
 TFLM_LIB = os.environ.get("MAM_TF_TFLM_LIB")
 
 
+@needs_mcu
 @pytest.mark.skipif(not (TFLM_LIB and os.environ.get("MAM_TF_TFLM_ROOT")
                          and os.environ.get("MAM_TF_FLATBUFFERS_INCLUDE")),
                     reason="TFLite-Micro for Cortex-M7 not given: set MAM_TF_TFLM_LIB to a "
