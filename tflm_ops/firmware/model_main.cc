@@ -96,7 +96,8 @@ int main() {
   if (in_size != 8 + static_cast<size_t>(samples) * sample_bytes) Fail(3, "model_in.bin size");
 
   const tflite::Model* model = tflite::GetModel(model_data);
-  static tflite::MicroMutableOpResolver<40> resolver;
+  // Locals, not statics: a static with a destructor would need __cxa_atexit / __dso_handle.
+  tflite::MicroMutableOpResolver<40> resolver;
   resolver.AddCustom("MAM_SPARSE", tflite::Register_MAM_SPARSE());
   resolver.AddCustom("MAC_SPARSE", tflite::Register_MAC_SPARSE());
   resolver.AddFullyConnected();
@@ -120,16 +121,14 @@ int main() {
   resolver.AddConcatenation();
   resolver.AddPad();
   resolver.AddStridedSlice();
-  resolver.AddTranspose();
   resolver.AddExpandDims();
   resolver.AddSqueeze();
   resolver.AddLeakyRelu();
   resolver.AddMaximum();
   resolver.AddMinimum();
 
-  static MarkerProfiler profiler;
-  static tflite::MicroInterpreter interpreter(model, resolver, arena, kArenaBytes, nullptr,
-                                              &profiler);
+  MarkerProfiler profiler;
+  tflite::MicroInterpreter interpreter(model, resolver, arena, kArenaBytes, nullptr, &profiler);
   if (interpreter.AllocateTensors() != kTfLiteOk) Fail(6, "AllocateTensors failed");
   TfLiteTensor* input = interpreter.input(0);
   if (input->bytes != sample_bytes) Fail(3, "input bytes per sample differ from the model's");
