@@ -824,16 +824,48 @@ def _machine_lines(b: McuBuild):
     ]
 
 
+def _whole_model(path, b: McuBuild, seed=0) -> dict:
+    """Runs the whole model through TFLite-Micro on the emulated M7 (one random sample),
+    checks its output against mam_tf.runtime and prints each op's instructions."""
+    from mam_tf.runtime import Interpreter
+
+    host = Interpreter(path)
+    rng = np.random.default_rng(seed)
+    x = host.quantize_input(rng.standard_normal([1] + host.input_shape[1:]))
+    got = run_model(path, x, b)
+    equal = bool(np.array_equal(got["output"], host.run_raw(x)))
+    print(f"\nwhole model through TFLite-Micro on the Cortex-M7: output "
+          f"{'equals' if equal else 'DIFFERS FROM'} mam_tf.runtime's; arena used "
+          f"{got['arena_used']} B")
+    print("| op | name | instructions | est. ms (CPI 1) |\n|---|---|---|---|")
+    for k, (name, count) in enumerate(got["ops"]):
+        print(f"| {k} | {name} | {count} | {count * CPI / CLOCK_HZ * 1e3:.3f} |")
+    total = sum(c for _, c in got["ops"])
+    print(f"| | all ops | {total} | {total * CPI / CLOCK_HZ * 1e3:.3f} |")
+    if not equal:
+        raise McuError(f"mcu: the whole model's output on the Cortex-M7 differs from "
+                       f"mam_tf.runtime's ({path})")
+    return dict(ops=[dict(name=n, instructions=c) for n, c in got["ops"]],
+                arena_used=got["arena_used"], equals_host_runtime=equal)
+
+
 def _cmd_mcu(args):
     try:
-        b = build(args.cmsis_nn_lib, args.cmsis_nn_include)
+        b = build(args.cmsis_nn_lib, args.cmsis_nn_include, args.tflm_lib, args.tflm_root,
+                  args.flatbuffers_include)
     except McuError as err:
         print(f"mam-tf bench mcu: {err}")
         return 1
     for line in _machine_lines(b):
         print(line)
+    whole = None
     if args.model:
         records = bench_model(args.model, b, check=not args.no_check)
+        if b.model_elf is not None:
+            whole = _whole_model(args.model, b, args.seed)
+        else:
+            print("whole model through TFLite-Micro: no TFLite-Micro library given "
+                  "(--tflm-lib / $MAM_TF_TFLM_LIB)")
     else:
         rows, cols = (16, 1024) if args.quick else (args.rows, args.cols)
         remaining = args.remaining or DEFAULT_REMAINING
@@ -853,6 +885,8 @@ def _cmd_mcu(args):
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "mcu.json").write_text(json.dumps(records, indent=1))
+        if whole is not None:
+            (out / "mcu_model.json").write_text(json.dumps(whole, indent=1))
         plot(records, out / "mcu.png")
         print(f"\nwrote {out / 'mcu.json'} and {out / 'mcu.png'}")
     return 0
@@ -884,5 +918,11 @@ def add_bench_command(subparsers):
                    "(default $MAM_TF_CMSIS_NN_LIB)")
     p.add_argument("--cmsis-nn-include", help="CMSIS-NN Include/ folder "
                    "(default $MAM_TF_CMSIS_NN_INCLUDE)")
+    p.add_argument("--tflm-lib", help="with --model: a TFLite-Micro static library built for "
+                   "Cortex-M7 (default $MAM_TF_TFLM_LIB) to run the whole model")
+    p.add_argument("--tflm-root", help="the tflite-micro tree it was built from "
+                   "(default $MAM_TF_TFLM_ROOT)")
+    p.add_argument("--flatbuffers-include", help="flatbuffers 25.9.23 include/ "
+                   "(default $MAM_TF_FLATBUFFERS_INCLUDE)")
     p.set_defaults(func=_cmd_mcu)
     return p
