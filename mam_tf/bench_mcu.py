@@ -628,6 +628,10 @@ def bench_layer(rows=128, cols=16384, remaining=DEFAULT_REMAINING, act_bits=(16,
                                    f"{bad} outputs that differ from the host core")
             records.append(_record(c, count, b, r if c.kernel.endswith("_sparse") else 1.0,
                                    checked=bool(check)))
+    for rec in records:  # the fit over the kept fractions: cost per entry and per row
+        fit = fit_rows(records).get((rec["kernel"], rec["variant"], rec["act_bits"]))
+        if fit:
+            rec["fit_per_entry"], rec["fit_per_row"] = fit
     return records
 
 
@@ -713,7 +717,7 @@ def _label(r):
 
 def format_table(records, out=print):
     """Prints the records as a table (markdown), then the per-entry / per-row fit."""
-    out(f"| act | kernel | kept | entries | instructions | per entry | per row | est. ms "
+    out(f"| act | kernel | kept | entries | instructions | per entry | all per row | est. ms "
         f"(CPI {CPI:g}) | est. uJ | bytes | code B | fits 512 kB |")
     out("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in records:
