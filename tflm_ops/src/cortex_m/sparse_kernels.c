@@ -190,13 +190,10 @@ void mam_sparse_s16_armv7em(const mam_csr *w, const mam_requant *q, const int64_
   }
 }
 
-/* MAM, int8: the same with the input zero point taken off each input. */
-#define MAM_S8_GROUP()                                                              \
+/* MAM, int8: the same with the input zero point taken off each input, from words ow, vw. */
+#define MAM_S8_GROUP(ow, vw)                                                        \
   do {                                                                              \
-    uint32_t ow, vw;                                                                \
-    LOAD_WORD_INC(ow, off);                                                         \
-    LOAD_WORD_INC(vw, val);                                                         \
-    const int32_t w02 = __sxtb16((int32_t)vw), w13 = sxtb16_ror8(vw);               \
+    const int32_t w02 = __sxtb16((int32_t)(vw)), w13 = sxtb16_ror8(vw);             \
     int32_t x0, x1, x2, x3;                                                         \
     STEP_LOAD_S8(xp, x0, ow, ROR0);                                                 \
     STEP_LOAD_S8(xp, x1, ow, ROR8);                                                 \
@@ -209,39 +206,83 @@ void mam_sparse_s16_armv7em(const mam_csr *w, const mam_requant *q, const int64_
     MAM_TRACK4(t0, t1, t2, t3);                                                     \
   } while (0)
 
+/* Eight offsets and eight weights: where both pointers are word-aligned, two LDRD (a
+ * doubleword load needs a word-aligned address on ARMv7-M), else four LDR. */
+#define LOAD_8(oa, ob, va, vb, paired)                                              \
+  do {                                                                              \
+    if (paired) {                                                                   \
+      __asm__("ldrd %0, %1, [%2], #8" : "=r"(oa), "=r"(ob), "+r"(off));             \
+      __asm__("ldrd %0, %1, [%2], #8" : "=r"(va), "=r"(vb), "+r"(val));             \
+    } else {                                                                        \
+      LOAD_WORD_INC(oa, off);                                                       \
+      LOAD_WORD_INC(va, val);                                                       \
+      LOAD_WORD_INC(ob, off);                                                       \
+      LOAD_WORD_INC(vb, val);                                                       \
+    }                                                                               \
+  } while (0)
+
+/* One batch row of MAM int8. paired (a constant after inlining): offsets and values sit at
+ * the same address modulo 4, so that once a row's first 0..3 entries are done one by one
+ * both are word-aligned and the 16-entry loop loads them with LDRD. */
+static inline __attribute__((always_inline)) void mam_s8_rows(
+    const mam_csr *w, const mam_requant *q, const int32_t *bias, const int8_t *x,
+    int8_t *y, const int paired) {
+  const int32_t n = w->n, m = w->m, zx = q->input_zero_point;
+  const int8_t *val = w->values;
+  const uint8_t *off = w->offsets;
+  for (int32_t j = 0; j < m; ++j) {
+    const int32_t count = w->row_counts[j];
+    int32_t neglo = count < n ? 0 : -(((int32_t)x[off[0]] - zx) * (int32_t)val[0]);
+    uint32_t range = 0;
+    const int8_t *xp = x; /* x + col + 1 */
+    int32_t head = paired ? (int32_t)((0u - (uintptr_t)off) & 3u) : 0;
+    if (head > count) head = count;
+    for (int32_t e = head; e > 0; --e) {
+      xp += *off++;
+      MAM_TRACK(((int32_t)*xp++ - zx) * (int32_t)*val++ + neglo);
+    }
+    const int32_t rest = count - head;
+    for (int32_t g = rest >> 4; g > 0; --g) {
+      uint32_t oa, ob, va, vb;
+      LOAD_8(oa, ob, va, vb, paired);
+      MAM_S8_GROUP(oa, va);
+      MAM_S8_GROUP(ob, vb);
+      LOAD_8(oa, ob, va, vb, paired);
+      MAM_S8_GROUP(oa, va);
+      MAM_S8_GROUP(ob, vb);
+    }
+    if (rest & 8) {
+      uint32_t oa, ob, va, vb;
+      LOAD_8(oa, ob, va, vb, paired);
+      MAM_S8_GROUP(oa, va);
+      MAM_S8_GROUP(ob, vb);
+    }
+    if (rest & 4) {
+      uint32_t ow, vw;
+      LOAD_WORD_INC(ow, off);
+      LOAD_WORD_INC(vw, val);
+      MAM_S8_GROUP(ow, vw);
+    }
+    for (int32_t e = rest & 3; e > 0; --e) {
+      xp += *off++;
+      MAM_TRACK(((int32_t)*xp++ - zx) * (int32_t)*val++ + neglo);
+    }
+    uint32_t acc = range - 2u * (uint32_t)neglo;
+    if (bias != NULL) acc += (uint32_t)bias[j];
+    y[j] = (int8_t)finish_s8(acc, q, j);
+  }
+}
+
 void mam_sparse_s8_armv7em(const mam_csr *w, const mam_requant *q, const int32_t *bias,
                            const int8_t *input, int32_t batches, int8_t *output) {
-  const int32_t n = w->n, m = w->m, zx = q->input_zero_point;
+  const int paired = (((uintptr_t)w->offsets ^ (uintptr_t)w->values) & 3u) == 0;
   for (int32_t b = 0; b < batches; ++b) {
-    const int8_t *const x = input + (size_t)b * (size_t)n;
-    int8_t *const y = output + (size_t)b * (size_t)m;
-    const int8_t *val = w->values;
-    const uint8_t *off = w->offsets;
-    for (int32_t j = 0; j < m; ++j) {
-      const int32_t count = w->row_counts[j];
-      int32_t neglo = count < n ? 0 : -(((int32_t)x[off[0]] - zx) * (int32_t)val[0]);
-      uint32_t range = 0;
-      const int8_t *xp = x; /* x + col + 1 */
-      for (int32_t g = count >> 4; g > 0; --g) {
-        MAM_S8_GROUP();
-        MAM_S8_GROUP();
-        MAM_S8_GROUP();
-        MAM_S8_GROUP();
-      }
-      if (count & 8) {
-        MAM_S8_GROUP();
-        MAM_S8_GROUP();
-      }
-      if (count & 4) {
-        MAM_S8_GROUP();
-      }
-      for (int32_t e = count & 3; e > 0; --e) {
-        xp += *off++;
-        MAM_TRACK(((int32_t)*xp++ - zx) * (int32_t)*val++ + neglo);
-      }
-      uint32_t acc = range - 2u * (uint32_t)neglo;
-      if (bias != NULL) acc += (uint32_t)bias[j];
-      y[j] = (int8_t)finish_s8(acc, q, j);
+    const int8_t *const x = input + (size_t)b * (size_t)w->n;
+    int8_t *const y = output + (size_t)b * (size_t)w->m;
+    if (paired) {
+      mam_s8_rows(w, q, bias, x, y, 1);
+    } else {
+      mam_s8_rows(w, q, bias, x, y, 0);
     }
   }
 }
