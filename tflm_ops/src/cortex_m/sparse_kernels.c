@@ -103,12 +103,18 @@ static inline uint32_t pkhbt16(uint32_t lo, uint32_t hi) {
 #define ROR24 ", ror #24"
 
 /* ---------------------------------------------------------------------------------------
- * The kernels. Each row: groups of eight entries (two words of offsets, two of weights),
- * then one group of four if left, then the 0..3 entries left one by one. A row that stores
- * fewer than N entries starts with max = min = 0 (a pruned column's product), a full row
- * with its first product. int16 kernels keep col, the column of the last entry, and step it
- * by offset + 1 from UXTAB16 (0x00010001 + two offsets at once); int8 kernels keep the
- * pointer x + col + 1.
+ * The kernels. Each row: a main loop over 8 entries (MAM int8: 16), then groups of 8 and 4
+ * if left, then the 0..3 entries left one by one; each group of four takes one word of
+ * offsets and one of weights (SXTB16 splits the weights into halfwords 0,2 and 1,3). A row
+ * that stores fewer than N entries starts with max = min = 0 (a pruned column's product), a
+ * full row with its first product. int16 kernels keep col, the column of the last entry,
+ * and step it by offset + 1 from UXTAB16 (0x00010001 + two offsets at once) before an LDRSH
+ * [x, col, LSL #1]; int8 kernels keep the pointer x + col + 1 (STEP_LOAD_S8).
+ *
+ * Hot loops, arm-none-eabi-gcc 12.2 -O2 -mcpu=cortex-m7 (objdump): MAM int16 50
+ * instructions per 8 entries, MAM int8 104 per 16 (106 where offsets and values are not
+ * co-aligned), MAC int8 and int16 38 per 8; a MAM group whose products move the max or the
+ * min costs about 16 more (a few per row: records of a running max/min).
  * ------------------------------------------------------------------------------------- */
 
 /* Four t = p - min at once: one test in the common case that none leaves [min, max], a
