@@ -112,7 +112,10 @@ class McuBuild:
     cmsis_nn: bool
     begin: int
     end: int
-    symbols: dict = field(default_factory=dict)  # name -> code bytes
+    symbols: dict = field(default_factory=dict)  # function name -> code bytes
+    callees: dict = field(default_factory=dict)  # function name -> functions it branches to
+    model_elf: Optional[Path] = None  # the whole-model firmware, when built with a TFLM library
+    size: tuple = ()  # arm-none-eabi-size of the bench firmware: text, data, bss
 
     def has(self, kernel: str, variant: str) -> bool:
         if variant == "optimized":
@@ -122,10 +125,18 @@ class McuBuild:
         return True
 
     def code_bytes(self, kernel: str, variant: str, act_bits: int) -> Optional[int]:
+        """Thumb code of the kernel's function and of every function it calls or branches to
+        (transitively), as linked in the firmware (sizes from arm-none-eabi-nm)."""
         name = _SYMBOLS[(kernel, variant)].format(b=act_bits)
-        if kernel == "cmsis_fc":  # what the firmware calls, and what that calls
-            return sum(v for k, v in self.symbols.items() if k.startswith("arm_")) or None
-        return self.symbols.get(name)
+        if name not in self.symbols:
+            return None
+        seen, todo = set(), [name]
+        while todo:
+            f = todo.pop()
+            if f not in seen and f in self.symbols:
+                seen.add(f)
+                todo += self.callees.get(f, [])
+        return sum(self.symbols[f] for f in seen)
 
 
 def _cmsis_paths(lib=None, include=None):
@@ -139,8 +150,28 @@ def _cmsis_paths(lib=None, include=None):
     return (str(Path(lib).resolve()), str(Path(include).resolve())) if lib else (None, None)
 
 
-def _build_key(cmsis_lib, cmsis_include) -> str:
-    h = hashlib.sha256()
+def _tflm_paths(lib=None, root=None, flatbuffers_include=None):
+    lib = lib or os.environ.get("MAM_TF_TFLM_LIB") or None
+    if not lib:
+        return None
+    root = root or os.environ.get("MAM_TF_TFLM_ROOT")
+    fb_inc = flatbuffers_include or os.environ.get("MAM_TF_FLATBUFFERS_INCLUDE")
+    if not root or not fb_inc:
+        raise McuError("TFLite-Micro: a library was given without its source tree "
+                       "($MAM_TF_TFLM_ROOT) or flatbuffers headers ($MAM_TF_FLATBUFFERS_INCLUDE)")
+    if not Path(lib).is_file():
+        raise McuError(f"TFLite-Micro: library {lib!r} is not a file")
+    return tuple(str(Path(p).resolve()) for p in (lib, root, fb_inc))
+
+
+_BUILD_FORMAT = b"3"  # bump when what a build records changes
+
+
+def _build_key(cmsis_lib, cmsis_include, tflm=None) -> str:
+    h = hashlib.sha256(_BUILD_FORMAT)
+    if tflm:
+        st = Path(tflm[0]).stat()
+        h.update(f"{tflm}\0{st.st_size}\0{st.st_mtime_ns}".encode())
     files = []
     for sub in ("include", "src", "firmware"):
         files += sorted(p for p in (_OPS / sub).rglob("*") if p.is_file())
@@ -168,10 +199,13 @@ def _load_build(dest: Path) -> McuBuild:
     info = json.loads((dest / "build.json").read_text())
     return McuBuild(elf=dest / "mam_bench.elf", plugin=dest / "libmam_insn_count.so",
                     optimized=info["optimized"], cmsis_nn=info["cmsis_nn"],
-                    begin=info["begin"], end=info["end"], symbols=info["symbols"])
+                    begin=info["begin"], end=info["end"], symbols=info["symbols"],
+                    callees=info["callees"],
+                    model_elf=dest / "mam_model.elf" if info.get("model") else None,
+                    size=tuple(info["size"]))
 
 
-def _do_build(dest: Path, cmsis_lib, cmsis_include):
+def _do_build(dest: Path, cmsis_lib, cmsis_include, tflm=None):
     cmake = shutil.which("cmake")
     with tempfile.TemporaryDirectory(prefix="build-", dir=dest.parent) as tmp:
         tmp = Path(tmp)
@@ -180,6 +214,9 @@ def _do_build(dest: Path, cmsis_lib, cmsis_include):
                 f"-DCMAKE_TOOLCHAIN_FILE={_FW / 'cmake' / 'arm-none-eabi-cortex-m7.cmake'}"]
         if cmsis_lib:
             args += [f"-DCMSIS_NN_LIB={cmsis_lib}", f"-DCMSIS_NN_INCLUDE={cmsis_include}"]
+        if tflm:
+            args += [f"-DTFLM_LIB={tflm[0]}", f"-DTFLM_ROOT={tflm[1]}",
+                     f"-DFLATBUFFERS_INCLUDE_DIR={tflm[2]}"]
         _run_tool(args, "configuring the Cortex-M7 firmware")
         _run_tool([cmake, "--build", str(fw)], "building the Cortex-M7 firmware")
         _run_tool([cmake, "-S", str(_FW / "plugin"), "-B", str(pl), "-DCMAKE_BUILD_TYPE=Release"],
@@ -195,13 +232,29 @@ def _do_build(dest: Path, cmsis_lib, cmsis_include):
                 symbols[parts[3]] = int(parts[1], 16)
             if len(parts) >= 3:
                 addr[parts[-1]] = int(parts[0], 16)
+        size = _run_tool(["arm-none-eabi-size", str(fw / "mam_bench.elf")], "arm-none-eabi-size")
+        text, data_b, bss = (int(v) for v in size.splitlines()[1].split()[:3])
+        callees, current = {}, None
+        dis = _run_tool(["arm-none-eabi-objdump", "-d", str(fw / "mam_bench.elf")], "disassembling")
+        for line in dis.splitlines():
+            if line.endswith(">:"):
+                current = line.split("<", 1)[1][:-2]
+                callees[current] = []
+            elif current and "\t" in line and "<" in line:
+                op = line.split("\t")[2].split()[0] if line.count("\t") >= 2 else ""
+                target = line.rsplit("<", 1)[1].rstrip(">").split("+")[0]
+                if op.startswith(("bl", "b.", "b")) and target != current:
+                    callees[current].append(target)
         out.mkdir()
         shutil.copy2(fw / "mam_bench.elf", out / "mam_bench.elf")
         shutil.copy2(pl / "libmam_insn_count.so", out / "libmam_insn_count.so")
+        if cfg.get("model") == "1":
+            shutil.copy2(fw / "mam_model.elf", out / "mam_model.elf")
         (out / "build.json").write_text(json.dumps({
             "optimized": cfg.get("optimized") == "1", "cmsis_nn": cfg.get("cmsis_nn") == "1",
             "begin": addr["mcu_mark_begin"] & ~1, "end": addr["mcu_mark_end"] & ~1,
-            "symbols": symbols, "cmsis_nn_lib": cmsis_lib,
+            "symbols": symbols, "callees": callees, "cmsis_nn_lib": cmsis_lib,
+            "model": cfg.get("model") == "1", "size": [text, data_b, bss],
         }))
         try:  # a reader sees a whole build or none
             os.replace(out, dest)
@@ -210,14 +263,20 @@ def _do_build(dest: Path, cmsis_lib, cmsis_include):
                 raise
 
 
-def build(cmsis_nn_lib=None, cmsis_nn_include=None) -> McuBuild:
-    """Build (once per source state) the firmware and the plugin; returns the build."""
+def build(cmsis_nn_lib=None, cmsis_nn_include=None, tflm_lib=None, tflm_root=None,
+          flatbuffers_include=None) -> McuBuild:
+    """Build (once per source state) the firmware and the plugin; returns the build.
+
+    With a TFLite-Micro static library built for Cortex-M7 (``tflm_lib`` or
+    ``$MAM_TF_TFLM_LIB``, with ``$MAM_TF_TFLM_ROOT`` and ``$MAM_TF_FLATBUFFERS_INCLUDE``) also
+    the whole-model firmware (:func:`run_model`)."""
     ok, why = toolchain_available()
     if not ok:
         raise McuError(f"cannot build the Cortex-M7 firmware: {why}")
     lib, inc = _cmsis_paths(cmsis_nn_lib, cmsis_nn_include)
+    tflm = _tflm_paths(tflm_lib, tflm_root, flatbuffers_include)
     root = _cache_root()
-    dest = root / f"mcu-{_build_key(lib, inc)}"
+    dest = root / f"mcu-{_build_key(lib, inc, tflm)}"
     if (dest / "build.json").is_file():
         return _load_build(dest)
     root.mkdir(parents=True, exist_ok=True)
@@ -226,7 +285,7 @@ def build(cmsis_nn_lib=None, cmsis_nn_include=None) -> McuBuild:
     with open(root / f"{dest.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one build at a time; the others wait and reuse it
         if not (dest / "build.json").is_file():
-            _do_build(dest, lib, inc)
+            _do_build(dest, lib, inc, tflm)
     return _load_build(dest)
 
 
@@ -403,6 +462,53 @@ def count_by_trace(calls: Sequence[KernelCall], b: Optional[McuBuild] = None) ->
                         counts.append(n)
                         n = None
     return [c - (counts[0] - 1) for c in counts[1:]]
+
+
+def run_model(tflite, x_raw, b: Optional[McuBuild] = None, timeout: float = 600.0) -> dict:
+    """Runs a converted .tflite through TFLite-Micro (with the MAM_SPARSE / MAC_SPARSE glue) on
+    the emulated Cortex-M7, one Invoke per sample of ``x_raw`` (the model input's integer type,
+    [samples, ...]). Needs a build with a TFLite-Micro library (:func:`build`).
+
+    Returns ``output`` (the model output's type, [samples, ...]), ``ops``: [(op name,
+    instructions of its Invoke in the first sample)] and ``arena_used`` (bytes). An op's count
+    runs from the profiler's BeginEvent to its EndEvent: the op's Invoke and the interpreter's
+    few instructions around it."""
+    from mam_tf import flatbuffer as fb
+
+    b = b or build()
+    if b.model_elf is None:
+        raise McuError("run_model needs a TFLite-Micro library built for Cortex-M7: "
+                       "set $MAM_TF_TFLM_LIB, $MAM_TF_TFLM_ROOT, $MAM_TF_FLATBUFFERS_INCLUDE")
+    data = Path(tflite).read_bytes() if not isinstance(tflite, (bytes, bytearray)) else bytes(tflite)
+    model = fb.load(data)
+    sg = model.subgraphs[0]
+    t_in, t_out = sg.tensors[int(sg.inputs[0])], sg.tensors[int(sg.outputs[0])]
+    in_dt, out_dt = fb.numpy_dtype(t_in.type), fb.numpy_dtype(t_out.type)
+    x = np.ascontiguousarray(x_raw, in_dt)
+    per_sample = int(np.prod(t_in.shape)) * x.dtype.itemsize
+    if x.size * x.dtype.itemsize != per_sample * x.shape[0]:
+        raise ValueError(f"run_model: samples of shape {x.shape[1:]} do not fill the model "
+                         f"input {list(t_in.shape)}")
+    with tempfile.TemporaryDirectory(prefix="mam-mcu-model-") as tmp:
+        tmp = Path(tmp)
+        (tmp / "model.tflite").write_bytes(data)
+        (tmp / "model_in.bin").write_bytes(struct.pack("<II", x.shape[0], per_sample) + x.tobytes())
+        cmd = [QEMU, "-M", "mps2-an500", "-nographic", "-monitor", "none", "-serial", "none",
+               "-semihosting-config", "enable=on,target=native",
+               "-plugin", f"{b.plugin},begin={b.begin:#x},end={b.end:#x},out=counts.txt",
+               "-kernel", str(b.model_elf)]
+        proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=timeout)
+        if proc.returncode != 0:
+            raise McuError(f"the model firmware exited {proc.returncode}:\n"
+                           f"{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+        names = [line.split(" ", 2)[2] for line in proc.stdout.splitlines()
+                 if line.startswith("op ")]
+        arena = [int(line.split()[1]) for line in proc.stdout.splitlines()
+                 if line.startswith("arena_used ")]
+        counts = [int(v) for v in (tmp / "counts.txt").read_text().split("\n") if v.isdigit()]
+        y = np.frombuffer((tmp / "model_out.bin").read_bytes(), out_dt)
+    return dict(output=y.reshape((x.shape[0],) + tuple(int(d) for d in t_out.shape[1:])),
+                ops=list(zip(names, counts[:len(names)])), arena_used=arena[0] if arena else None)
 
 
 # ----------------------------------------------------------------------------------------
@@ -618,6 +724,34 @@ def format_table(records, out=print):
             out(f"  int{bits} {k} {v}: a = {a:.2f} per entry, b = {per_row:.0f} per row")
 
 
+def format_summary(records, out=print):
+    """Instructions per stored entry (per weight for dense kernels) by kept fraction, one table
+    per activation width, with the per-entry / per-row fit of each sparse kernel."""
+    fits = fit_rows(records)
+    for bits in sorted({r["act_bits"] for r in records}, reverse=True):
+        rs = [r for r in records if r["act_bits"] == bits]
+        kept = sorted({r["remaining"] for r in rs if r["kernel"].endswith("_sparse")}, reverse=True)
+        out(f"int{bits} activations, {rs[0]['rows']} x {rs[0]['cols']}: instructions per stored "
+            "entry (dense: per weight)")
+        out("| kernel | " + " | ".join(f"{k:.0%}" for k in kept) + " | fit: per entry | fit: per row |")
+        out("|---" * (len(kept) + 3) + "|")
+        seen = []
+        for r in rs:
+            if (r["kernel"], r["variant"]) not in seen:
+                seen.append((r["kernel"], r["variant"]))
+        for k, v in seen:
+            cells = {r["remaining"]: r["instr_per_entry"] for r in rs
+                     if r["kernel"] == k and r["variant"] == v}
+            fit = fits.get((k, v, bits))
+            if k.endswith("_sparse"):
+                row = [f"{cells[x]:.2f}" if x in cells else "" for x in kept]
+            else:
+                row = [f"{next(iter(cells.values())):.2f} (all weights)"] + [""] * (len(kept) - 1)
+            out(f"| {_label({'kernel': k, 'variant': v})} | " + " | ".join(row) + " | "
+                + (f"{fit[0]:.2f} | {fit[1]:.0f}" if fit else " | ") + " |")
+        out("")
+
+
 def plot(records, path):
     """Instructions and estimated time vs weights kept, MAM vs MAC (after seed 004 Fig. 5)."""
     import matplotlib
@@ -677,7 +811,9 @@ def _machine_lines(b: McuBuild):
         f"target: Cortex-M7 on {qv} -M mps2-an500; {gv} -O2 "
         "-mcpu=cortex-m7 -mthumb -mfpu=fpv5-d16 -mfloat-abi=hard",
         f"optimized kernels: {'built' if b.optimized else 'not in this tree'}; CMSIS-NN: "
-        + ("given" if b.cmsis_nn else "not given"),
+        + ("given" if b.cmsis_nn else "not given")
+        + f"; bench firmware (arm-none-eabi-size): text {b.size[0]} B, data {b.size[1]} B, "
+        f"bss {b.size[2]} B",
         f"estimates: {CLOCK_HZ / 1e6:.0f} MHz, {POWER_W * 1e3:.1f} mW, CPI {CPI:g} assumed "
         f"(range {CPI_RANGE[0]:g}-{CPI_RANGE[1]:g}: dual-issue peak to stalls); QEMU models no "
         "caches, wait states, dual issue or latencies",
@@ -706,6 +842,8 @@ def _cmd_mcu(args):
         print("outputs: every kernel's output equals the host core's (mam_tf.core), byte for byte"
               + ("; CMSIS-NN's are compared in the tests" if args.model and b.cmsis_nn else ""))
     print()
+    if not args.model:
+        format_summary(records)
     format_table(records)
     if args.out:
         out = Path(args.out)
@@ -721,6 +859,10 @@ def add_bench_command(subparsers):
     p = subparsers.add_parser(
         "mcu", help="kernels on an emulated Cortex-M7 (QEMU): exact instruction counts",
         description=__doc__.split("\n\n")[1] + "\n\n" + __doc__.split("\n\n")[2],
+        epilog=f"Estimates: {CLOCK_HZ / 1e6:.0f} MHz and {POWER_W * 1e3:.1f} mW (seed 004's "
+        f"operating point), CPI {CPI:g} (range {CPI_RANGE[0]:g}-{CPI_RANGE[1]:g}); 'fits' "
+        f"compares CSR + bias + op data + activations with the STM32F767ZI's 512 kB SRAM. "
+        "Without arm-none-eabi-gcc, newlib and qemu-system-arm it says which is missing.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", type=int, default=128, help="output rows M (default 128)")
     p.add_argument("--cols", type=int, default=16384, help="input columns N (default 16384)")

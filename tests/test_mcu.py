@@ -19,7 +19,17 @@ from mam_tf.sparse import encode
 _OK, _WHY = bm.toolchain_available()
 if os.environ.get("MAM_TF_REQUIRE_MCU") == "1" and not _OK:
     raise RuntimeError(f"MAM_TF_REQUIRE_MCU=1 but the Cortex-M7 toolchain is unusable: {_WHY}")
-pytestmark = pytest.mark.skipif(not _OK, reason=f"Cortex-M7 under QEMU unavailable: {_WHY}")
+needs_mcu = pytest.mark.skipif(not _OK, reason=f"Cortex-M7 under QEMU unavailable: {_WHY}")
+
+
+def test_missing_tools_are_named(monkeypatch, tmp_path, capsys):
+    from mam_tf import cli
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # nothing on PATH
+    ok, why = bm.toolchain_available()
+    assert not ok and "arm-none-eabi-gcc is not on PATH" in why and "gcc-arm-none-eabi" in why
+    assert cli.main(["bench", "mcu", "--quick"]) == 1
+    assert "arm-none-eabi-gcc is not on PATH" in capsys.readouterr().out
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +83,22 @@ def _calls(fw, rng):
         for kernel in ("mac_dense", "mam_dense"):
             calls.append(bm.KernelCall(kernel, "portable", x, mult, shift, weights=w, bias=bias,
                                        **kw))
+    # Small values at scale 1 (or just under): every accumulator reaches the output unrounded,
+    # so an error of 1 anywhere shows.
+    for dt in (np.int8, np.int16):
+        for real in (1.0, 0.999):
+            w = rng.integers(-4, 5, size=(9, 600)).astype(np.int8)
+            w[rng.random(w.shape) < 0.7] = 0
+            w[0] = 0
+            w[1, :] = 3
+            x = rng.integers(-4, 5, (2, 600)).astype(dt)
+            mult, shift = reference.quantize_multipliers([real])
+            bias = rng.integers(-9, 10, 9).astype(np.int32 if dt == np.int8 else np.int64)
+            kw = dict(input_zero_point=1 if dt == np.int8 else 0)
+            for kernel in ("mam_sparse", "mac_sparse"):
+                for v in variants:
+                    calls.append(bm.KernelCall(kernel, v, x, mult, shift, csr=encode(w),
+                                               bias=bias, **kw))
     return calls
 
 
@@ -84,6 +110,7 @@ def _small(rng, m, n, dt, per_row, with_bias, act):
     return w, mult, shift, bias, kw
 
 
+@needs_mcu
 def test_every_kernel_in_qemu_equals_the_host_core(fw):
     rng = np.random.default_rng(7)
     calls = _calls(fw, rng)
@@ -108,6 +135,7 @@ def test_every_kernel_in_qemu_equals_the_host_core(fw):
                                             act_min=c.act_min, act_max=c.act_max))
 
 
+@needs_mcu
 def test_count_of_a_known_loop_is_exact(fw):
     # The loop body is 2 instructions (subs, bne): n iterations cost exactly 2n more.
     ns = [1, 2, 10, 1000, 54321]
@@ -118,6 +146,7 @@ def test_count_of_a_known_loop_is_exact(fw):
     assert len({c - 2 * n for n, c in zip(ns, counts)}) == 1
 
 
+@needs_mcu
 def test_counts_are_repeatable_and_grow_linearly_with_entries(fw):
     rng = np.random.default_rng(3)
     n = 512
@@ -141,6 +170,7 @@ def test_counts_are_repeatable_and_grow_linearly_with_entries(fw):
         assert (c1 - c0) % 40 == 0  # a whole number of instructions per entry
 
 
+@needs_mcu
 def test_plugin_count_equals_an_execution_trace(fw):
     rng = np.random.default_rng(5)
     w, mult, shift, bias, kw = _layer(rng, 6, 400, np.int8, True, True, 1)
@@ -153,6 +183,7 @@ def test_plugin_count_equals_an_execution_trace(fw):
     assert bm.count_by_trace(calls, fw) == plugin
 
 
+@needs_mcu
 def test_bench_cli_writes_records_and_plot(tmp_path, capsys):
     from mam_tf import cli
 
@@ -176,6 +207,7 @@ def test_bench_cli_writes_records_and_plot(tmp_path, capsys):
             assert r["bytes"] == 2 * r["entries"] + 2 * 16 + 4 * 16 + 8 + 28
 
 
+@needs_mcu
 def test_bench_model_counts_every_sparse_op_of_a_converted_model(tmp_path, fw):
     from mam_tf import flatbuffer as fb
     from mam_tf import options
@@ -216,6 +248,7 @@ CMSIS_LIB = os.environ.get("MAM_TF_CMSIS_NN_LIB")
 CMSIS_INC = os.environ.get("MAM_TF_CMSIS_NN_INCLUDE")
 
 
+@needs_mcu
 @pytest.mark.skipif(not (CMSIS_LIB and CMSIS_INC),
                     reason="CMSIS-NN not given: set MAM_TF_CMSIS_NN_LIB to a CMSIS-NN static "
                     "library built for Cortex-M7 and MAM_TF_CMSIS_NN_INCLUDE to its Include/")
@@ -238,3 +271,28 @@ def test_cmsis_nn_fully_connected_equals_our_mac_kernels():
         cmsis, ours = results[i][0], results[i + 1][0]
         np.testing.assert_array_equal(cmsis, ours)
         np.testing.assert_array_equal(ours, bm.host_output(calls[i + 1]))
+
+
+TFLM_LIB = os.environ.get("MAM_TF_TFLM_LIB")
+
+
+@needs_mcu
+@pytest.mark.skipif(not (TFLM_LIB and os.environ.get("MAM_TF_TFLM_ROOT")
+                         and os.environ.get("MAM_TF_FLATBUFFERS_INCLUDE")),
+                    reason="TFLite-Micro for Cortex-M7 not given: set MAM_TF_TFLM_LIB to a "
+                    "static library built with TFLM's own build, MAM_TF_TFLM_ROOT to its tree "
+                    "and MAM_TF_FLATBUFFERS_INCLUDE to flatbuffers 25.9.23's include/")
+def test_whole_model_through_tflm_on_the_cortex_m7_equals_the_host_runtime(tmp_path):
+    from mam_tf.runtime import Interpreter
+
+    fw = bm.build()
+    assert fw.model_elf is not None
+    path = _converted_model(tmp_path)
+    host = Interpreter(path)
+    x = host.quantize_input(np.random.default_rng(2).standard_normal((5, 300)))
+    got = bm.run_model(path, x, fw)
+    np.testing.assert_array_equal(got["output"], host.run_raw(x))
+    names = [name for name, _ in got["ops"]]
+    assert "MAM_SPARSE" in names and "MAC_SPARSE" in names
+    assert all(count > 0 for _, count in got["ops"])
+    assert 0 < got["arena_used"] < 4 << 20

@@ -10,6 +10,7 @@
 
 #include "mam_sparse/core.h"
 #include "mcu_case.h"
+#include "mcu_markers.h"
 
 /* core.h declares both variants of each sparse kernel (*_portable, *_armv7em): the firmware
  * calls them by name to compare them (the public mam_sparse_s8 & co dispatch to one). */
@@ -17,25 +18,7 @@
 #include "arm_nnfunctions.h"
 #endif
 
-/* The markers and the known loop, in assembly so the compiler can neither merge nor inline
- * them: each marker is the single instruction `bx lr`. */
-void mcu_mark_begin(void);
-void mcu_mark_end(void);
-void mcu_empty(void);
-void mcu_count_loop(uint32_t n);
-__asm__(
-    "  .text\n  .syntax unified\n  .thumb\n"
-    "  .global mcu_mark_begin\n  .type mcu_mark_begin, %function\n  .thumb_func\n"
-    "mcu_mark_begin:\n  bx lr\n"
-    "  .global mcu_mark_end\n  .type mcu_mark_end, %function\n  .thumb_func\n"
-    "mcu_mark_end:\n  bx lr\n"
-    "  .global mcu_empty\n  .type mcu_empty, %function\n  .thumb_func\n"
-    "mcu_empty:\n  bx lr\n"
-    "  .global mcu_count_loop\n  .type mcu_count_loop, %function\n  .thumb_func\n"
-    "mcu_count_loop:\n"
-    "1: subs r0, r0, #1\n  bne 1b\n  bx lr\n");
-
-/* ---- the pool for large arrays at 0x60000000 (16 MiB), reset per job ---- */
+/* ---- the pool for large arrays in the 16 MiB at 0x60000000, reset per job ---- */
 extern char __big_start, __big_end;
 static char *pool_top;
 
