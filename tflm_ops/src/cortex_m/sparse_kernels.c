@@ -10,7 +10,7 @@
  */
 #include "mam_sparse/core.h"
 
-#if defined(__ARM_FEATURE_DSP)
+#if defined(MAM_SPARSE_HAVE_ARMV7EM) /* __ARM_FEATURE_DSP, little-endian (see core.h) */
 
 #include <arm_acle.h>
 #include <string.h>
@@ -398,6 +398,7 @@ void mac_sparse_s16_armv7em(const mam_csr *w, const mam_requant *q, const int64_
 }
 
 #else
-/* Not an ARMv7E-M target: nothing to compile (ISO C wants a non-empty unit). */
+/* Not a (little-endian) ARMv7E-M target: nothing to compile (ISO C wants a non-empty
+ * unit). */
 typedef int mam_sparse_cortex_m_unused;
-#endif /* __ARM_FEATURE_DSP */
+#endif /* MAM_SPARSE_HAVE_ARMV7EM */
