@@ -119,7 +119,7 @@ static inline uint32_t pkhbt16(uint32_t lo, uint32_t hi) {
 
 /* Four t = p - min at once: one test in the common case that none leaves [min, max], a
  * chain of conditional compares (CMP, ITTT LS, CMPLS x3: HI if any t > range) read through
- * a flag output; else each tracked in turn (t rebased on the min the previous ones moved). */
+ * a flag output; else each tracked in turn. */
 static inline int any_above4(int32_t t0, int32_t t1, int32_t t2, int32_t t3, uint32_t range) {
 #if defined(__GCC_ASM_FLAG_OUTPUTS__)
   int above;
@@ -133,14 +133,28 @@ static inline int any_above4(int32_t t0, int32_t t1, int32_t t2, int32_t t3, uin
 #endif
 }
 
+/* A new min moves every later t of the group (t = p - min); a new max moves none. */
+#define MAM_TRACK_REBASE(t, later)                                                  \
+  do {                                                                              \
+    if ((uint32_t)(t) > range) {                                                    \
+      if ((t) < 0) {                                                                \
+        neglo -= (t);                                                               \
+        range -= (uint32_t)(t);                                                     \
+        later;                                                                      \
+      } else {                                                                      \
+        range = (uint32_t)(t);                                                      \
+      }                                                                             \
+    }                                                                               \
+  } while (0)
+
 #define MAM_TRACK4(t0, t1, t2, t3)                                                  \
   do {                                                                              \
     if (__builtin_expect(any_above4((t0), (t1), (t2), (t3), range), 0)) {           \
-      const int32_t neglo0_ = neglo;                                                \
-      MAM_TRACK(t0);                                                                \
-      MAM_TRACK((t1) + (neglo - neglo0_));                                          \
-      MAM_TRACK((t2) + (neglo - neglo0_));                                          \
-      MAM_TRACK((t3) + (neglo - neglo0_));                                          \
+      int32_t u1_ = (t1), u2_ = (t2), u3_ = (t3);                                   \
+      MAM_TRACK_REBASE(t0, (u1_ -= (t0), u2_ -= (t0), u3_ -= (t0)));                \
+      MAM_TRACK_REBASE(u1_, (u2_ -= u1_, u3_ -= u1_));                              \
+      MAM_TRACK_REBASE(u2_, (u3_ -= u2_));                                          \
+      MAM_TRACK_REBASE(u3_, (void)0);                                               \
     }                                                                               \
   } while (0)
 
