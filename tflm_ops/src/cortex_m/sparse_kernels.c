@@ -103,7 +103,7 @@ static inline uint32_t pkhbt16(uint32_t lo, uint32_t hi) {
 #define ROR24 ", ror #24"
 
 /* ---------------------------------------------------------------------------------------
- * The kernels. Each row: a main loop over 8 entries (MAM int8: 16), then groups of 8 and 4
+ * The kernels. Each row: a main loop over 8 entries (MAM int8: 16, then 8 if left), then 4
  * if left, then the 0..3 entries left one by one; each group of four takes one word of
  * offsets and one of weights (SXTB16 splits the weights into halfwords 0,2 and 1,3). A row
  * that stores fewer than N entries starts with max = min = 0 (a pruned column's product), a
