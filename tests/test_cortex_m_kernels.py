@@ -56,10 +56,10 @@ def _weights(rng, extreme):
         r[:RAMP] = w
         rows.append(r)
     r = np.zeros(N, np.int8)
-    r[[0, N - 1]] = pick(2)                               # two dummies between them
+    r[[0, N - 1]] = pick(2)                               # four dummies between them
     rows.append(r)
     r = np.zeros(N, np.int8)
-    r[RAMP:RAMP + 37] = pick(37)                          # products 0 (x is 0 there)
+    r[RAMP:RAMP + 37] = pick(37)                          # products 0 (x - zx is 0 there)
     rows.append(r)
     r = np.zeros(N, np.int8)
     r[rng.choice(N, 300, replace=False)] = 3              # ties: equal weights, repeated x
