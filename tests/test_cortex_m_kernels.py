@@ -8,8 +8,14 @@ small values, so that the output shows the accumulator itself.
 
 Runs through the firmware of tests/test_mcu.py (mam_tf.bench_mcu); skipped with the reason
 when the Cortex-M7 toolchain or QEMU is missing, or the firmware was built without the
-optimized kernels.
+optimized kernels. The last test builds tflm_ops/firmware/kernel_check.c, a random
+differential check (optimized against portable, on the M7) that also places the values array
+at every address modulo 4 relative to the offsets, which the bench firmware cannot.
 """
+import shutil
+import subprocess
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -50,10 +56,10 @@ def _weights(rng, extreme):
         r[:RAMP] = w
         rows.append(r)
     r = np.zeros(N, np.int8)
-    r[[0, N - 1]] = pick(2)                               # two dummies between them
+    r[[0, N - 1]] = pick(2)                               # four dummies between them
     rows.append(r)
     r = np.zeros(N, np.int8)
-    r[RAMP:RAMP + 37] = pick(37)                          # products 0 (x is 0 there)
+    r[RAMP:RAMP + 37] = pick(37)                          # products 0 (x - zx is 0 there)
     rows.append(r)
     r = np.zeros(N, np.int8)
     r[rng.choice(N, 300, replace=False)] = 3              # ties: equal weights, repeated x
@@ -201,3 +207,21 @@ def test_optimized_kernels_cost_fewer_instructions_per_entry(fw):
         (y_p, n_p), (y_o, n_o) = results[i], results[i + 1]
         np.testing.assert_array_equal(y_o, y_p)
         assert n_o < 0.65 * n_p, (calls[i].kernel, calls[i].x.dtype, n_p, n_o)
+
+
+def test_kernel_check_firmware_finds_no_difference_on_random_layers(tmp_path):
+    ops = Path(__file__).resolve().parents[1] / "tflm_ops"
+    gcc, qemu = shutil.which("arm-none-eabi-gcc"), shutil.which("qemu-system-arm")
+    elf = tmp_path / "kernel_check.elf"
+    flags = ["-mcpu=cortex-m7", "-mthumb", "-mfpu=fpv5-d16", "-mfloat-abi=hard", "-O2",
+             "-std=c99", "-Wall", "-Wextra", "-Werror", f"-I{ops / 'include'}"]
+    sources = [ops / "firmware" / "startup.c", ops / "firmware" / "kernel_check.c",
+               ops / "src" / "core.c", ops / "src" / "cortex_m" / "sparse_kernels.c"]
+    subprocess.run([gcc, *flags, "--specs=rdimon.specs", "-nostartfiles",
+                    f"-T{ops / 'firmware' / 'mps2_an500.ld'}", *map(str, sources), "-lm",
+                    "-o", str(elf)], check=True, capture_output=True, text=True)
+    run = subprocess.run([qemu, "-M", "mps2-an500", "-nographic", "-monitor", "none",
+                          "-serial", "none", "-semihosting-config", "enable=on,target=native",
+                          "-kernel", str(elf)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and "600 cases, 0 mismatches" in run.stdout, \
+        run.stdout[-3000:] + run.stderr[-1000:]

@@ -569,7 +569,7 @@ void mac_sparse_s16_portable(const mam_csr *w, const mam_requant *q, const int64
 /* The public entry points: the ARMv7E-M kernels (src/cortex_m/sparse_kernels.c) where the
  * compiler targets the DSP extension, the portable ones elsewhere. A compile-time choice: each
  * wrapper is a single tail call. */
-#if defined(__ARM_FEATURE_DSP) && !defined(MAM_SPARSE_PORTABLE_ONLY)
+#if defined(MAM_SPARSE_HAVE_ARMV7EM) && !defined(MAM_SPARSE_PORTABLE_ONLY)
 #define MAM_SPARSE_KERNEL(name) name##_armv7em
 #else
 #define MAM_SPARSE_KERNEL(name) name##_portable
