@@ -275,6 +275,7 @@ def format_summary(records, out=print):
         kept = sorted({r["remaining"] for r in rs if r["kernel"].endswith("_sparse")}, reverse=True)
         out(f"int{bits} activations, {rs[0]['rows']} x {rs[0]['cols']}: instructions per stored "
             "entry (dense: per weight)")
+        out("")
         out("| kernel | " + " | ".join(f"{k:.0%}" for k in kept) + " | fit: per entry | fit: per row |")
         out("|---" * (len(kept) + 3) + "|")
         seen = []
