@@ -302,6 +302,7 @@ class KernelCall:
     output_zero_point: int = 0
     act_min: Optional[int] = None
     act_max: Optional[int] = None
+    skew: tuple = (0, 0)  # bytes past an 8-byte boundary for values and offsets (0..7)
 
     def shape(self):
         return self.csr.shape if self.csr is not None else self.weights.shape
@@ -313,9 +314,9 @@ def _array(a) -> bytes:
 
 
 def _job(kernel_id, m=0, n=0, batches=0, per_row=0, has_bias=0, zx=0, zy=0, lo=0, hi=0,
-         arrays=(None,) * 8) -> bytes:
+         arrays=(None,) * 8, skew=(0, 0)) -> bytes:
     head = struct.pack("<10I6I", kernel_id, m, n, batches, per_row, has_bias,
-                       *(v & 0xFFFFFFFF for v in (zx, zy, lo, hi)), *([0] * 6))
+                       *(v & 0xFFFFFFFF for v in (zx, zy, lo, hi)), *skew, *([0] * 4))
     return head + b"".join(_array(a) for a in arrays)
 
 
@@ -347,7 +348,8 @@ def _encode_call(c: KernelCall) -> tuple[bytes, int, np.dtype, tuple]:
         arrays = (None, None, None, w)
     arrays += (mult, shf, bias, x)
     data = _job(KERNEL_IDS[key], m, n, x.shape[0], int(mult.size > 1), int(bias is not None),
-                int(c.input_zero_point), int(c.output_zero_point), lo, hi, arrays)
+                int(c.input_zero_point), int(c.output_zero_point), lo, hi, arrays,
+                tuple(int(v) for v in c.skew))
     return data, x.shape[0] * m, x.dtype, (x.shape[0], m)
 
 

@@ -77,9 +77,11 @@ def _calls(fw, rng):
         info = np.iinfo(dt)
         x = rng.integers(info.min, info.max + 1, (batches, w.shape[1])).astype(dt)
         csr = encode(w)
+        skew = (k % 4, (k // 4) % 4)  # values / offsets at every alignment and co-alignment
         for kernel in ("mam_sparse", "mac_sparse"):
             for v in variants:
-                calls.append(bm.KernelCall(kernel, v, x, mult, shift, csr=csr, bias=bias, **kw))
+                calls.append(bm.KernelCall(kernel, v, x, mult, shift, csr=csr, bias=bias,
+                                           skew=skew, **kw))
         for kernel in ("mac_dense", "mam_dense"):
             calls.append(bm.KernelCall(kernel, "portable", x, mult, shift, weights=w, bias=bias,
                                        **kw))
@@ -115,6 +117,8 @@ def test_every_kernel_in_qemu_equals_the_host_core(fw):
     rng = np.random.default_rng(7)
     calls = _calls(fw, rng)
     kinds = {(c.kernel, c.variant, c.x.dtype.itemsize) for c in calls}
+    skews = {(c.x.dtype.itemsize, c.skew) for c in calls if c.csr is not None}
+    assert skews >= {(size, (a, b)) for size in (1, 2) for a in range(4) for b in range(4)}
     assert len(kinds) == (12 if fw.optimized else 8)
     assert any(c.csr is not None and c.csr.num_dummies > 0 for c in calls)
     results = bm.run_calls(calls, fw)

@@ -49,11 +49,12 @@ typedef struct {
   void *data; /* NULL when empty */
 } array;
 
-static void read_array(FILE *f, array *a) {
+/* skew: bytes added to the array's 8-aligned address (0..7), so kernels meet every alignment. */
+static void read_array(FILE *f, array *a, uint32_t skew) {
   read_exact(f, &a->nbytes, 4, "truncated case file (array size)");
   a->data = NULL;
   if (a->nbytes) {
-    a->data = pool_alloc(a->nbytes);
+    a->data = (char *)pool_alloc(a->nbytes + skew) + skew;
     read_exact(f, a->data, a->nbytes, "truncated case file (array data)");
   }
   uint32_t pad = (4u - (a->nbytes & 3u)) & 3u, zero;
@@ -196,7 +197,8 @@ int main(void) {
     array a[MCU_ARRAYS];
     pool_top = &__big_start;
     read_exact(in, h, sizeof h, "truncated case file (job header)");
-    for (int i = 0; i < MCU_ARRAYS; ++i) read_array(in, &a[i]);
+    if (h[10] > 7u || h[11] > 7u) fail(MCU_EXIT_FORMAT, "array skew beyond 7 bytes");
+    for (int i = 0; i < MCU_ARRAYS; ++i) read_array(in, &a[i], i == 0 ? h[10] : i == 1 ? h[11] : 0u);
     const uint32_t elem = is_s16(h[0]) ? 2u : 1u;
     const uint32_t out_bytes = h[0] <= MCU_LOOP ? 0u : h[1] * h[3] * elem;
     void *out = out_bytes ? pool_alloc(out_bytes) : NULL;

@@ -6,7 +6,8 @@
  *   file    := "MCU1" u32 job_count job*
  *   job     := u32 header[16] array[8]
  *   header  := kernel m n batches per_row has_bias input_zp output_zp act_min act_max
- *              (then 6 words, 0)                  (zero points and clamp as int32)
+ *              values_skew offsets_skew (then 4 words, 0)   (zero points and clamp as int32;
+ *              a skew 0..7 places that array so many bytes past an 8-byte boundary)
  *   array   := u32 nbytes, nbytes of data, zero padding to a multiple of 4
  *   arrays, in order: values (int8 [E]), offsets (uint8 [E]), row_counts (int16 [m]),
  *              weights (int8 [m][n], dense kernels), multiplier (int32 [1 or m]),
