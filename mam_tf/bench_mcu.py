@@ -339,7 +339,7 @@ def plot(records, path):
             ax.legend(fontsize=8)
     fig.suptitle("Cortex-M7 (QEMU mps2-an500): instructions counted; time is an estimate")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=90)
     plt.close(fig)
 
 
