@@ -40,9 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench_sub = bench.add_subparsers(dest="bench_command", metavar="BENCHMARK")
     from ecg_data.bench import add_bench_command as add_data_bench
+    from mam_tf.bench_mcu import add_bench_command as add_mcu_bench
     from mam_tf.bench_train import add_bench_command as add_train_bench
 
     add_train_bench(bench_sub)
+    add_mcu_bench(bench_sub)
     add_data_bench(bench_sub)
     bench.set_defaults(func=lambda args: bench.print_help() or 2)
     return parser

@@ -2,13 +2,20 @@
 # Installs everything the tests need and runs the whole test suite (README's test command;
 # .ci/run calls it): the C/C++ compilers and CMake from Debian when missing (the fused kernel,
 # the C core and its sanitizer-built fuzz driver need them), then the Python packages into the
-# cached venv, then pytest.
+# cached venv, then pytest. The Cortex-M7 tests (tests/test_mcu.py) need the Arm bare-metal
+# compiler with newlib (semihosting) and QEMU: installed here too.
 set -euo pipefail
 need=()
 command -v gcc >/dev/null 2>&1 || need+=(gcc)
 command -v g++ >/dev/null 2>&1 || need+=(g++)
 command -v cmake >/dev/null 2>&1 || need+=(cmake)
 command -v make >/dev/null 2>&1 || need+=(make)
+command -v arm-none-eabi-gcc >/dev/null 2>&1 || need+=(gcc-arm-none-eabi)
+case "$(arm-none-eabi-gcc -print-file-name=rdimon.specs 2>/dev/null)" in
+    /*) ;;
+    *) need+=(libnewlib-arm-none-eabi) ;;
+esac
+command -v qemu-system-arm >/dev/null 2>&1 || need+=(qemu-system-arm)
 if [ "${#need[@]}" -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "[mam-tf] missing ${need[*]}: install them (e.g. sudo apt-get install ${need[*]})" >&2
@@ -23,5 +30,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
 cd "$REPO_ROOT"
 # The compiler is there now: a fused kernel that fails to build is a failure, not a skip.
 export MAM_TF_REQUIRE_FUSED=1
+# Likewise the Cortex-M7 firmware under QEMU: a toolchain that does not work is a failure.
+export MAM_TF_REQUIRE_MCU=1
 # pytest exits 5 when it collects no test: with `set -e` that fails this script, as it must.
 python -m pytest "$@"

@@ -461,8 +461,8 @@ static inline int32_t finish_s16(uint64_t acc, const mam_requant *q, int32_t j) 
 /* ---------------------------------------------------------------------------------------
  * Sparse kernels (Eval): trust what mam_validate / mam_validate_requant accepted
  * ------------------------------------------------------------------------------------- */
-void mam_sparse_s8(const mam_csr *w, const mam_requant *q, const int32_t *bias,
-                   const int8_t *input, int32_t batches, int8_t *output) {
+void mam_sparse_s8_portable(const mam_csr *w, const mam_requant *q, const int32_t *bias,
+                            const int8_t *input, int32_t batches, int8_t *output) {
   const int32_t n = w->n, m = w->m, zx = q->input_zero_point;
   for (int32_t b = 0; b < batches; ++b) {
     const int8_t *x = input + (size_t)b * (size_t)n;
@@ -490,8 +490,8 @@ void mam_sparse_s8(const mam_csr *w, const mam_requant *q, const int32_t *bias,
   }
 }
 
-void mam_sparse_s16(const mam_csr *w, const mam_requant *q, const int64_t *bias,
-                    const int16_t *input, int32_t batches, int16_t *output) {
+void mam_sparse_s16_portable(const mam_csr *w, const mam_requant *q, const int64_t *bias,
+                             const int16_t *input, int32_t batches, int16_t *output) {
   const int32_t n = w->n, m = w->m;
   for (int32_t b = 0; b < batches; ++b) {
     const int16_t *x = input + (size_t)b * (size_t)n;
@@ -518,8 +518,8 @@ void mam_sparse_s16(const mam_csr *w, const mam_requant *q, const int64_t *bias,
   }
 }
 
-void mac_sparse_s8(const mam_csr *w, const mam_requant *q, const int32_t *bias,
-                   const int8_t *input, int32_t batches, int8_t *output) {
+void mac_sparse_s8_portable(const mam_csr *w, const mam_requant *q, const int32_t *bias,
+                            const int8_t *input, int32_t batches, int8_t *output) {
   const int32_t n = w->n, m = w->m, zx = q->input_zero_point;
   for (int32_t b = 0; b < batches; ++b) {
     const int8_t *x = input + (size_t)b * (size_t)n;
@@ -542,8 +542,8 @@ void mac_sparse_s8(const mam_csr *w, const mam_requant *q, const int32_t *bias,
   }
 }
 
-void mac_sparse_s16(const mam_csr *w, const mam_requant *q, const int64_t *bias,
-                    const int16_t *input, int32_t batches, int16_t *output) {
+void mac_sparse_s16_portable(const mam_csr *w, const mam_requant *q, const int64_t *bias,
+                             const int16_t *input, int32_t batches, int16_t *output) {
   const int32_t n = w->n, m = w->m;
   for (int32_t b = 0; b < batches; ++b) {
     const int16_t *x = input + (size_t)b * (size_t)n;
@@ -564,6 +564,35 @@ void mac_sparse_s16(const mam_csr *w, const mam_requant *q, const int64_t *bias,
       y[j] = (int16_t)finish_s16(acc, q, j);
     }
   }
+}
+
+/* The public entry points: the ARMv7E-M kernels (src/cortex_m/sparse_kernels.c) where the
+ * compiler targets the DSP extension, the portable ones elsewhere. A compile-time choice: each
+ * wrapper is a single tail call. */
+#if defined(MAM_SPARSE_HAVE_ARMV7EM) && !defined(MAM_SPARSE_PORTABLE_ONLY)
+#define MAM_SPARSE_KERNEL(name) name##_armv7em
+#else
+#define MAM_SPARSE_KERNEL(name) name##_portable
+#endif
+
+void mam_sparse_s8(const mam_csr *w, const mam_requant *q, const int32_t *bias,
+                   const int8_t *input, int32_t batches, int8_t *output) {
+  MAM_SPARSE_KERNEL(mam_sparse_s8)(w, q, bias, input, batches, output);
+}
+
+void mam_sparse_s16(const mam_csr *w, const mam_requant *q, const int64_t *bias,
+                    const int16_t *input, int32_t batches, int16_t *output) {
+  MAM_SPARSE_KERNEL(mam_sparse_s16)(w, q, bias, input, batches, output);
+}
+
+void mac_sparse_s8(const mam_csr *w, const mam_requant *q, const int32_t *bias,
+                   const int8_t *input, int32_t batches, int8_t *output) {
+  MAM_SPARSE_KERNEL(mac_sparse_s8)(w, q, bias, input, batches, output);
+}
+
+void mac_sparse_s16(const mam_csr *w, const mam_requant *q, const int64_t *bias,
+                    const int16_t *input, int32_t batches, int16_t *output) {
+  MAM_SPARSE_KERNEL(mac_sparse_s16)(w, q, bias, input, batches, output);
 }
 
 /* ---------------------------------------------------------------------------------------

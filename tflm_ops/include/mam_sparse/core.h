@@ -141,6 +141,32 @@ void mac_sparse_s8(const mam_csr *w, const mam_requant *q, const int32_t *bias,
 void mac_sparse_s16(const mam_csr *w, const mam_requant *q, const int64_t *bias,
                     const int16_t *input, int32_t batches, int16_t *output);
 
+/* The same kernels, each variant by name. The entry points above call the ARMv7E-M ones
+ * (src/cortex_m/sparse_kernels.c, Cortex-M4/M7/M33, little-endian) where the compiler sets
+ * __ARM_FEATURE_DSP (MAM_SPARSE_HAVE_ARMV7EM below) and MAM_SPARSE_PORTABLE_ONLY is not
+ * defined, else the portable ones. All variants give identical output bytes. */
+void mam_sparse_s8_portable(const mam_csr *w, const mam_requant *q, const int32_t *bias,
+                            const int8_t *input, int32_t batches, int8_t *output);
+void mam_sparse_s16_portable(const mam_csr *w, const mam_requant *q, const int64_t *bias,
+                             const int16_t *input, int32_t batches, int16_t *output);
+void mac_sparse_s8_portable(const mam_csr *w, const mam_requant *q, const int32_t *bias,
+                            const int8_t *input, int32_t batches, int8_t *output);
+void mac_sparse_s16_portable(const mam_csr *w, const mam_requant *q, const int64_t *bias,
+                             const int16_t *input, int32_t batches, int16_t *output);
+#if defined(__ARM_FEATURE_DSP) && !defined(__ARM_BIG_ENDIAN)
+#define MAM_SPARSE_HAVE_ARMV7EM 1
+#endif
+#if defined(MAM_SPARSE_HAVE_ARMV7EM)
+void mam_sparse_s8_armv7em(const mam_csr *w, const mam_requant *q, const int32_t *bias,
+                           const int8_t *input, int32_t batches, int8_t *output);
+void mam_sparse_s16_armv7em(const mam_csr *w, const mam_requant *q, const int64_t *bias,
+                            const int16_t *input, int32_t batches, int16_t *output);
+void mac_sparse_s8_armv7em(const mam_csr *w, const mam_requant *q, const int32_t *bias,
+                           const int8_t *input, int32_t batches, int8_t *output);
+void mac_sparse_s16_armv7em(const mam_csr *w, const mam_requant *q, const int64_t *bias,
+                            const int16_t *input, int32_t batches, int16_t *output);
+#endif
+
 /* Dense baselines over W [m][n] (row-major, zeros stored): MAC is TFLM's FULLY_CONNECTED
  * reference arithmetic; MAM takes max and min over all n products. */
 void mac_dense_s8(const int8_t *weights, int32_t m, int32_t n, const mam_requant *q,

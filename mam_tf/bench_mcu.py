@@ -1,0 +1,467 @@
+"""`mam-tf bench mcu`: the kernels on an emulated Cortex-M7, counted instruction by instruction.
+
+``mam-tf bench mcu`` and the tests run MAM_SPARSE / MAC_SPARSE (portable C and the ARMv7E-M
+kernels), the dense MAC and, when given, CMSIS-NN's fully connected kernels in one bare-metal
+firmware (``tflm_ops/firmware``) on QEMU's ``mps2-an500`` (a Cortex-M7). A small TCG plugin of
+the project counts the instructions executed between two marker functions around each kernel
+call. The firmware reads its cases from a file through semihosting, so one binary serves every
+case.
+
+Counts are instructions, exactly and repeatably; QEMU models no caches, no wait states, no
+dual issue, no load-use or multiply latencies, so any time or energy derived from them is an
+estimate under a stated cycles-per-instruction (CPI) assumption.
+
+The machinery (build, run, count) is :mod:`mam_tf.mcu`; its public functions are re-exported
+here (``toolchain_available``, ``build``, ``run_kernel``, ``run_calls``, ``run_model``, ...).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from mam_tf.mcu import (  # noqa: F401  (re-exported: the public API of the benchmark)
+    GCC, KERNEL_IDS, QEMU, KernelCall, McuBuild, McuError, build, count_by_trace, count_loop,
+    run_calls, run_kernel, run_model, toolchain_available,
+)
+
+__all__ = [
+    "toolchain_available", "build", "run_kernel", "run_calls", "run_model", "KernelCall",
+    "McuBuild", "McuError", "count_loop", "count_by_trace", "host_output", "random_layer",
+    "bench_layer", "bench_model", "fit_rows", "format_table", "format_summary", "plot",
+    "add_bench_command",
+]
+
+# Seed 004's operating point and the chip it names.
+CLOCK_HZ = 180e6
+POWER_W = 99.5e-3
+SRAM_BYTES = 512 * 1024  # STM32F767ZI
+CPI = 1.0
+CPI_RANGE = (0.5, 2.0)   # 0.5: the M7's dual-issue peak; 2.0: stalls (load-use, wait states)
+
+
+# ----------------------------------------------------------------------------------------
+# The benchmark
+# ----------------------------------------------------------------------------------------
+def host_output(c: KernelCall) -> np.ndarray:
+    """What the host core (mam_tf.core) computes for the same call: the truth to compare."""
+    from mam_tf import core
+
+    kw = dict(input_zero_point=c.input_zero_point, output_zero_point=c.output_zero_point,
+              act_min=c.act_min, act_max=c.act_max)
+    if c.kernel in ("mam_sparse", "mac_sparse"):
+        fn = core.mam_sparse if c.kernel == "mam_sparse" else core.mac_sparse
+        return fn(c.x, c.csr, c.bias, c.multiplier, c.shift, **kw)
+    fn = core.mam_dense if c.kernel == "mam_dense" else core.mac_dense
+    return fn(c.x, c.weights, c.bias, c.multiplier, c.shift, **kw)
+
+
+def _op_data_bytes(m, per_row):
+    # multiplier + shift (one pair, or one per row) and the 7 words of mam_requant
+    return 8 * (m if per_row else 1) + 28
+
+
+def _estimates(instructions):
+    t = instructions * CPI / CLOCK_HZ
+    return dict(time_us=t * 1e6, energy_uj=t * POWER_W * 1e6,
+                time_us_range=[instructions * c / CLOCK_HZ * 1e6 for c in CPI_RANGE])
+
+
+def _record(c: KernelCall, instructions, b: McuBuild, remaining, **extra):
+    x = np.asarray(c.x)
+    bits = 8 if x.dtype == np.int8 else 16
+    m, n = c.shape()
+    per_row = np.atleast_1d(c.multiplier).size > 1
+    bias_b = 0 if c.bias is None else m * (4 if bits == 8 else 8)
+    if c.kernel.endswith("_sparse"):
+        entries = c.csr.num_entries
+        weight_b = c.csr.nbytes(has_bias=False)
+    else:
+        entries = m * n
+        weight_b = m * n
+    nbytes = weight_b + bias_b + _op_data_bytes(m, per_row)
+    act_b = (x.shape[0] * (n + m)) * x.dtype.itemsize
+    return dict(
+        kernel=c.kernel, variant=c.variant, act_bits=bits, rows=m, cols=n, batches=x.shape[0],
+        remaining=float(remaining), entries=int(entries), instructions=int(instructions),
+        instr_per_entry=instructions / max(entries, 1), instr_per_row=instructions / m,
+        bytes=int(nbytes), activation_bytes=int(act_b),
+        code_bytes=b.code_bytes(c.kernel, c.variant, bits),
+        fits_sram=bool(nbytes + act_b <= SRAM_BYTES), **_estimates(instructions), **extra)
+
+
+def random_layer(rows, cols, remaining, act_bits, seed=0, per_row=False, bias=True):
+    """A seeded random int8 layer with exactly round(remaining * rows * cols) nonzero weights,
+    its requantization (a plausible per-tensor or per-row scale) and one input sample."""
+    from mam_tf import reference
+
+    rng = np.random.default_rng(seed)
+    w = rng.integers(1, 128, size=(rows, cols)) * rng.choice([-1, 1], size=(rows, cols))
+    keep = np.zeros(rows * cols, bool)
+    keep[rng.permutation(rows * cols)[: int(round(remaining * rows * cols))]] = True
+    w = np.where(keep.reshape(rows, cols), w, 0).astype(np.int8)
+    dt = np.int8 if act_bits == 8 else np.int16
+    info = np.iinfo(dt)
+    x = rng.integers(info.min, info.max + 1, size=(1, cols)).astype(dt)
+    zx, zy = (-3, 5) if act_bits == 8 else (0, 0)
+    acc = 127.0 * info.max * max(1.0, np.sqrt(remaining * cols))
+    scales = (rng.uniform(0.5, 1.5, rows) if per_row else np.ones(1)) * info.max / acc
+    mult, shift = reference.quantize_multipliers(scales)
+    bvals = None
+    if bias:
+        bvals = rng.integers(-int(acc) // 4, int(acc) // 4, size=rows).astype(
+            np.int32 if act_bits == 8 else np.int64)
+    return w, x, bvals, mult, shift, zx, zy
+
+
+DEFAULT_REMAINING = (1.0, 0.5, 0.2, 0.1, 0.05, 0.02, 0.01)
+
+
+def bench_layer(rows=128, cols=16384, remaining=DEFAULT_REMAINING, act_bits=(16, 8), seed=0,
+                b: Optional[McuBuild] = None, check=True, progress=True) -> list[dict]:
+    """Instruction counts of every kernel on one random layer per (act_bits, remaining).
+
+    The sparse kernels (MAM and MAC, portable and, where built, optimized) run at each
+    remaining fraction; the dense MAC and CMSIS-NN (when built in) once per act_bits on the
+    same matrix at 100% (their work does not depend on zeros). With ``check`` every output is
+    compared with the host core's and a mismatch raises.
+    """
+    from mam_tf.sparse import encode
+
+    b = b or build()
+    variants = ["portable"] + (["optimized"] if b.optimized else [])
+    todo = [(bits, r) for bits in act_bits for r in remaining]
+    records = []
+    try:
+        from tqdm import tqdm
+        it = tqdm(todo, desc="mcu bench", unit="layer", disable=not progress)
+    except ImportError:
+        it = todo
+    for bits, r in it:
+        w, x, bias, mult, shift, zx, zy = random_layer(rows, cols, r, bits, seed)
+        csr = encode(w)
+        kw = dict(bias=bias, input_zero_point=zx, output_zero_point=zy)
+        calls = [KernelCall(k, v, x, mult, shift, csr=csr, **kw)
+                 for k in ("mam_sparse", "mac_sparse") for v in variants]
+        if r == max(remaining):
+            calls.append(KernelCall("mac_dense", "portable", x, mult, shift, weights=w, **kw))
+            if b.cmsis_nn:
+                calls.append(KernelCall("cmsis_fc", "cmsis", x, mult, shift, weights=w, **kw))
+        results = run_calls(calls, b)
+        for c, (y, count) in zip(calls, results):
+            if check:
+                want = host_output(c)
+                if not np.array_equal(y, want):
+                    bad = int(np.count_nonzero(y != want))
+                    raise McuError(f"mcu: {c.variant} {c.kernel} int{bits} at {r:.0%} gave "
+                                   f"{bad} outputs that differ from the host core")
+            records.append(_record(c, count, b, r if c.kernel.endswith("_sparse") else 1.0,
+                                   checked=bool(check)))
+    for rec in records:  # the fit over the kept fractions: cost per entry and per row
+        fit = fit_rows(records).get((rec["kernel"], rec["variant"], rec["act_bits"]))
+        if fit:
+            rec["fit_per_entry"], rec["fit_per_row"] = fit
+    return records
+
+
+def bench_model(tflite, b: Optional[McuBuild] = None, seed=0, check=True,
+                log=print) -> list[dict]:
+    """The same figures for every MAM_SPARSE / MAC_SPARSE op of a converted model, with its
+    real matrices (a random input of the op's type and zero point; the count does not depend
+    on the values), beside the dense MAC (and CMSIS-NN when built in) on the decoded matrix."""
+    from mam_tf import flatbuffer as fb
+    from mam_tf import options
+    from mam_tf.runtime import _SparseStep
+
+    b = b or build()
+    data = Path(tflite).read_bytes()
+    model = fb.load(data)
+    sg = model.subgraphs[0]
+    rng = np.random.default_rng(seed)
+    variants = ["portable"] + (["optimized"] if b.optimized else [])
+    records = []
+    for i, op in enumerate(sg.operators):
+        kind = fb.op_name(model, op)
+        if kind not in (options.MAM_SPARSE, options.MAC_SPARSE):
+            continue
+        step = _SparseStep(model, sg, op, kind)
+        m, n = step.csr.shape
+        info = np.iinfo(step.dtype)
+        x = rng.integers(info.min, info.max + 1, size=(1, n)).astype(step.dtype)
+        kw = dict(bias=step.bias, input_zero_point=step.in_zp, output_zero_point=step.out_zp,
+                  act_min=step.act_min, act_max=step.act_max)
+        name = sg.tensors[step.output].name.decode()
+        kernel = "mam_sparse" if kind == options.MAM_SPARSE else "mac_sparse"
+        calls = [KernelCall(kernel, v, x, step.multiplier, step.shift, csr=step.csr, **kw)
+                 for v in variants]
+        dense = step.csr.decode()
+        calls.append(KernelCall("mac_dense", "portable", x, step.multiplier, step.shift,
+                                weights=dense, **kw))
+        per_row = np.atleast_1d(step.multiplier).size > 1
+        if b.cmsis_nn and per_row and step.dtype == np.int16:
+            log(f"op {i} ('{name}'): CMSIS-NN has no per-channel int16 fully connected kernel; "
+                "no CMSIS-NN figure for it")
+        elif b.cmsis_nn:
+            calls.append(KernelCall("cmsis_fc", "cmsis", x, step.multiplier, step.shift,
+                                    weights=dense, **kw))
+        kept = np.count_nonzero(dense) / dense.size
+        for c, (y, count) in zip(calls, run_calls(calls, b)):
+            if check and not np.array_equal(y, host_output(c)):  # CMSIS-NN: the dense MAC's
+                raise McuError(f"mcu: {c.variant} {c.kernel} of op {i} ('{name}') differs "
+                               "from the host core")
+            records.append(_record(c, count, b, kept, op_index=i, op_name=name,
+                                   checked=bool(check)))
+    if not records:
+        raise ValueError(f"mcu: {tflite} holds no MAM_SPARSE / MAC_SPARSE op")
+    return records
+
+
+def fit_rows(records) -> dict:
+    """Least-squares instructions = a * entries + c * rows + k over the remaining fractions
+    of one (kernel, variant, act_bits): (a per entry, c per row) where the rows are fixed,
+    so c * rows + k is reported as the per-row cost (call cost included)."""
+    fits = {}
+    groups = {}
+    for r in records:
+        if r["kernel"].endswith("_sparse"):
+            groups.setdefault((r["kernel"], r["variant"], r["act_bits"], r["rows"]), []).append(r)
+    for (k, v, bits, rows), rs in groups.items():
+        if len({r["entries"] for r in rs}) < 2:
+            continue
+        e = np.array([r["entries"] for r in rs], float)
+        y = np.array([r["instructions"] for r in rs], float)
+        slope, icpt = np.polyfit(e, y, 1)
+        fits[(k, v, bits)] = (float(slope), float(icpt) / rows)
+    return fits
+
+
+# ----------------------------------------------------------------------------------------
+# Output: table, JSON, plot
+# ----------------------------------------------------------------------------------------
+def _label(r):
+    return {"mam_sparse": "MAM_SPARSE", "mac_sparse": "MAC_SPARSE", "mac_dense": "dense MAC",
+            "mam_dense": "dense MAM", "cmsis_fc": "CMSIS-NN FC"}[r["kernel"]] + (
+        "" if r["variant"] == "cmsis" else f" {r['variant']}")
+
+
+def format_table(records, out=print):
+    """Prints the records as a table (markdown), then the per-entry / per-row fit."""
+    out(f"| act | kernel | kept | entries | instructions | per entry | all per row | est. ms "
+        f"(CPI {CPI:g}) | est. uJ | bytes | code B | fits 512 kB |")
+    out("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in records:
+        out(f"| int{r['act_bits']} | {_label(r)} | {r['remaining']:.0%} | {r['entries']} | "
+            f"{r['instructions']} | {r['instr_per_entry']:.2f} | {r['instr_per_row']:.0f} | "
+            f"{r['time_us'] / 1e3:.3f} | {r['energy_uj']:.1f} | {r['bytes']} | "
+            f"{r['code_bytes'] or '-'} | {'yes' if r['fits_sram'] else 'no'} |")
+    fits = fit_rows(records)
+    if fits:
+        out("\nfit over the kept fractions, instructions = a * entries + b * rows:")
+        for (k, v, bits), (a, per_row) in sorted(fits.items()):
+            out(f"  int{bits} {k} {v}: a = {a:.2f} per entry, b = {per_row:.0f} per row")
+
+
+def format_summary(records, out=print):
+    """Instructions per stored entry (per weight for dense kernels) by kept fraction, one table
+    per activation width, with the per-entry / per-row fit of each sparse kernel."""
+    fits = fit_rows(records)
+    for bits in sorted({r["act_bits"] for r in records}, reverse=True):
+        rs = [r for r in records if r["act_bits"] == bits]
+        kept = sorted({r["remaining"] for r in rs if r["kernel"].endswith("_sparse")}, reverse=True)
+        out(f"int{bits} activations, {rs[0]['rows']} x {rs[0]['cols']}: instructions per stored "
+            "entry (dense: per weight)")
+        out("")
+        out("| kernel | " + " | ".join(f"{k:.0%}" for k in kept) + " | fit: per entry | fit: per row |")
+        out("|---" * (len(kept) + 3) + "|")
+        seen = []
+        for r in rs:
+            if (r["kernel"], r["variant"]) not in seen:
+                seen.append((r["kernel"], r["variant"]))
+        for k, v in seen:
+            cells = {r["remaining"]: r["instr_per_entry"] for r in rs
+                     if r["kernel"] == k and r["variant"] == v}
+            fit = fits.get((k, v, bits))
+            if k.endswith("_sparse"):
+                row = [f"{cells[x]:.2f}" if x in cells else "" for x in kept]
+            else:
+                row = [f"{next(iter(cells.values())):.2f} (all weights)"] + [""] * (len(kept) - 1)
+            out(f"| {_label({'kernel': k, 'variant': v})} | " + " | ".join(row) + " | "
+                + (f"{fit[0]:.2f} | {fit[1]:.0f}" if fit else " | ") + " |")
+        out("")
+
+
+def plot(records, path):
+    """Instructions and estimated time vs weights kept, MAM vs MAC (after seed 004 Fig. 5)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bits_all = sorted({r["act_bits"] for r in records}, reverse=True)
+    fig, axes = plt.subplots(len(bits_all), 2, figsize=(11, 4 * len(bits_all)), squeeze=False)
+    style = {("mam_sparse", "portable"): ("tab:red", "--", "o"),
+             ("mam_sparse", "optimized"): ("tab:red", "-", "o"),
+             ("mac_sparse", "portable"): ("tab:blue", "--", "s"),
+             ("mac_sparse", "optimized"): ("tab:blue", "-", "s"),
+             ("mac_dense", "portable"): ("tab:gray", ":", None),
+             ("cmsis_fc", "cmsis"): ("black", ":", None)}
+    for row, bits in enumerate(bits_all):
+        rs = [r for r in records if r["act_bits"] == bits]
+        xs = sorted({r["remaining"] for r in rs if r["kernel"].endswith("_sparse")})
+        for col, (key, scale, ylabel) in enumerate(
+                (("instructions", 1.0, "instructions per layer"),
+                 ("time_us", 1e-3, f"estimated time, ms (CPI {CPI:g}, {CLOCK_HZ / 1e6:.0f} MHz)"))):
+            ax = axes[row][col]
+            for (k, v), (color, ls, marker) in style.items():
+                pts = sorted((r["remaining"], r[key] * scale) for r in rs
+                             if r["kernel"] == k and r["variant"] == v)
+                if not pts:
+                    continue
+                lab = _label({"kernel": k, "variant": v})
+                if k.endswith("_sparse"):
+                    ax.plot([p[0] * 100 for p in pts], [p[1] for p in pts], ls=ls,
+                            marker=marker, color=color, label=lab)
+                else:
+                    ax.axhline(pts[0][1], ls=ls, color=color, label=f"{lab} (all weights)")
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xticks([x * 100 for x in xs])
+            ax.set_xticklabels([f"{x * 100:g}" for x in xs])
+            ax.set_xlabel("weights kept, %")
+            ax.set_ylabel(ylabel)
+            ax.set_title(f"int{bits} activations, {rs[0]['rows']} x {rs[0]['cols']}")
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=8)
+    fig.suptitle("Cortex-M7 (QEMU mps2-an500): instructions counted; time is an estimate")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _machine_lines(b: McuBuild):
+    import platform
+
+    qv = subprocess.run([QEMU, "--version"], capture_output=True, text=True).stdout.split("\n")[0]
+    gv = subprocess.run([GCC, "--version"], capture_output=True, text=True).stdout.split("\n")[0]
+    return [
+        f"host: {platform.machine()}, {os.cpu_count()} cores, load average "
+        f"{' '.join(f'{v:.2f}' for v in os.getloadavg())} (counts do not depend on it)",
+        f"target: Cortex-M7 on {qv} -M mps2-an500; {gv} -O2 "
+        "-mcpu=cortex-m7 -mthumb -mfpu=fpv5-d16 -mfloat-abi=hard",
+        f"optimized kernels: {'built' if b.optimized else 'not in this tree'}; CMSIS-NN: "
+        + ("given" if b.cmsis_nn else "not given")
+        + f"; bench firmware (arm-none-eabi-size): text {b.size[0]} B, data {b.size[1]} B, "
+        f"bss {b.size[2]} B",
+        f"estimates: {CLOCK_HZ / 1e6:.0f} MHz, {POWER_W * 1e3:.1f} mW, CPI {CPI:g} assumed "
+        f"(range {CPI_RANGE[0]:g}-{CPI_RANGE[1]:g}: dual-issue peak to stalls); QEMU models no "
+        "caches, wait states, dual issue or latencies",
+    ]
+
+
+def _whole_model(path, b: McuBuild, seed=0) -> dict:
+    """Runs the whole model through TFLite-Micro on the emulated M7 (one random sample),
+    checks its output against mam_tf.runtime and prints each op's instructions."""
+    from mam_tf.runtime import Interpreter
+
+    host = Interpreter(path)
+    rng = np.random.default_rng(seed)
+    x = host.quantize_input(rng.standard_normal([1] + host.input_shape[1:]))
+    got = run_model(path, x, b)
+    equal = bool(np.array_equal(got["output"], host.run_raw(x)))
+    print(f"\nwhole model through TFLite-Micro on the Cortex-M7: output "
+          f"{'equals' if equal else 'DIFFERS FROM'} mam_tf.runtime's; arena used "
+          f"{got['arena_used']} B")
+    print("| op | name | instructions | est. ms (CPI 1) |\n|---|---|---|---|")
+    for k, (name, count) in enumerate(got["ops"]):
+        print(f"| {k} | {name} | {count} | {count * CPI / CLOCK_HZ * 1e3:.3f} |")
+    total = sum(c for _, c in got["ops"])
+    print(f"| | all ops | {total} | {total * CPI / CLOCK_HZ * 1e3:.3f} |")
+    if not equal:
+        raise McuError(f"mcu: the whole model's output on the Cortex-M7 differs from "
+                       f"mam_tf.runtime's ({path})")
+    return dict(ops=[dict(name=n, instructions=c) for n, c in got["ops"]],
+                arena_used=got["arena_used"], equals_host_runtime=equal)
+
+
+def _cmd_mcu(args):
+    try:
+        b = build(args.cmsis_nn_lib, args.cmsis_nn_include, args.tflm_lib, args.tflm_root,
+                  args.flatbuffers_include)
+    except McuError as err:
+        print(f"mam-tf bench mcu: {err}")
+        return 1
+    for line in _machine_lines(b):
+        print(line)
+    whole = None
+    if args.model:
+        records = bench_model(args.model, b, check=not args.no_check)
+        if b.model_elf is not None:
+            whole = _whole_model(args.model, b, args.seed)
+        else:
+            print("whole model through TFLite-Micro: no TFLite-Micro library given "
+                  "(--tflm-lib / $MAM_TF_TFLM_LIB)")
+    else:
+        rows, cols = (16, 1024) if args.quick else (args.rows, args.cols)
+        remaining = args.remaining or DEFAULT_REMAINING
+        print(f"layer: {cols} -> {rows} (random pruning, seed {args.seed}), kept "
+              f"{', '.join(f'{r:.0%}' for r in remaining)}, int{' and int'.join(map(str, args.act_bits))} "
+              "activations, batch 1")
+        records = bench_layer(rows, cols, remaining, tuple(args.act_bits), args.seed, b,
+                              check=not args.no_check)
+    if not args.no_check:
+        print("outputs: every kernel's output equals the host core's (mam_tf.core), byte for "
+              "byte (CMSIS-NN's: the host core's dense MAC)")
+    print()
+    if not args.model:
+        format_summary(records)
+    format_table(records)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "mcu.json").write_text(json.dumps(records, indent=1))
+        if whole is not None:
+            (out / "mcu_model.json").write_text(json.dumps(whole, indent=1))
+        plot(records, out / "mcu.png")
+        print(f"\nwrote {out / 'mcu.json'} and {out / 'mcu.png'}")
+    return 0
+
+
+def add_bench_command(subparsers):
+    """Adds ``mcu`` to a ``bench`` sub-command's subparsers."""
+    p = subparsers.add_parser(
+        "mcu", help="kernels on an emulated Cortex-M7 (QEMU): exact instruction counts",
+        description=__doc__.split("\n\n")[1] + "\n\n" + __doc__.split("\n\n")[2],
+        epilog=f"Estimates: {CLOCK_HZ / 1e6:.0f} MHz and {POWER_W * 1e3:.1f} mW (seed 004's "
+        f"operating point), CPI {CPI:g} (range {CPI_RANGE[0]:g}-{CPI_RANGE[1]:g}); 'fits' "
+        f"compares CSR + bias + op data + activations with the STM32F767ZI's 512 kB SRAM. "
+        "Without arm-none-eabi-gcc, newlib and qemu-system-arm it says which is missing.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rows", type=int, default=128, help="output rows M (default 128)")
+    p.add_argument("--cols", type=int, default=16384, help="input columns N (default 16384)")
+    p.add_argument("--remaining", type=float, nargs="+", default=None,
+                   help="fractions of weights kept (default 1 .5 .2 .1 .05 .02 .01)")
+    p.add_argument("--act-bits", type=int, nargs="+", choices=(8, 16), default=[16, 8],
+                   help="activation widths (default 16 8)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random layer")
+    p.add_argument("--quick", action="store_true", help="a small 1024 -> 16 layer (tests)")
+    p.add_argument("--model", help="a converted .tflite: every MAM_SPARSE / MAC_SPARSE op")
+    p.add_argument("--out", help="folder for mcu.json and mcu.png")
+    p.add_argument("--no-check", action="store_true",
+                   help="skip comparing outputs with the host core")
+    p.add_argument("--cmsis-nn-lib", help="CMSIS-NN static library built for Cortex-M7 "
+                   "(default $MAM_TF_CMSIS_NN_LIB)")
+    p.add_argument("--cmsis-nn-include", help="CMSIS-NN Include/ folder "
+                   "(default $MAM_TF_CMSIS_NN_INCLUDE)")
+    p.add_argument("--tflm-lib", help="with --model: a TFLite-Micro static library built for "
+                   "Cortex-M7 (default $MAM_TF_TFLM_LIB) to run the whole model")
+    p.add_argument("--tflm-root", help="the tflite-micro tree it was built from "
+                   "(default $MAM_TF_TFLM_ROOT)")
+    p.add_argument("--flatbuffers-include", help="flatbuffers 25.9.23 include/ "
+                   "(default $MAM_TF_FLATBUFFERS_INCLUDE)")
+    p.set_defaults(func=_cmd_mcu)
+    return p
