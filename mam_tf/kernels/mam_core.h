@@ -94,17 +94,20 @@ static inline bool any_lane(VI m) {
 #endif
 }
 
-// Whether any lane of a is greater than (below: less than) the same lane of b. On AVX-512 one
-// compare into a mask register and a test, where the generic form materialises a vector mask.
-static inline bool any_gt(VF a, VF b) {
+// The lanes where a > b, as bits (lane k: bit k). On AVX-512 one compare into a mask register,
+// where the generic form materialises a vector mask first.
+static inline uint32_t gt_bits(VF a, VF b) {
 #if defined(__AVX512F__)
-  return _mm512_cmp_ps_mask((__m512)(a), (__m512)(b),
-                            _CMP_GT_OQ) != 0;
+  return _mm512_cmp_ps_mask((__m512)(a), (__m512)(b), _CMP_GT_OQ);
+#elif defined(__AVX__)
+  return _mm256_movemask_ps(_mm256_cmp_ps((__m256)(a), (__m256)(b), _CMP_GT_OQ));
 #else
-  return any_lane(a > b);
+  const VI m = a > b;
+  uint32_t bits = 0;
+  for (int k = 0; k < kLanes; ++k) bits |= (m[k] != 0 ? 1u : 0u) << k;
+  return bits;
 #endif
 }
-static inline bool any_lt(VF a, VF b) { return any_gt(b, a); }
 
 // The larger of a product p and a running maximum a: p if p > a (strictly, so the earlier of
 // equal values stays), else a. kIntMax compares the bit patterns as signed integers instead,
@@ -173,50 +176,51 @@ static inline void forward_tile_tracking(const float* x, int64_t ldx, const floa
     }
 }
 
-// The lanes set in a vector mask, as bits (lane k: bit k).
-static inline uint32_t lane_bits(VI m) {
+// The lowest input i in [s0, s1) whose product x[i] * ws[(i - s0) * kBlock + k] equals t (there
+// is one). On AVX-512 (kStep == kLanes) the step's products of lane k in one vector: a load of x,
+// a gather of the lane's column of the slice and one compare, no branch to mispredict.
+static inline int64_t find_in_lane(const float* x, const float* ws, int64_t s0, int64_t s1,
+                                   int k, float t) {
 #if defined(__AVX512F__)
-  return _mm512_test_epi32_mask((__m512i)(m), (__m512i)(m));
-#elif defined(__AVX__)
-  return _mm256_movemask_ps((__m256)(m));
-#else
-  uint32_t bits = 0;
-  for (int k = 0; k < kLanes; ++k) bits |= (m[k] != 0 ? 1u : 0u) << k;
-  return bits;
+  if (kStep == kLanes) {
+    const __mmask16 valid = static_cast<__mmask16>((1u << (s1 - s0)) - 1u);
+    const __m512i rows = _mm512_mullo_epi32(
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+        _mm512_set1_epi32(kBlock));
+    const __m512 xv = _mm512_maskz_loadu_ps(valid, x + s0);
+    const __m512 wv = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), valid, rows, ws + k, 4);
+    const __mmask16 eq = _mm512_mask_cmp_ps_mask(valid, _mm512_mul_ps(xv, wv),
+                                                 _mm512_set1_ps(t), _CMP_EQ_OQ);
+    return s0 + __builtin_ctz(eq);
+  }
 #endif
+  int64_t i = s0;
+  while (x[i] * ws[(i - s0) * kBlock + k] != t) ++i;
+  return i;
 }
 
 // The step [s0, s1) of one row x against one vector of the packed slice (ws: its first input)
-// ended with the running extremes mx and mn: where a lane improved on the state, store the new
-// extreme and the lowest index whose product equals it (every improved lane has one: its new
-// extreme is one of the step's products). Few lanes (the common case after the first steps)
-// are searched one by one, upwards to the first match; more at once as vectors, from the
-// step's last input down, so that the last match written is the lowest index.
+// ended with the running extremes mx and mn, which improved on the state in the lanes ub (max)
+// and db (min): store the new extremes and, for those lanes, the lowest index whose product
+// equals the new extreme (every improved lane has one: its new extreme is one of the step's
+// products). Few lanes (the common case after the first steps) are searched one by one; more
+// at once as vectors, from the step's last input down, so that the last match written is the
+// lowest index.
 __attribute__((noinline, cold)) static void search_step(const float* x, const float* ws,
                                                         int64_t s0, int64_t s1, VF mx, VF mn,
-                                                        VF* st_mx, VI* st_ix, VF* st_mn,
-                                                        VI* st_in) {
-  const VI up = mx > *st_mx;
-  const VI dn = mn < *st_mn;
-  const uint32_t ub = lane_bits(up), db = lane_bits(dn);
-  if ((ub | db) == 0) return;
+                                                        uint32_t ub, uint32_t db, VF* st_mx,
+                                                        VI* st_ix, VF* st_mn, VI* st_in) {
   *st_mx = mx;
   *st_mn = mn;
-  if (__builtin_popcount(ub) + __builtin_popcount(db) <= 2) {
-    float target[kLanes];
-    int32_t index[kLanes];
+  if (__builtin_popcount(ub) + __builtin_popcount(db) <= 3) {
     for (int pass = 0; pass < 2; ++pass) {
-      uint32_t bits = pass == 0 ? ub : db;
-      if (bits == 0) continue;
-      std::memcpy(target, pass == 0 ? &mx : &mn, sizeof target);
-      std::memcpy(index, pass == 0 ? st_ix : st_in, sizeof index);
-      for (; bits != 0; bits &= bits - 1) {
+      const VF target = pass == 0 ? mx : mn;
+      char* index = reinterpret_cast<char*>(pass == 0 ? st_ix : st_in);
+      for (uint32_t bits = pass == 0 ? ub : db; bits != 0; bits &= bits - 1) {
         const int k = __builtin_ctz(bits);
-        int64_t i = s0;
-        while (x[i] * ws[(i - s0) * kBlock + k] != target[k]) ++i;
-        index[k] = static_cast<int32_t>(i);
+        const int32_t i = static_cast<int32_t>(find_in_lane(x, ws, s0, s1, k, target[k]));
+        std::memcpy(index + k * sizeof(int32_t), &i, sizeof i);
       }
-      std::memcpy(pass == 0 ? st_ix : st_in, index, sizeof index);
     }
     return;
   }
@@ -227,6 +231,11 @@ __attribute__((noinline, cold)) static void search_step(const float* x, const fl
     fx = p == mx ? iv : fx;
     fn = p == mn ? iv : fn;
     iv -= 1;
+  }
+  VI up = VI{}, dn = VI{};
+  for (int k = 0; k < kLanes; ++k) {
+    up[k] = -static_cast<int32_t>((ub >> k) & 1u);
+    dn[k] = -static_cast<int32_t>((db >> k) & 1u);
   }
   *st_ix = up ? fx : *st_ix;
   *st_in = dn ? fn : *st_in;
@@ -272,20 +281,24 @@ static inline void forward_tile(const float* x, int64_t ldx, const float* w, int
         }
       }
     }
-    bool changed = false;
-#pragma GCC unroll 16
-    for (int r = 0; r < R; ++r)
-#pragma GCC unroll 16
-      for (int v = 0; v < kVecs; ++v)
-        changed |= any_gt(amx[r][v], st[r].mx[v]) | any_lt(amn[r][v], st[r].mn[v]);
-    if (__builtin_expect(!changed, 1)) continue;
+    uint32_t ub[R][kVecs], db[R][kVecs], changed = 0;
     // Unrolled: the extremes stay in registers (an indexed access would keep them in memory).
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r)
 #pragma GCC unroll 16
+      for (int v = 0; v < kVecs; ++v) {
+        ub[r][v] = gt_bits(amx[r][v], st[r].mx[v]);
+        db[r][v] = gt_bits(st[r].mn[v], amn[r][v]);
+        changed |= ub[r][v] | db[r][v];
+      }
+    if (__builtin_expect(changed == 0, 1)) continue;
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
       for (int v = 0; v < kVecs; ++v)
-        search_step(x + r * ldx, ws + v * kLanes, s0, s1, amx[r][v], amn[r][v], &st[r].mx[v],
-                    &st[r].ix[v], &st[r].mn[v], &st[r].in[v]);
+        if (ub[r][v] | db[r][v])
+          search_step(x + r * ldx, ws + v * kLanes, s0, s1, amx[r][v], amn[r][v], ub[r][v],
+                      db[r][v], &st[r].mx[v], &st[r].ix[v], &st[r].mn[v], &st[r].in[v]);
   }
 }
 

@@ -126,12 +126,12 @@ class MamFusedForwardOp : public OpKernel {
     int32_t* amax = amaxt->flat<int32_t>().data();
     int32_t* amin = amint->flat<int32_t>().data();
     // Work item: a group of rows against one column block, so that each packed slice of w serves
-    // every row of the group. Groups are as big as they can be while leaving a few items per
-    // thread (a shared or uneven machine balances them); items of one block are adjacent.
+    // every row of the group. Groups are as big as they can be while leaving two items per
+    // thread (an uneven machine balances them); items of one block are adjacent.
     ThreadPool* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
     const int64_t blocks = (M + mam::kBlock - 1) / mam::kBlock;
     const int64_t want_groups =
-        std::max<int64_t>(1, (4 * pool->NumThreads() + blocks - 1) / blocks);
+        std::max<int64_t>(1, (2 * pool->NumThreads() + blocks - 1) / blocks);
     int64_t group = (B + want_groups - 1) / want_groups;
     group = std::min(B, (group + mam::kRows - 1) / mam::kRows * mam::kRows);
     const int64_t groups = (B + group - 1) / group;
