@@ -427,14 +427,15 @@ static bool forward_block(const float* x, const float* w, int64_t N, int64_t M, 
 // Columns per piece of dw in the backward: 16 floats, one 64-byte line.
 constexpr int64_t kPiece = 16;
 
-// Zeroes columns [j0, j1) of dw, then adds their gradient in the documented order: every max term
-// (rows ascending), then every min term (rows ascending).
+// Adds the gradient of columns [j0, j1) into dw, zeroed here first if `zero` (else zero on
+// entry), in the documented order: every max term (rows ascending), then every min term (rows
+// ascending).
 static void backward_dw_cols(const float* g, const float* x, const int32_t* amax,
                              const int32_t* amin, int64_t B, int64_t N, int64_t M, int64_t j0,
-                             int64_t j1, float* dw) {
-  if (j1 - j0 == kPiece) {  // a constant size: the compiler writes one or two vector stores
+                             int64_t j1, bool zero, float* dw) {
+  if (zero && j1 - j0 == kPiece) {  // a constant size: one or two vector stores
     for (int64_t i = 0; i < N; ++i) std::memset(dw + i * M + j0, 0, kPiece * sizeof(float));
-  } else {
+  } else if (zero) {
     for (int64_t i = 0; i < N; ++i) std::memset(dw + i * M + j0, 0, (j1 - j0) * sizeof(float));
   }
   for (const int32_t* idx : {amax, amin}) {

@@ -198,25 +198,39 @@ class MamFusedBackwardOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, wt.shape(), &dwt));
     float* dx = dxt->flat<float>().data();
     float* dw = dwt->flat<float>().data();
-    // One pass over the pool: items [0, dx_items) write rows of dx, the others columns of dw
-    // (pieces of kPiece columns: a 64-byte line when M is a multiple of 16, little false
-    // sharing). Each item zeroes what it owns first.
+    // Items [0, dx_items) write rows of dx, the others columns of dw (pieces of kPiece columns:
+    // a 64-byte line when M is a multiple of 16, little false sharing); each zeroes what it
+    // owns first. A big dw is zeroed by contiguous rows in a first pass instead (zeroing a
+    // column piece strides through all of it).
     const int64_t dx_rows = 8;
     const int64_t dx_items = (B + dx_rows - 1) / dx_rows;
     const int64_t pieces = (M + mam::kPiece - 1) / mam::kPiece;
-    const int64_t cost = (dx_rows * (N + 8 * M) + N + 16 * B * mam::kPiece) / 2;
-    parallel_for(ctx, dx_items + pieces, cost, [&](int64_t begin, int64_t end) {
+    const bool zero_first = N * M > (int64_t{1} << 18);
+    const int64_t zero_rows = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(M, 1));
+    const int64_t zero_items = zero_first ? (N + zero_rows - 1) / zero_rows : 0;
+    auto dw_pieces = [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t j0 = p * mam::kPiece;
+        mam::backward_dw_cols(g, x, amax, amin, B, N, M, j0, std::min(M, j0 + mam::kPiece),
+                              !zero_first, dw);
+      }
+    };
+    const int64_t dx_cost = dx_rows * (N + 8 * M);
+    parallel_for(ctx, dx_items + zero_items + (zero_first ? 0 : pieces), dx_cost,
+                 [&](int64_t begin, int64_t end) {
       for (int64_t item = begin; item < end; ++item) {
         if (item < dx_items) {
           const int64_t b0 = item * dx_rows;
           mam::backward_dx_rows(g, w, amax, amin, N, M, b0, std::min(B, b0 + dx_rows), dx);
+        } else if (zero_first) {
+          const int64_t i0 = (item - dx_items) * zero_rows;
+          std::fill(dw + i0 * M, dw + std::min(N, i0 + zero_rows) * M, 0.0f);
         } else {
-          const int64_t j0 = (item - dx_items) * mam::kPiece;
-          mam::backward_dw_cols(g, x, amax, amin, B, N, M, j0, std::min(M, j0 + mam::kPiece),
-                                dw);
+          dw_pieces(item - dx_items, item - dx_items + 1);
         }
       }
     });
+    if (zero_first) parallel_for(ctx, pieces, 16 * B * mam::kPiece, dw_pieces);
   }
 };
 
