@@ -254,8 +254,9 @@ def test_bad_inputs_are_refused_with_clear_errors(rng):
         quantization.layer_quant_params(model)
 
     inp = keras.Input((8, 2))
-    conv = keras.layers.Conv1D(2, 3, name="conv")(inp)
-    with pytest.raises(ValueError, match=r"layer 'conv' \(Conv1D\) is not supported for QAT"):
+    conv = keras.layers.Conv1DTranspose(2, 3, name="conv")(inp)
+    with pytest.raises(ValueError,
+                       match=r"layer 'conv' \(Conv1DTranspose\) is not supported for QAT"):
         quantization.quantize_model(keras.Model(inp, MAMDense(2)(keras.layers.Flatten()(conv))))
     inp = keras.Input((8,))
     with pytest.raises(ValueError, match="MAMDense 'half': beta is 0.5; QAT needs beta == 0"):
