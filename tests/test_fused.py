@@ -283,27 +283,3 @@ def test_savedmodel_holds_standard_ops_only(tmp_path, rng):
     loaded = tf.saved_model.load(str(tmp_path / "sm"))
     np.testing.assert_array_equal(loaded.signatures["serving_default"](tf.constant(x))
                                   [model.output_names[0]].numpy(), model(x).numpy())
-
-
-def test_bench_train_prints_every_variant_with_its_ratio_to_dense(monkeypatch):
-    from mam_tf import bench, bench_train, cli
-
-    calls = []
-
-    def fake_run(variant, batch, n_in, units, steps, jit):
-        calls.append((variant, jit, steps))
-        t = {"dense": 0.010, "mam": 0.020, "mam-reference": 0.500}[variant] / (2 if jit else 1)
-        return {"median_s": t, "min_s": t, "peak_rss_mib": 700.0, "step_rss_growth_mib": 10.0}
-
-    monkeypatch.setattr(bench, "run_isolated", fake_run)
-    lines = []
-    args = cli.build_parser().parse_args(["bench", "train", "--shape", "4x8x2", "--steps", "3"])
-    assert args.func is bench_train._cmd_train
-    rows = bench_train.run_train_bench(args.shape, steps=args.steps, out=lines.append)
-    text = "\n".join(lines)
-    assert calls == [("dense", False, 3), ("mam", False, 3), ("mam-reference", False, 3),
-                     ("mam-reference", True, 3)]
-    assert [r["label"] for r in rows] == ["dense", "mam-fused", "mam-reference",
-                                          "mam-reference-xla"]
-    assert "cores" in text and "intra-op threads" in text and "batch 4, 8 inputs -> 2" in text
-    assert "mam-fused" in text and " 2.00 " in text and " 25.00 " in text
