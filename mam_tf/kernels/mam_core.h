@@ -303,10 +303,17 @@ static inline void forward_tile(const float* x, int64_t ldx, const float* w, int
 }
 
 // Whether the n floats at v are all finite: v * 0 is 0 for finite v and NaN otherwise, so the
-// sum of those is 0 or NaN.
+// sum of those is 0 or NaN. (Four sums: one would be a chain of dependent adds.)
 static inline bool all_finite(const float* v, int64_t n) {
-  VF acc = VF{};
+  VF acc = VF{}, a1 = VF{}, a2 = VF{}, a3 = VF{};
   int64_t k = 0;
+  for (; k + 4 * kLanes <= n; k += 4 * kLanes) {
+    acc += load(v + k) * 0.0f;
+    a1 += load(v + k + kLanes) * 0.0f;
+    a2 += load(v + k + 2 * kLanes) * 0.0f;
+    a3 += load(v + k + 3 * kLanes) * 0.0f;
+  }
+  acc += a1 + a2 + a3;
   for (; k + kLanes <= n; k += kLanes) acc += load(v + k) * 0.0f;
   float tail = 0.0f;
   for (; k < n; ++k) tail += v[k] * 0.0f;
@@ -373,8 +380,8 @@ static bool forward_block(const float* x, const float* w, int64_t N, int64_t M, 
     // hardware prefetcher follows badly.
     const int64_t i2 = std::min(N, i1 + kChunk);
     for (int64_t i = i1; i < i2; ++i) {
-      __builtin_prefetch(w + i * M + j0);
-      __builtin_prefetch(w + i * M + j0 + kBlock - 1);
+      __builtin_prefetch(w + i * M + j0, 0, 2);  // to L2: a slice's compute evicts L1
+      __builtin_prefetch(w + i * M + j0 + kBlock - 1, 0, 2);
     }
     if (ncols == kBlock) {
       for (int64_t i = i0; i < i1; ++i)
