@@ -184,11 +184,11 @@ class MamFusedBackwardOp : public OpKernel {
     const int32_t* amin = amint.flat<int32_t>().data();
     // Indices come from the caller: check them all before any scatter reads through them
     // (one branch-free pass; the message names the first bad position).
-    bool in_range = true;
+    uint32_t highest = 0;  // as unsigned, a negative index is above every valid one
     for (int64_t k = 0; k < B * M; ++k)
-      in_range &= (static_cast<uint32_t>(amax[k]) < static_cast<uint64_t>(N)) &
-                  (static_cast<uint32_t>(amin[k]) < static_cast<uint64_t>(N));
-    for (int64_t k = 0; !in_range && k < B * M; ++k) {
+      highest = std::max(highest, std::max(static_cast<uint32_t>(amax[k]),
+                                           static_cast<uint32_t>(amin[k])));
+    for (int64_t k = 0; static_cast<int64_t>(highest) >= N && k < B * M; ++k) {
       OP_REQUIRES(ctx, amax[k] >= 0 && amax[k] < N && amin[k] >= 0 && amin[k] < N,
                   InvalidArgument("MAM fused backward: index out of range at flat position ", k,
                                   ": amax ", amax[k], ", amin ", amin[k], ", inputs ", N));
