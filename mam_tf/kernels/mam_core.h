@@ -414,6 +414,17 @@ static bool forward_block(const float* x, const float* w, int64_t N, int64_t M, 
       finite &= forward_slice<1>(at(r) - i0, N, s->w, i0, i1, w_finite, st + r,
                                  at(r + 1) - i0);
   }
+  if (ncols == kBlock) {  // whole vectors: one add and three stores per vector
+    for (int64_t r = 0; r < rows; ++r)
+      for (int v = 0; v < kVecs; ++v) {
+        const int64_t o = (b0 + r) * M + j0 + v * kLanes;
+        const VF yv = st[r].mx[v] + st[r].mn[v];
+        std::memcpy(y + o, &yv, sizeof yv);
+        std::memcpy(amax + o, &st[r].ix[v], sizeof(VI));
+        std::memcpy(amin + o, &st[r].in[v], sizeof(VI));
+      }
+    return finite;
+  }
   for (int64_t r = 0; r < rows; ++r) {
     float mx[kBlock], mn[kBlock];
     int32_t ix[kBlock], in[kBlock];
