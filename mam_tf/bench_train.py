@@ -148,22 +148,16 @@ def _run_block(bench, variants, batch, n_in, units, n_steps, rounds, env, out):
         times = {label: [] for label in workers}
         per_round = {label: [] for label in workers}
         labels = list(workers)
-        try:
-            from tqdm.auto import tqdm
+        from tqdm.auto import tqdm
 
-            progress = tqdm(total=rounds * len(labels), desc="rounds", leave=False,
-                            file=sys.stderr)
-        except ImportError:
-            progress = None
-        for k in range(rounds):
-            for label in labels[k % len(labels):] + labels[:k % len(labels)]:
-                steps = workers[label].run(n_steps)
-                times[label].extend(steps)
-                per_round[label].append(statistics.median(t for t, _ in steps))
-                if progress is not None:
+        with tqdm(total=rounds * len(labels), desc="rounds", leave=False,
+                  file=sys.stderr) as progress:
+            for k in range(rounds):
+                for label in labels[k % len(labels):] + labels[:k % len(labels)]:
+                    steps = workers[label].run(n_steps)
+                    times[label].extend(steps)
+                    per_round[label].append(statistics.median(t for t, _ in steps))
                     progress.update(1)
-        if progress is not None:
-            progress.close()
         memory = {label: w.memory() for label, w in workers.items()}
     finally:
         for w in workers.values():
