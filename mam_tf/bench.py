@@ -1,96 +1,230 @@
-"""Measuring one layer's training step: time and peak memory, in an isolated process.
+"""Measuring a training step: time, CPU time and peak memory, each variant in its own process.
 
-:func:`measure_step` times a training step (forward + backward) of one Dense or MAMDense layer;
-:func:`run_isolated` runs it in a fresh Python process so that its peak resident memory
-(ru_maxrss) is its own. ``mam-tf bench train`` (:mod:`mam_tf.bench_train`) builds its table on
-these; the memory test uses them too.
+:class:`StepRunner` builds one variant (a Dense or MAMDense layer, or the seed's ECG autoencoder
+with a MAC or MAM FC1) and times its training step. :class:`Worker` keeps one StepRunner alive in
+a separate Python process, so that a benchmark can drive several variants round by round (their
+steps interleaved in time, so that a change in the machine's load reaches all of them alike)
+while each process's peak resident memory stays its own. :func:`measure_step` is the one-shot
+form (the memory test uses it). ``mam-tf bench train`` (:mod:`mam_tf.bench_train`) builds its
+tables on these.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
-__all__ = ["measure_step", "run_isolated", "VARIANTS"]
+__all__ = ["StepRunner", "Worker", "measure_step", "VARIANTS", "LAYER_VARIANTS",
+           "MODEL_VARIANTS", "parse_shape"]
 
-VARIANTS = ("dense", "mam", "mam-reference")
+LAYER_VARIANTS = ("dense", "mam", "mam-reference")
+#: The seed-004 ECG autoencoder (mam_tf.models), FC1 a Dense or a pure MAMDense (beta = 0).
+MODEL_VARIANTS = ("ecg-mac", "ecg-mam")
+VARIANTS = LAYER_VARIANTS + MODEL_VARIANTS
+
+
+class StepRunner:
+    """One variant's training step, built once and timed on demand.
+
+    Layer variants (``dense``, ``mam``: MAMDense as shipped, ``mam-reference``: the pure-
+    TensorFlow path) time forward + backward w.r.t. input and kernel of one layer on a fixed
+    [batch, n_in] input, loss = sum(y^2). Model variants (``ecg-mac``, ``ecg-mam``) time one
+    optimizer step (Adam, mean squared reconstruction error) of the seed's autoencoder on a
+    [batch, 256] batch; n_in and units are ignored there (the model fixes FC1 at 16384 -> 128)
+    and ``ecg-mam`` runs FC1 as pure MAM (beta = 0, the state after the vanishing-contributions
+    schedule; with beta > 0 a step also computes the MAC product).
+    """
+
+    def __init__(self, variant, batch, n_in, units, jit=False, seed=0):
+        import numpy as np
+
+        from mam_tf import MAMDense, ops
+        from mam_tf._compat import keras, tf
+
+        if variant not in VARIANTS:
+            raise ValueError(f"bench: unknown variant {variant!r}; choose from {VARIANTS}")
+        self.variant, self.batch, self.jit = variant, batch, jit
+        rng = np.random.default_rng(seed)
+        if variant in MODEL_VARIANTS:
+            from mam_tf.models import ecg_autoencoder
+
+            kind = variant.split("-")[1]
+            model = ecg_autoencoder(kind, beta=0.0, seed=seed)
+            length = model.input_shape[-1]
+            self.n_in, self.units = 16384, 128
+            x = tf.constant(rng.standard_normal((batch, length)).astype(np.float32))
+            optimizer = keras.optimizers.Adam(1e-3)
+            optimizer.build(model.trainable_variables)
+
+            @tf.function(jit_compile=jit)
+            def step(x):
+                with tf.GradientTape() as tape:
+                    loss = tf.reduce_mean(tf.square(model(x, training=True) - x))
+                grads = tape.gradient(loss, model.trainable_variables)
+                optimizer.apply_gradients(zip(grads, model.trainable_variables))
+                return [loss]
+
+            self._keep = (model, optimizer)
+        else:
+            self.n_in, self.units = n_in, units
+            x = tf.constant(rng.standard_normal((batch, n_in)).astype(np.float32))
+            layer = keras.layers.Dense(units) if variant == "dense" else MAMDense(units)
+            layer.build((None, n_in))
+
+            def reference_reduce(x, w):
+                @tf.custom_gradient
+                def f(x, w):
+                    y, amax, amin = ops.mam_forward_reference(x, w)
+                    return y, lambda g: ops.mam_backward_reference(g, x, w, amax, amin)
+
+                return f(x, tf.convert_to_tensor(w))
+
+            @tf.function(jit_compile=jit)
+            def step(x):
+                with tf.GradientTape() as tape:
+                    tape.watch(x)
+                    if variant == "mam-reference":
+                        y = reference_reduce(x, layer.kernel) + layer.bias
+                    else:
+                        y = layer(x)
+                    loss = tf.reduce_sum(y * y)
+                return tape.gradient(loss, [x, layer.kernel])
+
+            self._keep = layer
+        self._step, self._x = step, x
+        # Baseline: resident memory now (model, data, TensorFlow), before tracing and stepping;
+        # the peak mark is reset to it, so the growth is what tracing and stepping needed.
+        self._base_kib = _current_rss_kib()
+        self._exact_peak = _reset_peak_rss()
+        self.intra_op_threads = tf.config.threading.get_intra_op_parallelism_threads()
+
+    def run(self, steps):
+        """Runs `steps` steps; returns [(wall seconds, process CPU seconds)] per step (the CPU
+        time of every thread of the process: with T threads it can reach T x wall)."""
+        out = []
+        for _ in range(steps):
+            c0, t0 = _cpu_s(), time.perf_counter()
+            [t.numpy() for t in self._step(self._x)]
+            out.append((time.perf_counter() - t0, _cpu_s() - c0))
+        return out
+
+    def memory(self):
+        """Peak RSS of the process and its growth over the baseline taken at construction, MiB."""
+        import resource
+
+        peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        grown = (_peak_rss_kib() if self._exact_peak else peak_kib) - self._base_kib
+        return {"peak_rss_mib": peak_kib / 1024.0, "step_rss_growth_mib": grown / 1024.0}
 
 
 def measure_step(variant, batch, n_in, units, steps=5, warmup=1, jit=False, seed=0):
-    """Times one training step (forward + backward w.r.t. input and kernel) of one layer.
+    """Times `steps` training steps of one variant in this process, after `warmup` steps.
 
     Returns a dict with the median/min step time in seconds and the peak RSS growth in MiB
-    (peak of the process minus its resident memory just before the first step: what tracing
-    and stepping needed on top of TensorFlow, the layer and the data).
+    (peak of the process minus its resident memory before the first step).
     """
+    import statistics
+
+    runner = StepRunner(variant, batch, n_in, units, jit=jit, seed=seed)
+    runner.run(warmup)
+    times = [t for t, _ in runner.run(steps)]
+    return {
+        "variant": variant, "batch": batch, "n_in": runner.n_in, "units": runner.units,
+        "jit": jit, "median_s": statistics.median(times), "min_s": min(times), "steps": steps,
+        **runner.memory(), "intra_op_threads": runner.intra_op_threads,
+    }
+
+
+class Worker:
+    """A StepRunner in its own Python process, driven by commands over a pipe.
+
+    ``Worker(variant, batch, n_in, units, jit)`` starts the process and builds the variant;
+    ``run(steps)`` returns [(wall, cpu)] per step; ``memory()`` the process's peak RSS;
+    ``close()`` ends it (also as a context manager).
+    """
+
+    def __init__(self, variant, batch, n_in, units, jit=False, env=None):
+        self.label = f"{variant} at ({batch}, {n_in}, {units})" + (" under XLA" if jit else "")
+        self._stderr = tempfile.TemporaryFile("w+")  # a pipe nobody reads could fill and block
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "mam_tf.bench", "--worker"], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=self._stderr, text=True, bufsize=1,
+            env={**os.environ, **(env or {})})
+        self._call({"cmd": "init", "variant": variant, "batch": batch, "n_in": n_in,
+                    "units": units, "jit": jit})
+
+    def _call(self, message):
+        if self._proc.poll() is None:
+            self._proc.stdin.write(json.dumps(message) + "\n")
+            self._proc.stdin.flush()
+            for line in self._proc.stdout:
+                if line.startswith("RESULT "):
+                    reply = json.loads(line[7:])
+                    if "error" in reply:
+                        break
+                    return reply
+        self.close()
+        self._stderr.seek(0)
+        raise RuntimeError(f"bench: worker for {self.label} failed:\n{self._stderr.read()[-3000:]}")
+
+    def run(self, steps):
+        return [tuple(s) for s in self._call({"cmd": "run", "steps": int(steps)})["steps"]]
+
+    def memory(self):
+        return self._call({"cmd": "memory"})
+
+    def close(self):
+        if self._proc.poll() is None:
+            try:
+                self._proc.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
+                self._proc.stdin.flush()
+                self._proc.wait(timeout=30)
+            except (OSError, subprocess.TimeoutExpired):
+                self._proc.kill()
+                self._proc.wait()
+        for stream in (self._proc.stdin, self._proc.stdout):
+            stream.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _serve():
+    """The worker side of :class:`Worker`: one JSON command per stdin line, one RESULT line."""
+    runner = None
+    for line in sys.stdin:
+        message = json.loads(line)
+        try:
+            if message["cmd"] == "init":
+                runner = StepRunner(message["variant"], message["batch"], message["n_in"],
+                                    message["units"], jit=message["jit"])
+                reply = {"intra_op_threads": runner.intra_op_threads}
+            elif message["cmd"] == "run":
+                reply = {"steps": runner.run(message["steps"])}
+            elif message["cmd"] == "memory":
+                reply = runner.memory()
+            else:
+                return
+        except Exception as e:  # noqa: BLE001  reported to the driver, which raises
+            import traceback
+
+            traceback.print_exc()
+            reply = {"error": f"{type(e).__name__}: {e}"}
+        print("RESULT " + json.dumps(reply), flush=True)
+
+
+def _cpu_s():
     import resource
 
-    import numpy as np
-
-    from mam_tf import MAMDense, ops
-    from mam_tf._compat import keras, tf
-
-    rng = np.random.default_rng(seed)
-    x = tf.constant(rng.standard_normal((batch, n_in)).astype(np.float32))
-    if variant == "dense":
-        layer = keras.layers.Dense(units)
-    elif variant in ("mam", "mam-reference"):
-        layer = MAMDense(units)
-    else:
-        raise ValueError(f"bench: unknown variant {variant!r}; choose from {VARIANTS}")
-    layer.build((None, n_in))
-    forward = ops.mam_forward_reference if variant == "mam-reference" else None
-
-    @tf.function(jit_compile=jit)
-    def step(x):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            if forward is None:
-                y = layer(x)
-            else:
-                y = _reference_reduce(x, layer.kernel) + layer.bias
-            loss = tf.reduce_sum(y * y)
-        return tape.gradient(loss, [x, layer.kernel])
-
-    def _reference_reduce(x, w):
-        @tf.custom_gradient
-        def f(x, w):
-            y, amax, amin = ops.mam_forward_reference(x, w)
-            return y, lambda g: ops.mam_backward_reference(g, x, w, amax, amin)
-
-        return f(x, tf.convert_to_tensor(w))
-
-    def kib():
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-    # Baseline: resident memory now (layer, data, TensorFlow), before tracing and stepping;
-    # the peak is reset to it, so the growth is what tracing and stepping needed.
-    base = _current_rss_kib()
-    exact_peak = _reset_peak_rss()
-    for _ in range(warmup):
-        [g.numpy() for g in step(x)]
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        [g.numpy() for g in step(x)]
-        times.append(time.perf_counter() - t0)
-    return {
-        "variant": variant,
-        "batch": batch,
-        "n_in": n_in,
-        "units": units,
-        "jit": jit,
-        "median_s": statistics.median(times),
-        "min_s": min(times),
-        "steps": steps,
-        "peak_rss_mib": kib() / 1024.0,
-        "step_rss_growth_mib": ((_peak_rss_kib() if exact_peak else kib()) - base) / 1024.0,
-        "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
-    }
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def _reset_peak_rss():
@@ -116,22 +250,6 @@ def _current_rss_kib():
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
 
 
-def run_isolated(variant, batch, n_in, units, steps, jit):
-    """measure_step in a fresh Python process, so that peak RSS is this variant's alone."""
-    code = (
-        "import json, sys; from mam_tf.bench import measure_step; "
-        f"print('RESULT ' + json.dumps(measure_step({variant!r}, {batch}, {n_in}, {units}, "
-        f"steps={steps}, jit={jit})))"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    for line in proc.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[7:])
-    raise RuntimeError(
-        f"bench: variant {variant!r} at ({batch}, {n_in}, {units}) failed:\n{proc.stderr[-2000:]}"
-    )
-
-
 def parse_shape(text):
     """argparse type for BATCHxINPUTSxUNITS."""
     try:
@@ -139,3 +257,11 @@ def parse_shape(text):
     except ValueError:
         raise argparse.ArgumentTypeError(f"shape must be BATCHxINPUTSxUNITS, got {text!r}") from None
     return b, n, m
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--worker"]:
+        _serve()
+    else:
+        sys.exit("python -m mam_tf.bench --worker: the process behind mam_tf.bench.Worker "
+                 "(see `mam-tf bench train --help` for the benchmark)")

@@ -6,80 +6,194 @@ w.r.t. input and kernel, in a tf.function) of:
 
 - dense: a Keras Dense layer, the baseline;
 - mam-fused: MAMDense as shipped, which takes the fused C++ kernel on the CPU;
-- mam-reference: the pure-TensorFlow chunked reference path;
-- mam-reference-xla: the same under XLA (jit_compile=True), the alternative to a custom op.
+- mam-reference, mam-reference-xla (with --all): the pure-TensorFlow chunked reference path,
+  plain and under XLA (jit_compile=True), the alternatives to a custom op.
 
-Each variant runs in its own process (mam_tf.bench's isolation), so its peak RSS is its own;
-times are medians of several steps after a warm-up, all measured in the same run on the same
-intra-op threads. Also runnable as ``python -m mam_tf.bench_train``.
+With --model ecg it also times one optimizer step (Adam) of the seed's convolutional ECG
+autoencoder at batch 128 with FC1 a Dense (ecg-mac, the baseline) and a pure MAMDense
+(ecg-mam, beta = 0); an epoch is that many steps, so its ratio is the epoch's.
+
+Each variant runs in its own long-lived process (its peak RSS is its own). The processes are
+driven in rounds: every round runs a few steps of each variant, in a rotating order, so that a
+change in the machine's load reaches every variant alike. Reported: the median step time with
+its spread (interquartile range) over all rounds, the ratio to the baseline's median, the range
+of the per-round ratios, the process CPU time per step (all threads; less sensitive than wall
+time to other jobs taking the cores) and the peak RSS. The load average is printed before and
+after; a warning says when it was above the number of cores (then times are inflated and the
+ratios less reliable: rerun on a quiet machine). Also runnable as ``python -m mam_tf.bench_train``.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import platform
+import statistics
 import sys
+from pathlib import Path
 
-__all__ = ["main", "add_bench_command", "run_train_bench"]
+__all__ = ["main", "add_bench_command", "run_train_bench", "machine_line"]
 
-# (label, measure_step variant, jit)
-VARIANTS = (
+# (label, mam_tf.bench variant, jit)
+LAYER_VARIANTS = (
     ("dense", "dense", False),
     ("mam-fused", "mam", False),
     ("mam-reference", "mam-reference", False),
     ("mam-reference-xla", "mam-reference", True),
 )
+DEFAULT_LAYER_VARIANTS = ("dense", "mam-fused")
+MODEL_VARIANTS = (("ecg-mac", "ecg-mac", False), ("ecg-mam", "ecg-mam", False))
 DEFAULT_SHAPES = [(128, 16384, 128), (256, 48, 256)]
+MODEL_BATCH = 128
 
 
 def default_steps(batch, n_in, units):
-    """Enough steps for a stable median on a noisy machine, without minutes of reference."""
-    return 11 if batch * n_in * units >= 2**24 else 101
+    """Steps per variant per round: a round of each variant lasts tens of milliseconds or more."""
+    work = batch * n_in * units
+    return 3 if work >= 2**24 else 10 if work >= 2**20 else 40
 
 
-def run_train_bench(shapes=None, steps=None, threads=None, variants=None, out=print):
-    """Prints the machine, then per shape a table of median step time, ratio to Dense and peak
-    RSS; returns the rows (dicts from mam_tf.bench.measure_step plus a ``label``)."""
-    from mam_tf import bench, fused
+def machine_line():
+    """The CPU model, vector ISA and core count, Python and TensorFlow versions."""
     from mam_tf._compat import tf
 
-    if threads:  # read by TensorFlow in each measuring process (they are fresh processes)
-        os.environ["TF_NUM_INTRAOP_THREADS"] = str(threads)
-    shapes = shapes or DEFAULT_SHAPES
-    chosen = [v for v in VARIANTS if variants is None or v[0] in variants]
-    out(f"machine: {platform.machine()} {platform.processor() or ''}".rstrip()
-        + f", {os.cpu_count()} cores; python {platform.python_version()}, "
-        f"TensorFlow {tf.__version__}; intra-op threads: "
-        + (str(threads) if threads else f"TensorFlow default ({os.cpu_count()})"))
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    isa = ("AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags
+           else "AVX" if "avx" in flags else platform.machine())
+    return (f"machine: {model}, {isa}, {os.cpu_count()} cores; python "
+            f"{platform.python_version()}, TensorFlow {tf.__version__}")
+
+
+def _load():
+    try:
+        return os.getloadavg()
+    except OSError:
+        return (float("nan"),) * 3
+
+
+def _quartiles(values):
+    if len(values) < 2:
+        return values[0], values[0]
+    q = statistics.quantiles(values, n=4, method="inclusive")
+    return q[0], q[2]
+
+
+def run_train_bench(shapes=None, steps=None, rounds=7, threads=None, variants=None, model=None,
+                    out=print):
+    """Prints the machine and load, then per shape (and for --model) a table of median step time
+    with spread, ratio to the baseline and peak RSS, measured in interleaved rounds; returns the
+    rows (one dict per variant and shape, with every step's wall and CPU time)."""
+    from mam_tf import bench, fused
+
+    env = {"TF_NUM_INTRAOP_THREADS": str(threads)} if threads else {}
+    shapes = DEFAULT_SHAPES if shapes is None else shapes
+    chosen = [v for v in LAYER_VARIANTS
+              if (v[0] in variants if variants else v[0] in DEFAULT_LAYER_VARIANTS)]
+    cores = os.cpu_count() or 1
+    out(machine_line() + "; intra-op threads: "
+        + (str(threads) if threads else f"TensorFlow's default ({cores})"))
     if fused.available():
         out("fused kernel: available (mam-fused uses it)")
     else:
         out(f"fused kernel: UNAVAILABLE ({fused.unavailable_reason()}); "
             "mam-fused falls back to the reference path")
+    load_before = _load()
+    out("load average before: " + " ".join(f"{v:.2f}" for v in load_before)
+        + f" (1, 5, 15 min; {cores} cores)")
+
+    blocks = [((b, n, m), chosen) for b, n, m in shapes]
+    if model:
+        blocks.append(((MODEL_BATCH, 16384, 128, model), list(MODEL_VARIANTS)))
     rows = []
-    for batch, n_in, units in shapes:
+    for key, block_variants in blocks:
+        batch, n_in, units = key[:3]
         n_steps = steps or default_steps(batch, n_in, units)
-        out(f"\nshape: batch {batch}, {n_in} inputs -> {units} units; one training step = "
-            f"forward + backward (input and kernel), median of {n_steps} after a warm-up; "
-            f"the B*N*M product tensor would be {batch * n_in * units * 4 / 2**20:.0f} MiB")
-        out(f"{'variant':<20}{'median ms':>11}{'min ms':>9}{'x Dense':>9}"
-            f"{'peak RSS MiB':>14}{'step growth MiB':>17}")
-        base = None
-        for label, variant, jit in chosen:
-            r = bench.run_isolated(variant, batch, n_in, units, n_steps, jit)
-            r["label"] = label
-            rows.append(r)
-            if label == "dense":
-                base = r["median_s"]
-            ratio = f"{r['median_s'] / base:.2f}" if base else "-"
-            out(f"{label:<20}{r['median_s'] * 1e3:>11.1f}{r['min_s'] * 1e3:>9.1f}{ratio:>9}"
-                f"{r['peak_rss_mib']:>14.0f}{r['step_rss_growth_mib']:>17.0f}")
+        if len(key) == 4:
+            out(f"\nmodel: the seed's ECG autoencoder ({key[3]}), batch {batch}, one optimizer "
+                f"step (Adam, MSE); FC1 16384 -> 128 a Dense (ecg-mac) or a pure MAMDense "
+                f"(ecg-mam, beta 0); {rounds} rounds x {n_steps} steps after a warm-up")
+        else:
+            out(f"\nshape: batch {batch}, {n_in} inputs -> {units} units; one training step = "
+                f"forward + backward (input and kernel); {rounds} rounds x {n_steps} steps after "
+                f"a warm-up; the B*N*M product tensor would be "
+                f"{batch * n_in * units * 4 / 2**20:.0f} MiB")
+        rows.extend(_run_block(bench, block_variants, batch, n_in, units, n_steps, rounds, env,
+                               out))
+    load_after = _load()
+    out("\nload average after: " + " ".join(f"{v:.2f}" for v in load_after))
+    busiest = max(max(load_before), max(load_after))
+    if busiest > cores:
+        out(f"WARNING: the machine was busy (load average up to {busiest:.2f} on {cores} cores): "
+            "other jobs shared the cores, times are inflated and the ratios less reliable; "
+            "rerun on a quiet machine for figures to quote")
+    for r in rows:
+        r["load_before"], r["load_after"] = list(load_before), list(load_after)
+    return rows
+
+
+def _run_block(bench, variants, batch, n_in, units, n_steps, rounds, env, out):
+    workers = {}
+    try:
+        for label, variant, jit in variants:
+            workers[label] = bench.Worker(variant, batch, n_in, units, jit, env=env)
+            workers[label].run(2)  # warm-up: tracing, first-call allocations, the kernel build
+        times = {label: [] for label in workers}
+        per_round = {label: [] for label in workers}
+        labels = list(workers)
+        from tqdm.auto import tqdm
+
+        with tqdm(total=rounds * len(labels), desc="rounds", leave=False,
+                  file=sys.stderr) as progress:
+            for k in range(rounds):
+                for label in labels[k % len(labels):] + labels[:k % len(labels)]:
+                    steps = workers[label].run(n_steps)
+                    times[label].extend(steps)
+                    per_round[label].append(statistics.median(t for t, _ in steps))
+                    progress.update(1)
+        memory = {label: w.memory() for label, w in workers.items()}
+    finally:
+        for w in workers.values():
+            w.close()
+    base = labels[0]
+    out(f"{'variant':<19}{'median ms':>10}{'IQR ms':>16}{'x ' + base:>10}{'rounds':>13}"
+        f"{'CPU ms':>9}{'peak RSS MiB':>14}{'step growth':>13}")
+    base_median = statistics.median(t for t, _ in times[base])
+    rows = []
+    for (label, variant, jit) in variants:
+        wall = [t for t, _ in times[label]]
+        cpu = [c for _, c in times[label]]
+        median = statistics.median(wall)
+        q1, q3 = _quartiles(wall)
+        ratios = [a / b for a, b in zip(per_round[label], per_round[base])]
+        row = {"label": label, "variant": variant, "jit": jit, "batch": batch, "n_in": n_in,
+               "units": units, "median_s": median, "q1_s": q1, "q3_s": q3,
+               "min_s": min(wall), "cpu_median_s": statistics.median(cpu),
+               "ratio": median / base_median, "round_ratio_min": min(ratios),
+               "round_ratio_max": max(ratios), "rounds": rounds, "steps_per_round": n_steps,
+               "wall_s": wall, "cpu_s": cpu, **memory[label]}
+        rows.append(row)
+        iqr = f"{q1 * 1e3:.2f}-{q3 * 1e3:.2f}"
+        spread = f"{min(ratios):.2f}-{max(ratios):.2f}"
+        out(f"{label:<19}{median * 1e3:>10.2f}{iqr:>16}{row['ratio']:>10.2f}{spread:>13}"
+            f"{row['cpu_median_s'] * 1e3:>9.2f}{row['peak_rss_mib']:>14.0f}"
+            f"{row['step_rss_growth_mib']:>13.0f}")
     return rows
 
 
 def _cmd_train(args):
-    rows = run_train_bench(args.shape, steps=args.steps, threads=args.threads,
-                           variants=args.variants)
+    variants = args.variants
+    if args.all:
+        variants = [v[0] for v in LAYER_VARIANTS]
+    rows = run_train_bench(args.shape, steps=args.steps, rounds=args.rounds,
+                           threads=args.threads, variants=variants, model=args.model)
     if args.json:
         import json
 
@@ -95,19 +209,27 @@ def add_bench_command(subparsers):
 
     p = subparsers.add_parser(
         "train",
-        help="MAMDense training step: fused kernel vs reference vs Dense",
+        help="training step: MAMDense (fused kernel) vs Dense, layer and whole model",
         description=__doc__.split("\n\n", 1)[1].split("Also runnable")[0].strip(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--shape", type=parse_shape, action="append",
                    help="BATCHxINPUTSxUNITS, repeatable (default: 128x16384x128 and 256x48x256)")
+    p.add_argument("--model", choices=["ecg"], default=None,
+                   help="also time the seed's ECG autoencoder, MAC vs MAM FC1, at batch 128")
+    p.add_argument("--rounds", type=int, default=7,
+                   help="rounds; each runs every variant once, in a rotating order (default 7)")
     p.add_argument("--steps", type=int, default=None,
-                   help="timed steps per variant (default: 11 for big shapes, 101 for small)")
+                   help="steps per variant per round (default: 3 for big shapes, up to 40 for "
+                        "small ones)")
     p.add_argument("--threads", type=int, default=None,
                    help="TensorFlow intra-op threads for every variant (default: TensorFlow's)")
-    p.add_argument("--variants", nargs="+", choices=[v[0] for v in VARIANTS], default=None,
-                   help="what to time (default: all)")
-    p.add_argument("--json", help="also write the rows to this JSON file")
+    p.add_argument("--variants", nargs="+", choices=[v[0] for v in LAYER_VARIANTS],
+                   default=None, help="layer variants to time (default: dense mam-fused); "
+                                      "the baseline is the first in the order listed here")
+    p.add_argument("--all", action="store_true",
+                   help="also time the reference path, plain and under XLA (slow: seconds a step)")
+    p.add_argument("--json", help="also write the rows (with every step's times) to this file")
     p.set_defaults(func=_cmd_train)
     return p
 

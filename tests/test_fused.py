@@ -285,25 +285,100 @@ def test_savedmodel_holds_standard_ops_only(tmp_path, rng):
                                   [model.output_names[0]].numpy(), model(x).numpy())
 
 
-def test_bench_train_prints_every_variant_with_its_ratio_to_dense(monkeypatch):
-    from mam_tf import bench, bench_train, cli
+# Shapes around the forward's register tiles (4 rows x 2 vectors with AVX-512, 2 rows with AVX2;
+# 2 or 1 rows while the first slice tracks indices), its row groups (two items per thread) and
+# slices: batch 1..9 and 130 (groups with a remainder), N past the first slice so the value
+# loop, its integer-max form and both searches (lane by lane, whole vectors) all run.
+TILE_SHAPES = [(b, 300, 40) for b in range(1, 10)] + [(130, 257, 20), (6, 4099, 70)]
 
-    calls = []
 
-    def fake_run(variant, batch, n_in, units, steps, jit):
-        calls.append((variant, jit, steps))
-        t = {"dense": 0.010, "mam": 0.020, "mam-reference": 0.500}[variant] / (2 if jit else 1)
-        return {"median_s": t, "min_s": t, "peak_rss_mib": 700.0, "step_rss_growth_mib": 10.0}
+@pytest.mark.parametrize("shape", TILE_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_fused_equals_reference_exactly_around_the_register_tiles(rng, shape):
+    b, n, m = shape
+    x = rng.standard_normal((b, n)).astype(np.float32)
+    w = rng.standard_normal((n, m)).astype(np.float32)
+    g = rng.standard_normal((b, m)).astype(np.float32)
+    _assert_identical(x, w, g)
 
-    monkeypatch.setattr(bench, "run_isolated", fake_run)
-    lines = []
-    args = cli.build_parser().parse_args(["bench", "train", "--shape", "4x8x2", "--steps", "3"])
-    assert args.func is bench_train._cmd_train
-    rows = bench_train.run_train_bench(args.shape, steps=args.steps, out=lines.append)
-    text = "\n".join(lines)
-    assert calls == [("dense", False, 3), ("mam", False, 3), ("mam-reference", False, 3),
-                     ("mam-reference", True, 3)]
-    assert [r["label"] for r in rows] == ["dense", "mam-fused", "mam-reference",
-                                          "mam-reference-xla"]
-    assert "cores" in text and "intra-op threads" in text and "batch 4, 8 inputs -> 2" in text
-    assert "mam-fused" in text and " 2.00 " in text and " 25.00 " in text
+
+def test_relu_inputs_with_zero_products_keep_the_sign_of_zero(rng):
+    # ReLU outputs: many x == 0, so products +0 and -0 tie with each other; rows where every
+    # product is <= 0 keep a max of zero (the integer-max form must not run there).
+    x = np.maximum(rng.standard_normal((12, 900)), 0).astype(np.float32)
+    x[3] = 0.0
+    x[4, :] = 0.0
+    x[4, 500] = 1.0
+    w = rng.standard_normal((900, 36)).astype(np.float32)
+    w[:, 5] = -np.abs(w[:, 5])
+    g = rng.standard_normal((12, 36)).astype(np.float32)
+    _assert_identical(x, w, g)  # equal values (+0 == -0 there) and indices
+    # The value is the selected products' sum, to the bit: the sign of a zero is that of the
+    # lowest-index extreme. (The reference's reduce_max may pick the other zero of a tie.)
+    y, amax, amin = (t.numpy() for t in fused.forward(x, w))
+    rows, cols = np.indices(y.shape)
+    want = x[rows, amax] * w[amax, cols] + x[rows, amin] * w[amin, cols]
+    np.testing.assert_array_equal(y.view(np.uint32), want.view(np.uint32))
+
+
+def test_rising_products_search_every_step_and_stay_exact(rng):
+    # Products that grow along the inputs improve the running max in every step (every lane:
+    # the vector search) or in few lanes (the lane-by-lane search).
+    n = 1000
+    x = np.tile(np.linspace(0.1, 5.0, n, dtype=np.float32), (5, 1))
+    x[1] = x[1][::-1]
+    w = rng.standard_normal((n, 33)).astype(np.float32)
+    w[:, :3] = np.abs(w[:, :3]) + 1.0
+    w[:, 3] = np.linspace(-1.0, 1.0, n)
+    g = rng.standard_normal((5, 33)).astype(np.float32)
+    _assert_identical(x, w, g)
+
+
+def test_big_dw_is_zeroed_first_and_stays_exact(rng):
+    # N * M above the backward's threshold: dw zeroed by rows in a first pass, ties included.
+    x = rng.integers(-2, 3, (33, 9000)).astype(np.float32)
+    w = rng.integers(-3, 4, (9000, 40)).astype(np.float32)
+    g = rng.standard_normal((33, 40)).astype(np.float32)
+    _assert_identical(x, w, g)
+
+
+_THREADS_SCRIPT = """
+import sys, numpy as np
+from mam_tf import fused
+d = np.load(sys.argv[1])
+out = {}
+for k in range(len(d.files) // 3):
+    x, w, g = d[f"x{k}"], d[f"w{k}"], d[f"g{k}"]
+    y, amax, amin = fused.forward(x, w)
+    dx, dw = fused.backward(g, x, w, amax, amin)
+    for name, t in zip(("y", "amax", "amin", "dx", "dw"), (y, amax, amin, dx, dw)):
+        out[f"{name}{k}"] = t.numpy()
+np.savez(sys.argv[2], **out)
+"""
+
+
+def test_one_and_three_threads_give_the_same_bits_as_this_process(rng, tmp_path):
+    import subprocess
+    import sys
+
+    shapes = [(130, 700, 70), (9, 5000, 33), (256, 48, 256)]
+    data = {}
+    for k, (b, n, m) in enumerate(shapes):
+        data[f"x{k}"] = rng.integers(-3, 4, (b, n)).astype(np.float32) * 0.5
+        data[f"x{k}"][:, ::7] = rng.standard_normal((b, len(range(0, n, 7))))
+        data[f"w{k}"] = rng.standard_normal((n, m)).astype(np.float32)
+        data[f"g{k}"] = rng.standard_normal((b, m)).astype(np.float32)
+    np.savez(tmp_path / "in.npz", **data)
+    here = {}
+    for k in range(len(shapes)):
+        here.update({f"{name}{k}": v for name, v in zip(
+            ("y", "amax", "amin", "dx", "dw"),
+            _fused(data[f"x{k}"], data[f"w{k}"], data[f"g{k}"]))})
+    for threads in (1, 3):
+        out = tmp_path / f"out{threads}.npz"
+        env = {**os.environ, "TF_NUM_INTRAOP_THREADS": str(threads)}
+        proc = subprocess.run([sys.executable, "-c", _THREADS_SCRIPT, str(tmp_path / "in.npz"),
+                               str(out)], env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        got = np.load(out)
+        for key, want in here.items():
+            assert got[key].tobytes() == want.tobytes(), f"{key} differs with {threads} threads"

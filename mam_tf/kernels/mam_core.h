@@ -26,6 +26,10 @@
 #include <cstring>
 #include <limits>
 
+#if defined(__AVX__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 namespace mam {
 
 // The widest float vector of the build target (the build uses -march=native). GCC/Clang vector
@@ -40,13 +44,21 @@ constexpr int kLanes = 4;
 typedef float VF __attribute__((vector_size(kLanes * sizeof(float))));
 typedef int32_t VI __attribute__((vector_size(kLanes * sizeof(int32_t))));
 
-// Tile sizes, measured on AVX2 (Zen 3): the column block is kVecs vectors (16 floats, one
-// 64-byte line of w), each load of w serves kRows rows of x.
+// Register tiles: a column block is kVecs vectors (kBlock floats of w) and each load of w serves
+// kRows rows of x. The value loop holds 2 * kRows * kVecs running extremes in registers: with
+// AVX-512's 32 vector registers 4 rows x 2 vectors (16 + 2 for w + 1 for x), with AVX2's 16 two
+// rows. Index tracking needs twice the registers per row: half the rows.
 constexpr int kVecs = 2;
 constexpr int kBlock = kVecs * kLanes;
+#if defined(__AVX512F__)
+constexpr int kRows = 4;
+constexpr int kTrackRows = 2;
+#else
 constexpr int kRows = 2;
-// Inputs per packed slice of w: [kChunk, kBlock] floats (8 KiB with AVX2) stay in L1 while
-// every row of a work item passes over them.
+constexpr int kTrackRows = 1;
+#endif
+// Inputs per packed slice of w: [kChunk, kBlock] floats (16 KiB with AVX-512, 8 KiB with AVX2)
+// stay in L1 while every row of a work item passes over them.
 constexpr int64_t kChunk = 128;
 // Inputs per step of the value-only loop; see forward_tile.
 constexpr int64_t kStep = 16;
@@ -69,75 +81,194 @@ static inline VF load(const float* p) {
 }
 
 static inline bool any_lane(VI m) {
+#if defined(__AVX512F__)
+  return _mm512_test_epi32_mask((__m512i)(m), (__m512i)(m)) != 0;
+#elif defined(__AVX__)
+  return !_mm256_testz_si256((__m256i)(m), (__m256i)(m));
+#else
   uint64_t u[sizeof(VI) / sizeof(uint64_t)];
   std::memcpy(u, &m, sizeof m);
   uint64_t o = 0;
   for (uint64_t v : u) o |= v;
   return o != 0;
+#endif
 }
 
-// One row of x against one packed slice `w` ([i1 - i0, kBlock]) over inputs [i0, i1),
-// tracking the index of every candidate: a multiply, then a compare and two blends for the max
-// and again for the min. Used where most candidates still improve the running extremes (the
-// first inputs of a row), where forward_tile would search nearly every step. One row at a time:
-// two rows need more vector registers than AVX2 has.
-static inline void forward_tile_tracking(const float* x, const float* w, int64_t i0, int64_t i1,
-                                         ForwardState* st) {
-  VF mx[kVecs], mn[kVecs];
-  VI ix[kVecs], in[kVecs];
-  for (int v = 0; v < kVecs; ++v) {
-    mx[v] = st->mx[v];
-    mn[v] = st->mn[v];
-    ix[v] = st->ix[v];
-    in[v] = st->in[v];
+// The lanes where a > b, as bits (lane k: bit k). On AVX-512 one compare into a mask register,
+// where the generic form materialises a vector mask first.
+static inline uint32_t gt_bits(VF a, VF b) {
+#if defined(__AVX512F__)
+  return _mm512_cmp_ps_mask((__m512)(a), (__m512)(b), _CMP_GT_OQ);
+#elif defined(__AVX__)
+  return _mm256_movemask_ps(_mm256_cmp_ps((__m256)(a), (__m256)(b), _CMP_GT_OQ));
+#else
+  const VI m = a > b;
+  uint32_t bits = 0;
+  for (int k = 0; k < kLanes; ++k) bits |= (m[k] != 0 ? 1u : 0u) << k;
+  return bits;
+#endif
+}
+
+// The larger of a product p and a running maximum a: p if p > a (strictly, so the earlier of
+// equal values stays), else a. kIntMax compares the bit patterns as signed integers instead,
+// which is the same order when a is +0 or positive (a float's bits order as a signed integer
+// among non-negative values, and a negative p, -0 included, is below every such a in both
+// orders; bits equal exactly when the floats are equal, as +0 and -0 never meet here) and when
+// no product is NaN. The integer max issues on more execution ports than the float max on
+// common x86 cores (the multiply and the float min take the others), so the loop goes faster.
+template <bool kIntMax>
+static inline VF max_step(VF p, VF a) {
+  if (kIntMax) {
+#if defined(__AVX512F__)
+    return (VF)(_mm512_max_epi32((__m512i)(a),
+                                                 (__m512i)(p)));
+#elif defined(__AVX2__)
+    return (VF)(_mm256_max_epi32((__m256i)(a),
+                                                 (__m256i)(p)));
+#else
+    const VI pi = (VI)(p), ai = (VI)(a);
+    return (VF)(pi > ai ? pi : ai);
+#endif
   }
+  return p > a ? p : a;
+}
+
+// R rows of x (row stride ldx) against one packed slice `w` ([i1 - i0, kBlock]) over inputs
+// [i0, i1), tracking the index of every candidate: a multiply, then a compare and two blends for
+// the max and again for the min. Used where most candidates still improve the running extremes
+// (the first inputs of a row), where forward_tile would search nearly every step.
+template <int R>
+static inline void forward_tile_tracking(const float* x, int64_t ldx, const float* w, int64_t i0,
+                                         int64_t i1, ForwardState* st) {
+  VF mx[R][kVecs], mn[R][kVecs];
+  VI ix[R][kVecs], in[R][kVecs];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < kVecs; ++v) {
+      mx[r][v] = st[r].mx[v];
+      mn[r][v] = st[r].mn[v];
+      ix[r][v] = st[r].ix[v];
+      in[r][v] = st[r].in[v];
+    }
   VI iv = VI{} + static_cast<int32_t>(i0);
   for (int64_t i = i0; i < i1; ++i) {
     VF wv[kVecs];
     for (int v = 0; v < kVecs; ++v) wv[v] = load(w + (i - i0) * kBlock + v * kLanes);
-    const VF xb = splat(x[i]);
-    for (int v = 0; v < kVecs; ++v) {
-      const VF p = xb * wv[v];
-      const VI gt = p > mx[v];
-      const VI lt = p < mn[v];
-      mx[v] = gt ? p : mx[v];
-      ix[v] = gt ? iv : ix[v];
-      mn[v] = lt ? p : mn[v];
-      in[v] = lt ? iv : in[v];
+    for (int r = 0; r < R; ++r) {
+      const VF xb = splat(x[r * ldx + i]);
+      for (int v = 0; v < kVecs; ++v) {
+        const VF p = xb * wv[v];
+        const VI gt = p > mx[r][v];
+        const VI lt = p < mn[r][v];
+        mx[r][v] = gt ? p : mx[r][v];
+        ix[r][v] = gt ? iv : ix[r][v];
+        mn[r][v] = lt ? p : mn[r][v];
+        in[r][v] = lt ? iv : in[r][v];
+      }
     }
     iv += 1;
   }
-  for (int v = 0; v < kVecs; ++v) {
-    st->mx[v] = mx[v];
-    st->mn[v] = mn[v];
-    st->ix[v] = ix[v];
-    st->in[v] = in[v];
-  }
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < kVecs; ++v) {
+      st[r].mx[v] = mx[r][v];
+      st[r].mn[v] = mn[r][v];
+      st[r].ix[v] = ix[r][v];
+      st[r].in[v] = in[r][v];
+    }
 }
 
-// `R` rows of x (row stride ldx) against one packed slice `w` ([i1 - i0, kBlock]) over inputs
+// The lowest input i in [s0, s1) whose product x[i] * ws[(i - s0) * kBlock + k] equals t (there
+// is one). On AVX-512 (kStep == kLanes) the step's products of lane k in one vector: a load of x,
+// a gather of the lane's column of the slice and one compare, no branch to mispredict.
+static inline int64_t find_in_lane(const float* x, const float* ws, int64_t s0, int64_t s1,
+                                   int k, float t) {
+#if defined(__AVX512F__)
+  if (kStep == kLanes) {
+    const __mmask16 valid = static_cast<__mmask16>((1u << (s1 - s0)) - 1u);
+    const __m512i rows = _mm512_mullo_epi32(
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+        _mm512_set1_epi32(kBlock));
+    const __m512 xv = _mm512_maskz_loadu_ps(valid, x + s0);
+    const __m512 wv = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), valid, rows, ws + k, 4);
+    const __mmask16 eq = _mm512_mask_cmp_ps_mask(valid, _mm512_mul_ps(xv, wv),
+                                                 _mm512_set1_ps(t), _CMP_EQ_OQ);
+    return s0 + __builtin_ctz(eq);
+  }
+#endif
+  int64_t i = s0;
+  while (x[i] * ws[(i - s0) * kBlock + k] != t) ++i;
+  return i;
+}
+
+// The step [s0, s1) of one row x against one vector of the packed slice (ws: its first input)
+// ended with the running extremes mx and mn, which improved on the state in the lanes ub (max)
+// and db (min): store the new extremes and, for those lanes, the lowest index whose product
+// equals the new extreme (every improved lane has one: its new extreme is one of the step's
+// products). Few lanes (the common case after the first steps) are searched one by one; more
+// at once as vectors, from the step's last input down, so that the last match written is the
+// lowest index.
+__attribute__((noinline, cold)) static void search_step(const float* x, const float* ws,
+                                                        int64_t s0, int64_t s1, VF mx, VF mn,
+                                                        uint32_t ub, uint32_t db, VF* st_mx,
+                                                        VI* st_ix, VF* st_mn, VI* st_in) {
+  *st_mx = mx;
+  *st_mn = mn;
+  if (__builtin_popcount(ub) + __builtin_popcount(db) <= 3) {
+    for (int pass = 0; pass < 2; ++pass) {
+      const VF target = pass == 0 ? mx : mn;
+      char* index = reinterpret_cast<char*>(pass == 0 ? st_ix : st_in);
+      for (uint32_t bits = pass == 0 ? ub : db; bits != 0; bits &= bits - 1) {
+        const int k = __builtin_ctz(bits);
+        const int32_t i = static_cast<int32_t>(find_in_lane(x, ws, s0, s1, k, target[k]));
+        std::memcpy(index + k * sizeof(int32_t), &i, sizeof i);
+      }
+    }
+    return;
+  }
+  VI fx = VI{}, fn = VI{};
+  VI iv = VI{} + static_cast<int32_t>(s1 - 1);
+  for (int64_t i = s1 - 1; i >= s0; --i) {
+    const VF p = splat(x[i]) * load(ws + (i - s0) * kBlock);
+    fx = p == mx ? iv : fx;
+    fn = p == mn ? iv : fn;
+    iv -= 1;
+  }
+  VI up = VI{}, dn = VI{};
+  for (int k = 0; k < kLanes; ++k) {
+    up[k] = -static_cast<int32_t>((ub >> k) & 1u);
+    dn[k] = -static_cast<int32_t>((db >> k) & 1u);
+  }
+  *st_ix = up ? fx : *st_ix;
+  *st_in = dn ? fn : *st_in;
+}
+
+// R rows of x (row stride ldx) against one packed slice `w` ([i1 - i0, kBlock]) over inputs
 // [i0, i1), updating the running state of those rows.
 //
 // Tracking the index of every candidate costs two compares and two blends per product on top
-// of the multiply. Instead each step of kStep inputs computes only max and min values
-// (multiply, max, min), and the indices are searched again in the rare steps where a lane's
-// running max or min improves (on random data a few percent of steps after the first few; a
-// monotone input makes every step a search: slower, never wrong). Comparisons are
-// strict and steps ascend, so the lowest index wins every tie; inside a step the search takes
-// the first input whose product equals the step's extreme.
-template <int R>
+// of the multiply. Instead the loop computes only max and min values (multiply, max, min) into
+// running extremes held in registers, and after each step of kStep inputs compares them with
+// the state: in the rare steps where a lane's max or min improved (on random data a few
+// percent of steps after the first few; a monotone input makes every step a search: slower,
+// never wrong) that row and vector is searched again, from the step's last input down, for
+// the lowest index whose product equals the new extreme. Comparisons are strict and steps
+// ascend, so the lowest index wins every tie.
+//
+// x_next: the x that the next call reads for its inputs [i0, i1) (the next rows), prefetched
+// step by step: a row of x is read 128 inputs at a time, too briefly for the hardware prefetcher
+// to follow it out of L3.
+template <int R, bool kIntMax>
 static inline void forward_tile(const float* x, int64_t ldx, const float* w, int64_t i0,
-                                int64_t i1, ForwardState* st) {
-  const float inf = std::numeric_limits<float>::infinity();
+                                int64_t i1, ForwardState* st, const float* x_next) {
+  VF amx[R][kVecs], amn[R][kVecs];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < kVecs; ++v) {
+      amx[r][v] = st[r].mx[v];
+      amn[r][v] = st[r].mn[v];
+    }
   for (int64_t s0 = i0; s0 < i1; s0 += kStep) {
     const int64_t s1 = std::min(i1, s0 + kStep);
     const float* ws = w + (s0 - i0) * kBlock;
-    VF cmx[R][kVecs], cmn[R][kVecs];
-    for (int r = 0; r < R; ++r)
-      for (int v = 0; v < kVecs; ++v) {
-        cmx[r][v] = splat(-inf);
-        cmn[r][v] = splat(inf);
-      }
+    for (int r = 0; r < R; ++r) __builtin_prefetch(x_next + r * ldx + s0);
     for (int64_t i = s0; i < s1; ++i) {
       VF wv[kVecs];
       for (int v = 0; v < kVecs; ++v) wv[v] = load(ws + (i - s0) * kBlock + v * kLanes);
@@ -145,78 +276,162 @@ static inline void forward_tile(const float* x, int64_t ldx, const float* w, int
         const VF xb = splat(x[r * ldx + i]);
         for (int v = 0; v < kVecs; ++v) {
           const VF p = xb * wv[v];
-          cmx[r][v] = p > cmx[r][v] ? p : cmx[r][v];
-          cmn[r][v] = p < cmn[r][v] ? p : cmn[r][v];
+          amx[r][v] = max_step<kIntMax>(p, amx[r][v]);
+          amn[r][v] = p < amn[r][v] ? p : amn[r][v];
         }
       }
     }
+    uint32_t ub[R][kVecs], db[R][kVecs], changed = 0;
+    // Unrolled: the extremes stay in registers (an indexed access would keep them in memory).
+#pragma GCC unroll 16
     for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
       for (int v = 0; v < kVecs; ++v) {
-        const VI up = cmx[r][v] > st[r].mx[v];
-        const VI dn = cmn[r][v] < st[r].mn[v];
-        if (__builtin_expect(!any_lane(up | dn), 1)) continue;
-        VI fx = VI{} - 1;  // -1: not found yet
-        VI fn = fx;
-        VI iv = VI{} + static_cast<int32_t>(s0);
-        for (int64_t i = s0; i < s1; ++i) {
-          const VF p = splat(x[r * ldx + i]) * load(ws + (i - s0) * kBlock + v * kLanes);
-          fx = ((p == cmx[r][v]) & (fx < 0)) ? iv : fx;
-          fn = ((p == cmn[r][v]) & (fn < 0)) ? iv : fn;
-          iv += 1;
-        }
-        st[r].mx[v] = up ? cmx[r][v] : st[r].mx[v];
-        st[r].ix[v] = up ? fx : st[r].ix[v];
-        st[r].mn[v] = dn ? cmn[r][v] : st[r].mn[v];
-        st[r].in[v] = dn ? fn : st[r].in[v];
+        ub[r][v] = gt_bits(amx[r][v], st[r].mx[v]);
+        db[r][v] = gt_bits(st[r].mn[v], amn[r][v]);
+        changed |= ub[r][v] | db[r][v];
       }
+    if (__builtin_expect(changed == 0, 1)) continue;
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
+      for (int v = 0; v < kVecs; ++v)
+        if (ub[r][v] | db[r][v])
+          search_step(x + r * ldx, ws + v * kLanes, s0, s1, amx[r][v], amn[r][v], ub[r][v],
+                      db[r][v], &st[r].mx[v], &st[r].ix[v], &st[r].mn[v], &st[r].in[v]);
   }
 }
 
-// Scratch for forward_rows: the packed slice and the running states of up to kMaxRows rows.
-constexpr int64_t kMaxRows = 16;
+// Whether the n floats at v are all finite: v * 0 is 0 for finite v and NaN otherwise, so the
+// sum of those is 0 or NaN. (Four sums: one would be a chain of dependent adds.)
+static inline bool all_finite(const float* v, int64_t n) {
+  VF acc = VF{}, a1 = VF{}, a2 = VF{}, a3 = VF{};
+  int64_t k = 0;
+  for (; k + 4 * kLanes <= n; k += 4 * kLanes) {
+    acc += load(v + k) * 0.0f;
+    a1 += load(v + k + kLanes) * 0.0f;
+    a2 += load(v + k + 2 * kLanes) * 0.0f;
+    a3 += load(v + k + 3 * kLanes) * 0.0f;
+  }
+  acc += a1 + a2 + a3;
+  for (; k + kLanes <= n; k += kLanes) acc += load(v + k) * 0.0f;
+  float tail = 0.0f;
+  for (; k < n; ++k) tail += v[k] * 0.0f;
+  return !any_lane(acc != acc) && tail == tail;
+}
+
+// Whether every lane of the running max of rows st[0 .. R) is +0 or positive (sign bit clear),
+// the precondition of max_step<true>.
+template <int R>
+static inline bool max_sign_clear(const ForwardState* st) {
+  VI neg = VI{};
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < kVecs; ++v) neg |= (VI)(st[r].mx[v]) < 0;
+  return !any_lane(neg);
+}
+
+// Scratch for forward_block: the packed slice of w.
 struct ForwardScratch {
   alignas(64) float w[kChunk * kBlock];
-  ForwardState st[kMaxRows];
 };
 
-// Rows [b0, b1) of x (b1 - b0 <= kMaxRows) against columns [j0, j0 + ncols) of w
-// (ncols <= kBlock). Writes y, amax and amin at [b, j0 .. j0 + ncols).
-static void forward_rows(const float* x, const float* w, int64_t N, int64_t M, int64_t b0,
-                         int64_t b1, int64_t j0, int ncols, ForwardScratch* s, float* y,
-                         int32_t* amax, int32_t* amin) {
+// Runs R rows (their x at x, row stride N, state st) over one packed slice; the value loop in
+// the integer-max form where that is exact (finite inputs, running max >= +0). Returns false
+// when some x in the slice is not finite.
+template <int R>
+static inline bool forward_slice(const float* x, int64_t N, const float* w, int64_t i0,
+                                 int64_t i1, bool w_finite, ForwardState* st,
+                                 const float* x_next) {
+  bool finite = w_finite;
+  for (int r = 0; r < R; ++r) finite &= all_finite(x + r * N + i0, i1 - i0);
+  if (i0 == 0) {  // the first slice: nearly every step would search
+    forward_tile_tracking<R>(x, N, w, i0, i1, st);
+  } else if (finite && max_sign_clear<R>(st)) {
+    forward_tile<R, true>(x, N, w, i0, i1, st, x_next);
+  } else {
+    forward_tile<R, false>(x, N, w, i0, i1, st, x_next);
+  }
+  return finite;
+}
+
+// Rows [b0, b1) of x against columns [j0, j0 + ncols) of w (ncols <= kBlock), with the running
+// states st[0 .. b1 - b0). Every slice of w is packed once and passed over by all these rows.
+// Writes y, amax and amin at [b, j0 .. j0 + ncols). Returns false when some input was not finite
+// (then NaN products were skipped: see propagate_nan_rows).
+static bool forward_block(const float* x, const float* w, int64_t N, int64_t M, int64_t b0,
+                          int64_t b1, int64_t j0, int ncols, ForwardScratch* s,
+                          ForwardState* st, float* y, int32_t* amax, int32_t* amin) {
   const float inf = std::numeric_limits<float>::infinity();
   const int64_t rows = b1 - b0;
   for (int64_t r = 0; r < rows; ++r)
     for (int v = 0; v < kVecs; ++v) {
-      s->st[r].mx[v] = splat(-inf);
-      s->st[r].mn[v] = splat(inf);
-      s->st[r].ix[v] = VI{};
-      s->st[r].in[v] = VI{};
+      st[r].mx[v] = splat(-inf);
+      st[r].mn[v] = splat(inf);
+      st[r].ix[v] = VI{};
+      st[r].in[v] = VI{};
     }
+  bool finite = true;
   for (int64_t i0 = 0; i0 < N; i0 += kChunk) {
     const int64_t i1 = std::min(N, i0 + kChunk);
     // Packing makes the slice contiguous (w's rows are M floats apart, which maps a column
     // block onto few L1 sets) and zero-pads a partial block so every load is in bounds.
-    for (int64_t i = i0; i < i1; ++i) {
-      float* d = s->w + (i - i0) * kBlock;
-      std::memcpy(d, w + i * M + j0, ncols * sizeof(float));
-      if (ncols < kBlock) std::memset(d + ncols, 0, (kBlock - ncols) * sizeof(float));
+    // Vector copies (a memcpy call per row of the slice costs more than the copy), and the
+    // next slice's rows of w prefetched: they are kBlock floats out of every M, a stride the
+    // hardware prefetcher follows badly.
+    const int64_t i2 = std::min(N, i1 + kChunk);
+    for (int64_t i = i1; i < i2; ++i) {
+      __builtin_prefetch(w + i * M + j0, 0, 2);  // to L2: a slice's compute evicts L1
+      __builtin_prefetch(w + i * M + j0 + kBlock - 1, 0, 2);
     }
+    if (ncols == kBlock) {
+      for (int64_t i = i0; i < i1; ++i)
+        for (int v = 0; v < kVecs; ++v) {
+          const VF c = load(w + i * M + j0 + v * kLanes);
+          std::memcpy(s->w + (i - i0) * kBlock + v * kLanes, &c, sizeof c);
+        }
+    } else {
+      for (int64_t i = i0; i < i1; ++i) {
+        float* d = s->w + (i - i0) * kBlock;
+        std::memcpy(d, w + i * M + j0, ncols * sizeof(float));
+        std::memset(d + ncols, 0, (kBlock - ncols) * sizeof(float));
+      }
+    }
+    const bool w_finite = all_finite(s->w, (i1 - i0) * kBlock);
+    // x + i0 of row b: the next rows' inputs [i0, i1) are prefetched while these run; the last
+    // rows prefetch the first rows' next slice (a hint: never read, so never out of bounds).
+    auto at = [&](int64_t r) { return r < rows ? x + (b0 + r) * N + i0 : x + b0 * N + i1; };
     int64_t r = 0;
-    if (i0 == 0) {  // the first slice: nearly every step would search
-      for (; r < rows; ++r) forward_tile_tracking(x + (b0 + r) * N, s->w, i0, i1, s->st + r);
+    if (i0 == 0) {
+      for (; r + kTrackRows <= rows; r += kTrackRows)
+        finite &= forward_slice<kTrackRows>(at(r) - i0, N, s->w, i0, i1, w_finite, st + r,
+                                            at(r + kTrackRows) - i0);
+    } else {
+      for (; r + kRows <= rows; r += kRows)
+        finite &= forward_slice<kRows>(at(r) - i0, N, s->w, i0, i1, w_finite, st + r,
+                                       at(r + kRows) - i0);
     }
-    for (; r + kRows <= rows; r += kRows)
-      forward_tile<kRows>(x + (b0 + r) * N, N, s->w, i0, i1, s->st + r);
-    for (; r < rows; ++r) forward_tile<1>(x + (b0 + r) * N, N, s->w, i0, i1, s->st + r);
+    for (; r < rows; ++r)
+      finite &= forward_slice<1>(at(r) - i0, N, s->w, i0, i1, w_finite, st + r,
+                                 at(r + 1) - i0);
+  }
+  if (ncols == kBlock) {  // whole vectors: one add and three stores per vector
+    for (int64_t r = 0; r < rows; ++r)
+      for (int v = 0; v < kVecs; ++v) {
+        const int64_t o = (b0 + r) * M + j0 + v * kLanes;
+        const VF yv = st[r].mx[v] + st[r].mn[v];
+        std::memcpy(y + o, &yv, sizeof yv);
+        std::memcpy(amax + o, &st[r].ix[v], sizeof(VI));
+        std::memcpy(amin + o, &st[r].in[v], sizeof(VI));
+      }
+    return finite;
   }
   for (int64_t r = 0; r < rows; ++r) {
     float mx[kBlock], mn[kBlock];
     int32_t ix[kBlock], in[kBlock];
-    std::memcpy(mx, s->st[r].mx, sizeof mx);
-    std::memcpy(mn, s->st[r].mn, sizeof mn);
-    std::memcpy(ix, s->st[r].ix, sizeof ix);
-    std::memcpy(in, s->st[r].in, sizeof in);
+    std::memcpy(mx, st[r].mx, sizeof mx);
+    std::memcpy(mn, st[r].mn, sizeof mn);
+    std::memcpy(ix, st[r].ix, sizeof ix);
+    std::memcpy(in, st[r].in, sizeof in);
     const int64_t o = (b0 + r) * M + j0;
     for (int c = 0; c < ncols; ++c) {
       y[o + c] = mx[c] + mn[c];
@@ -224,13 +439,23 @@ static void forward_rows(const float* x, const float* w, int64_t N, int64_t M, i
       amin[o + c] = in[c];
     }
   }
+  return finite;
 }
 
-// Adds the gradient of columns [j0, j1) into dw (zero there on entry), in the documented order:
-// every max term (rows ascending), then every min term (rows ascending).
+// Columns per piece of dw in the backward: 16 floats, one 64-byte line.
+constexpr int64_t kPiece = 16;
+
+// Adds the gradient of columns [j0, j1) into dw, zeroed here first if `zero` (else zero on
+// entry), in the documented order: every max term (rows ascending), then every min term (rows
+// ascending).
 static void backward_dw_cols(const float* g, const float* x, const int32_t* amax,
                              const int32_t* amin, int64_t B, int64_t N, int64_t M, int64_t j0,
-                             int64_t j1, float* dw) {
+                             int64_t j1, bool zero, float* dw) {
+  if (zero && j1 - j0 == kPiece) {  // a constant size: one or two vector stores
+    for (int64_t i = 0; i < N; ++i) std::memset(dw + i * M + j0, 0, kPiece * sizeof(float));
+  } else if (zero) {
+    for (int64_t i = 0; i < N; ++i) std::memset(dw + i * M + j0, 0, (j1 - j0) * sizeof(float));
+  }
   for (const int32_t* idx : {amax, amin}) {
     for (int64_t b = 0; b < B; ++b) {
       const float* gb = g + b * M;
@@ -254,16 +479,6 @@ static void backward_dx_rows(const float* g, const float* w, const int32_t* amax
       for (int64_t j = 0; j < M; ++j) dxb[ib[j]] += gb[j] * w[ib[j] * M + j];
     }
   }
-}
-
-// Whether any of the n values is NaN or infinite (v * 0 is 0 exactly for the finite ones).
-static bool any_nonfinite(const float* v, int64_t n) {
-  VI bad = VI{};
-  int64_t k = 0;
-  for (; k + kLanes <= n; k += kLanes) bad |= (load(v + k) * 0.0f) != 0.0f;
-  bool tail = false;
-  for (; k < n; ++k) tail |= (v[k] * 0.0f) != 0.0f;
-  return tail || any_lane(bad);
 }
 
 // Sets y[b, j] = NaN for rows [b0, b1) where some product x[b,i] * w[i,j] is NaN. The main

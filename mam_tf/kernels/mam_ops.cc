@@ -6,6 +6,7 @@
 #include <atomic>
 #include <cstdint>
 #include <limits>
+#include <memory>
 
 #include "mam_core.h"
 #include "tensorflow/core/framework/op.h"
@@ -124,31 +125,33 @@ class MamFusedForwardOp : public OpKernel {
     float* y = yt->flat<float>().data();
     int32_t* amax = amaxt->flat<int32_t>().data();
     int32_t* amin = amint->flat<int32_t>().data();
-    // Work item: kMaxRows rows against one column block. Items of the same block are adjacent,
-    // so a shard of consecutive items reuses that block of w from cache.
-    const int64_t groups = (B + mam::kMaxRows - 1) / mam::kMaxRows;
+    // Work item: a group of rows against one column block, so that each packed slice of w serves
+    // every row of the group. Groups are as big as they can be while leaving two items per
+    // thread (an uneven machine balances them); items of one block are adjacent.
+    ThreadPool* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
     const int64_t blocks = (M + mam::kBlock - 1) / mam::kBlock;
-    const int64_t cost = mam::kMaxRows * N * mam::kBlock / 4;  // ~4 products per cycle
+    const int64_t want_groups =
+        std::max<int64_t>(1, (2 * pool->NumThreads() + blocks - 1) / blocks);
+    int64_t group = (B + want_groups - 1) / want_groups;
+    group = std::min(B, (group + mam::kRows - 1) / mam::kRows * mam::kRows);
+    const int64_t groups = (B + group - 1) / group;
+    const int64_t cost = group * N * mam::kBlock / 8;  // ~8 products per cycle
+    std::atomic<bool> nonfinite{false};
     parallel_for(ctx, groups * blocks, cost, [&](int64_t begin, int64_t end) {
       auto scratch = std::make_unique<mam::ForwardScratch>();
+      std::unique_ptr<mam::ForwardState[]> states(new mam::ForwardState[group]);
       for (int64_t item = begin; item < end; ++item) {
         const int64_t j0 = (item / groups) * mam::kBlock;
-        const int64_t b0 = (item % groups) * mam::kMaxRows;
-        mam::forward_rows(x, w, N, M, b0, std::min(B, b0 + mam::kMaxRows), j0,
-                          static_cast<int>(std::min<int64_t>(mam::kBlock, M - j0)),
-                          scratch.get(), y, amax, amin);
+        const int64_t b0 = (item % groups) * group;
+        const bool finite = mam::forward_block(
+            x, w, N, M, b0, std::min(B, b0 + group), j0,
+            static_cast<int>(std::min<int64_t>(mam::kBlock, M - j0)), scratch.get(),
+            states.get(), y, amax, amin);
+        if (!finite) nonfinite.store(true, std::memory_order_relaxed);
       }
     });
     // A NaN or infinite input can make NaN products, which the main pass skips: find the
     // outputs they reach (a slow pass, for this exceptional case only).
-    std::atomic<bool> nonfinite{false};
-    parallel_for(ctx, B + N, std::max(N, M), [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end && !nonfinite.load(std::memory_order_relaxed); ++r) {
-        const bool bad = r < B ? mam::any_nonfinite(x + r * N, N)
-                               : mam::any_nonfinite(w + (r - B) * M, M);
-        if (bad) nonfinite.store(true, std::memory_order_relaxed);
-      }
-    });
     if (nonfinite.load()) {
       parallel_for(ctx, B, N * M, [&](int64_t b0, int64_t b1) {
         mam::propagate_nan_rows(x, w, N, M, b0, b1, y);
@@ -179,8 +182,13 @@ class MamFusedBackwardOp : public OpKernel {
     const float* w = wt.flat<float>().data();
     const int32_t* amax = amaxt.flat<int32_t>().data();
     const int32_t* amin = amint.flat<int32_t>().data();
-    // Indices come from the caller: check them all before any scatter reads through them.
-    for (int64_t k = 0; k < B * M; ++k) {
+    // Indices come from the caller: check them all before any scatter reads through them
+    // (one branch-free pass; the message names the first bad position).
+    uint32_t highest = 0;  // as unsigned, a negative index is above every valid one
+    for (int64_t k = 0; k < B * M; ++k)
+      highest = std::max(highest, std::max(static_cast<uint32_t>(amax[k]),
+                                           static_cast<uint32_t>(amin[k])));
+    for (int64_t k = 0; static_cast<int64_t>(highest) >= N && k < B * M; ++k) {
       OP_REQUIRES(ctx, amax[k] >= 0 && amax[k] < N && amin[k] >= 0 && amin[k] < N,
                   InvalidArgument("MAM fused backward: index out of range at flat position ", k,
                                   ": amax ", amax[k], ", amin ", amin[k], ", inputs ", N));
@@ -190,17 +198,39 @@ class MamFusedBackwardOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, wt.shape(), &dwt));
     float* dx = dxt->flat<float>().data();
     float* dw = dwt->flat<float>().data();
-    parallel_for(ctx, B, N + 8 * M, [&](int64_t b0, int64_t b1) {
-      mam::backward_dx_rows(g, w, amax, amin, N, M, b0, b1, dx);
+    // Items [0, dx_items) write rows of dx, the others columns of dw (pieces of kPiece columns:
+    // a 64-byte line when M is a multiple of 16, little false sharing); each zeroes what it
+    // owns first. A big dw is zeroed by contiguous rows in a first pass instead (zeroing a
+    // column piece strides through all of it).
+    const int64_t dx_rows = 8;
+    const int64_t dx_items = (B + dx_rows - 1) / dx_rows;
+    const int64_t pieces = (M + mam::kPiece - 1) / mam::kPiece;
+    const bool zero_first = N * M > (int64_t{1} << 18);
+    const int64_t zero_rows = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(M, 1));
+    const int64_t zero_items = zero_first ? (N + zero_rows - 1) / zero_rows : 0;
+    auto dw_pieces = [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t j0 = p * mam::kPiece;
+        mam::backward_dw_cols(g, x, amax, amin, B, N, M, j0, std::min(M, j0 + mam::kPiece),
+                              !zero_first, dw);
+      }
+    };
+    const int64_t dx_cost = dx_rows * (N + 8 * M);
+    parallel_for(ctx, dx_items + zero_items + (zero_first ? 0 : pieces), dx_cost,
+                 [&](int64_t begin, int64_t end) {
+      for (int64_t item = begin; item < end; ++item) {
+        if (item < dx_items) {
+          const int64_t b0 = item * dx_rows;
+          mam::backward_dx_rows(g, w, amax, amin, N, M, b0, std::min(B, b0 + dx_rows), dx);
+        } else if (zero_first) {
+          const int64_t i0 = (item - dx_items) * zero_rows;
+          std::fill(dw + i0 * M, dw + std::min(N, i0 + zero_rows) * M, 0.0f);
+        } else {
+          dw_pieces(item - dx_items, item - dx_items + 1);
+        }
+      }
     });
-    parallel_for(ctx, N, M, [&](int64_t i0, int64_t i1) {
-      std::fill(dw + i0 * M, dw + i1 * M, 0.0f);
-    });
-    // Pieces of 16 columns (a 64-byte line when M is a multiple of 16): little false sharing.
-    const int64_t pieces = (M + 15) / 16;
-    parallel_for(ctx, pieces, 16 * B * 16, [&](int64_t p0, int64_t p1) {
-      mam::backward_dw_cols(g, x, amax, amin, B, N, M, p0 * 16, std::min(M, p1 * 16), dw);
-    });
+    if (zero_first) parallel_for(ctx, pieces, 16 * B * mam::kPiece, dw_pieces);
   }
 };
 

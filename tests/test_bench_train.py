@@ -1,0 +1,107 @@
+"""`mam-tf bench train`: variants interleaved in rounds, medians with spread, load and a busy
+warning, each variant in its own process."""
+import json
+
+import pytest
+
+from mam_tf import bench, bench_train, cli
+
+
+class FakeWorker:
+    """Stands in for bench.Worker: a fixed step time per variant, every call recorded."""
+
+    calls = []
+    seconds = {"dense": 0.010, "mam": 0.020, "mam-reference": 0.500, "ecg-mac": 0.100,
+               "ecg-mam": 0.110}
+
+    def __init__(self, variant, batch, n_in, units, jit=False, env=None):
+        self.variant, self.jit = variant, jit
+        self.calls.append(("init", variant, jit, (batch, n_in, units), env))
+
+    def run(self, steps):
+        self.calls.append(("run", self.variant, self.jit, steps))
+        t = self.seconds[self.variant] / (2 if self.jit else 1)
+        return [(t, 2 * t)] * steps
+
+    def memory(self):
+        return {"peak_rss_mib": 700.0, "step_rss_growth_mib": 10.0}
+
+    def close(self):
+        self.calls.append(("close", self.variant, self.jit))
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    FakeWorker.calls = []
+    monkeypatch.setattr(bench, "Worker", FakeWorker)
+    monkeypatch.setattr(bench_train, "_load", lambda: (0.5, 0.4, 0.3))
+    return FakeWorker
+
+
+def _run(argv):
+    lines = []
+    args = cli.build_parser().parse_args(["bench", "train", *argv])
+    assert args.func is bench_train._cmd_train
+    variants = [v[0] for v in bench_train.LAYER_VARIANTS] if args.all else args.variants
+    rows = bench_train.run_train_bench(args.shape, steps=args.steps, rounds=args.rounds,
+                                       threads=args.threads, variants=variants,
+                                       model=args.model, out=lines.append)
+    return rows, "\n".join(lines)
+
+
+def test_rounds_interleave_the_variants_in_rotating_order(fake):
+    rows, text = _run(["--shape", "4x8x2", "--steps", "3", "--rounds", "3", "--all"])
+    runs = [(c[1], c[2]) for c in fake.calls if c[0] == "run" and c[3] == 3]
+    order = [("dense", False), ("mam", False), ("mam-reference", False), ("mam-reference", True)]
+    # Round k starts at variant k: no variant's steps run back to back over the rounds.
+    assert runs == order + order[1:] + order[:1] + order[2:] + order[:2]
+    assert [c for c in fake.calls if c[0] == "close"].__len__() == 4  # every process ended
+    assert [r["label"] for r in rows] == ["dense", "mam-fused", "mam-reference",
+                                          "mam-reference-xla"]
+    assert [round(r["ratio"], 6) for r in rows] == [1.0, 2.0, 50.0, 25.0]
+    assert rows[1]["round_ratio_min"] == rows[1]["round_ratio_max"] == pytest.approx(2.0)
+    assert len(rows[1]["wall_s"]) == 9 and rows[1]["cpu_median_s"] == pytest.approx(0.040)
+    assert "cores" in text and "intra-op threads" in text and "batch 4, 8 inputs -> 2" in text
+    assert "load average before: 0.50 0.40 0.30" in text and "load average after:" in text
+    assert "IQR ms" in text and " 2.00 " in text and " 50.00 " in text
+    assert "WARNING" not in text
+
+
+def test_default_is_dense_and_fused_and_a_busy_machine_is_flagged(fake, monkeypatch):
+    monkeypatch.setattr(bench_train, "_load", lambda: (9.0, 8.0, 7.0))
+    monkeypatch.setattr(bench_train.os, "cpu_count", lambda: 2)
+    rows, text = _run(["--shape", "4x8x2", "--rounds", "2", "--threads", "1"])
+    assert [r["label"] for r in rows] == ["dense", "mam-fused"]
+    inits = [c for c in fake.calls if c[0] == "init"]
+    assert all(c[4] == {"TF_NUM_INTRAOP_THREADS": "1"} for c in inits)
+    assert "WARNING: the machine was busy (load average up to 9.00 on 2 cores)" in text
+
+
+def test_model_block_compares_the_autoencoders(fake):
+    rows, text = _run(["--shape", "4x8x2", "--rounds", "2", "--steps", "1", "--model", "ecg"])
+    model_rows = [r for r in rows if r["label"].startswith("ecg")]
+    assert [r["label"] for r in model_rows] == ["ecg-mac", "ecg-mam"]
+    assert model_rows[0]["batch"] == 128 and model_rows[1]["ratio"] == pytest.approx(1.1)
+    assert "the seed's ECG autoencoder" in text and "x ecg-mac" in text
+
+
+@pytest.mark.slow
+def test_real_workers_time_each_variant_in_its_own_process(tmp_path):
+    path = tmp_path / "rows.json"
+    args = cli.build_parser().parse_args(
+        ["bench", "train", "--shape", "8x40x6", "--rounds", "2", "--steps", "2", "--json",
+         str(path)])
+    assert args.func(args) == 0
+    rows = json.loads(path.read_text())
+    assert [r["label"] for r in rows] == ["dense", "mam-fused"]
+    for r in rows:
+        assert len(r["wall_s"]) == 4 and all(t > 0 for t in r["wall_s"])
+        assert r["q1_s"] <= r["median_s"] <= r["q3_s"] and r["peak_rss_mib"] > 100
+        assert len(r["load_before"]) == 3
+
+
+def test_a_failing_worker_names_its_variant():
+    with pytest.raises(ValueError, match="unknown variant 'nope'"):
+        bench.StepRunner("nope", 2, 3, 4)
+    with pytest.raises(RuntimeError, match="worker for nope at \\(2, 3, 4\\) failed"):
+        bench.Worker("nope", 2, 3, 4)
