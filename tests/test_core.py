@@ -251,7 +251,7 @@ def _golden_csr():
      "row 2 entry 1 decodes column 299 >= in_features 299"),
     (dict(row_counts=[4, 0, 0]), "MAM_ERR_COLUMN", "row 0 entry 2 decodes column 456 >= in_features 300"),
     (dict(offsets=[3, 196, 255, 44]), "MAM_ERR_COLUMN", "decodes column 300 >= in_features 300"),
-    (dict(weight_scale_count=2), "MAM_ERR_QUANT", "values has 2 scales; it must have 1 (per tensor) or M = 3"),
+    (dict(weight_scale_count=2, weight_scales=[1.0, 1.0]), "MAM_ERR_QUANT", "values has 2 scales; it must have 1 (per tensor) or M = 3"),
     (dict(weight_zero_point=1), "MAM_ERR_QUANT", "values zero point is 1"),
     (dict(input_zero_point=128), "MAM_ERR_QUANT", "zero points (input 128, output 0) must lie in -128..127"),
 ])
