@@ -264,25 +264,28 @@ class Interpreter:
 def _cmd_run(args):
     from mam_tf.convert import _load_data
 
-    try:
-        interp = Interpreter(args.model, backend=args.backend)
-        x = _load_data(args.data, args.data_key)
-        y = interp.run(x)
-    except ValueError as err:
-        raise SystemExit(f"mam-tf run: {err}") from None
+    interp = Interpreter(args.model, backend=args.backend)
+    x = _load_data(args.data, args.data_key)
+    y = interp.run(x)
     print(f"ran {len(x)} samples through {args.model} (MAM_SPARSE on the {interp.backend})")
     if args.output:
         np.save(args.output, y)
         print(f"wrote {args.output} {y.shape}")
     target = None
     if args.target:
-        target = _load_data(args.target, None)
+        target = np.asarray(_load_data(args.target, None))
+        if target.size != y.size:
+            raise ValueError(f"--target {args.target} has shape {list(target.shape)}; the "
+                             f"outputs have shape {list(y.shape)}")
     elif args.autoencoder:
-        target = x
+        target = np.asarray(x)
+        if target.size != y.size:
+            raise ValueError(f"--autoencoder: the inputs have shape {list(target.shape)}, the "
+                             f"outputs {list(y.shape)}")
     if target is not None:
         from ecg_data import arsnr
 
-        print(f"ARSNR: {arsnr(np.asarray(target).reshape(y.shape), y):.2f} dB")
+        print(f"ARSNR: {arsnr(target.reshape(y.shape), y):.2f} dB")
 
 
 def add_run_command(subparsers):
