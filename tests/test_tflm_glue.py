@@ -351,3 +351,17 @@ def test_corrupted_model_is_refused_with_a_message(corruption_results, name, mod
     assert "failed to allocate tensors" in r["error"], r["error"]  # at allocation, not Invoke
     assert message in r["log"], f"{name}: expected {message!r} in TFLM's log:\n{r['log']}"
     assert "failed to prepare" in r["log"], r["log"]
+
+
+@pytest.mark.parametrize("name, mode, message", CORRUPTIONS, ids=[c[0] for c in CORRUPTIONS])
+def test_host_runtime_refuses_with_the_glues_exact_line(corruption_results, name, mode, message):
+    """The glue's own line, as TFLM printed it, is inside the host runtime's refusal."""
+    if not message:
+        return
+    lines = [line for line in corruption_results[name]["log"].splitlines()
+             if "MAM_SPARSE: " in line]
+    assert lines, corruption_results[name]["log"]
+    glue = lines[0][lines[0].index("MAM_SPARSE: "):].strip()
+    with pytest.raises(ValueError) as err:
+        Interpreter(_corrupt(_converted("a", mode)[0], name), backend="core")
+    assert glue in str(err.value), (glue, str(err.value))
