@@ -25,6 +25,7 @@ the corruption fuzzer (:mod:`mam_tf.fuzz`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import struct
 import sys
 import threading
@@ -58,6 +59,7 @@ _LOCK = threading.Lock()
 _STATE = threading.local()
 
 
+@functools.lru_cache(maxsize=None)
 def _checked_table_class():
     import flatbuffers.number_types as N
     import flatbuffers.table

@@ -307,7 +307,8 @@ def activation_range(activation: int, output_scale: float, output_zero_point: in
     """The core's ``mam_activation_range`` (CalculateActivationRangeQuantized)."""
     lo, hi = c_int32(), c_int32()
     code = TYPE_CODES.get(np.dtype(dtype), TYPE_UNSUPPORTED)
-    status = load().mam_activation_range(int(activation), float(output_scale), int(output_zero_point),
+    status = load().mam_activation_range(_int("activation", activation), float(output_scale),
+                                         _int("output_zero_point", output_zero_point),
                                          code, ctypes.byref(lo), ctypes.byref(hi))
     if status:
         raise ValueError(
@@ -553,7 +554,7 @@ def _run(name, weight_args, x, n, m, b, requant):
     bt = c_int32 if dt == np.int8 else c_int64
     fn = getattr(load(), f"{name}_{'s8' if dt == np.int8 else 's16'}")
     fn(*weight_args, ctypes.byref(q), _ptr(b, bt) if b is not None else None,
-       _ptr(xc, xt), batches, _ptr(out, xt))
+       _ptr(xc, xt), _int("batches", batches), _ptr(out, xt))
     return out.reshape(x.shape[:-1] + (m,))
 
 

@@ -314,3 +314,31 @@ def test_fuzzer_counts_a_death_as_a_death(models, monkeypatch):
     tally = fuzz.run(8, seed=1, workers=1, models=models)
     assert tally["cases"] == 8 and tally["deaths"] == 1, fuzz.format_tally(tally)
     assert tally["examples"]["deaths"][0]["i"] == 3
+
+
+def test_without_the_c_core_the_reference_checks_stand_in(monkeypatch):
+    """No compiler here: the runtime falls back to the numpy reference, and the node checks to
+    the reference's own; corrupted layouts are still refused, good models still run."""
+    import warnings
+
+    from mam_tf import core
+
+    good = _model_a("int8")
+    want = Interpreter(good, backend="core").run_raw(np.arange(-60, 60, 3, dtype=np.int8)
+                                                    .reshape(2, 20))
+
+    def no_core():
+        raise core.CoreBuildError("no compiler (test)")
+
+    monkeypatch.setattr(core, "load", no_core)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        interp = Interpreter(good)
+    assert interp.backend == "reference"
+    np.testing.assert_array_equal(
+        interp.run_raw(np.arange(-60, 60, 3, dtype=np.int8).reshape(2, 20)), want)
+    for name in ("row_counts_sum_off", "column_beyond_n", "row_counts_int32",
+                 "options_version_2", "two_outputs", "output_last_dim_7"):
+        with warnings.catch_warnings(), pytest.raises(ValueError, match="operator 1 MAM_SPARSE"):
+            warnings.simplefilter("ignore")
+            Interpreter(corrupt(good, name))
