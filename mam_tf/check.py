@@ -250,6 +250,12 @@ def _check_tensor(model, sg, k, i, owned, problems) -> bool:
     if t.sparsity is not None:
         problems.append(f"{label}: sparsity parameters are not supported by TFLite-Micro")
     nbytes = 0 if buf.data is None else len(buf.data)
+    if elements == 0 and not nbytes and i not in owned:
+        # an empty activation: no microcontroller model has one, and TFLite-Micro's builtin
+        # kernels do not expect them (a MAM_SPARSE layer with every weight pruned has empty
+        # values/offsets: those are judged by the op's own checks)
+        problems.append(f"{label}: shape {shape} holds no element")
+        return False
     size = _ITEMSIZE.get(type_name)
     if i not in owned and nbytes and size is not None:
         need = int(np.ceil(elements * size))
@@ -360,7 +366,12 @@ def _check_content(model) -> list:
     builtin = _enum_names(s.BuiltinOperator)
     for c, code in enumerate(model.operatorCodes or []):
         op = max(int(code.builtinCode), int(code.deprecatedBuiltinCode))
-        if op not in builtin:
+        # the schema keeps both fields: deprecated_builtin_code is builtin_code below 127
+        # (PLACEHOLDER_FOR_GREATER_OP_CODES) and 127 above; TFLite-Micro runs the larger one
+        if int(code.deprecatedBuiltinCode) != min(int(code.builtinCode), 127):
+            problems.append(f"operator code {c}: builtin code {code.builtinCode} and deprecated "
+                            f"builtin code {code.deprecatedBuiltinCode} disagree")
+        elif op not in builtin:
             problems.append(f"operator code {c}: builtin code {op} is not a TFLite operator")
         elif op == s.BuiltinOperator.CUSTOM:
             if not code.customCode:

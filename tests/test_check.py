@@ -77,7 +77,18 @@ def _options_garbage(tfl, sg):
     op.customOptions = np.frombuffer(b"\x07\x13\x2a\x05\x09", np.uint8).copy()
 
 
+def _opcode_fields_disagree(tfl, sg):  # found by the fuzzer: TFLM ran PACK on FC's tensors
+    tfl.operatorCodes[sg.operators[0].opcodeIndex].deprecatedBuiltinCode = 83
+
+
+def _empty_activation(tfl, sg):  # found by the fuzzer: FULLY_CONNECTED on a [1, 0] input
+    sg.tensors[int(sg.inputs[0])].shape = np.array([1, 0], np.int32)
+
+
 EDITS = [
+    (_opcode_fields_disagree, "operator code 0: builtin code 9 and deprecated builtin code 83 "
+                              "disagree"),
+    (_empty_activation, "tensor 0 'serving_default_x:0': shape [1, 0] holds no element"),
     (_weight_shape_grows, "tensor 1 'model/pre/MatMul': its buffer holds 320 bytes; shape "
                           "[16, 20, 1441792] of INT8 needs 461373440"),
     (_scale_nan, "scale 0 is nan; scales must be finite and > 0"),
