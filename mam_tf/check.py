@@ -273,10 +273,22 @@ def _check_tensor(model, sg, k, i, owned, problems) -> bool:
     if len(zps) != len(scales):
         problems.append(f"{label}: {len(scales)} scales but {len(zps)} zero points")
         return True
-    bad = ~(np.isfinite(scales) & (scales > 0))
+    bad = ~(np.isfinite(scales) & (scales >= 0))
+    zero = scales == 0
+    if zero.any() and nbytes:
+        # TFLite gives an all-zero channel of a constant the scale 0: allowed there only
+        try:
+            values = np.frombuffer(bytes(buf.data), fb.numpy_dtype(t.type)).reshape(shape)
+            along = (np.moveaxis(values, int(q.quantizedDimension), 0)
+                     if len(scales) > 1 else values).reshape(len(scales), -1)
+            zero &= np.any(along != 0, axis=1)
+        except (ValueError, IndexError):
+            pass  # a buffer that does not fit its shape is reported above
+    bad |= zero
     if bad.any():
         j = int(np.argmax(bad))
-        problems.append(f"{label}: scale {j} is {scales[j]}; scales must be finite and > 0")
+        problems.append(f"{label}: scale {j} is {scales[j]}; scales must be finite and > 0 "
+                        "(0 only for an all-zero channel of a constant)")
     if type_name in _ZP_RANGE and len(zps):
         lo, hi = _ZP_RANGE[type_name]
         if zps.min() < lo or zps.max() > hi:

@@ -212,7 +212,8 @@ def _prepare_without_core(fields, opts, kind) -> dict:
     if not fields["input_quantized"] or not fields["output_quantized"]:
         raise ValueError("MAM_SPARSE: input and output need a per-tensor quantization scale > 0")
     ws = fields["weight_scales"]
-    if len(ws) not in (1, m) or not np.all(np.isfinite(ws) & (ws > 0)):
+    empty = (fields["row_counts"][:m] == 0) if len(ws) > 1 else fields["values_len"] == 0
+    if len(ws) not in (1, m) or not np.all(np.isfinite(ws) & ((ws > 0) | ((ws == 0) & empty))):
         raise ValueError("MAM_SPARSE: weight scales must be 1 or M finite values > 0")
     real = reference.effective_scale(fields["input_scale"], ws, fields["output_scale"])
     mult, shift = reference.quantize_multipliers(real)

@@ -51,6 +51,10 @@ def _scale_nan(tfl, sg):
     sg.tensors[_by_name(sg, "pre/MatMul")].quantization.scale[0] = np.nan
 
 
+def _scale_0_on_a_nonzero_channel(tfl, sg):
+    sg.tensors[_by_name(sg, "pre/MatMul")].quantization.scale[2] = 0.0
+
+
 def _zero_points_short(tfl, sg):
     q = sg.tensors[_by_name(sg, "pre/MatMul")].quantization
     q.zeroPoint = q.zeroPoint[:1]
@@ -92,6 +96,8 @@ EDITS = [
     (_weight_shape_grows, "tensor 1 'model/pre/MatMul': its buffer holds 320 bytes; shape "
                           "[16, 20, 1441792] of INT8 needs 461373440"),
     (_scale_nan, "scale 0 is nan; scales must be finite and > 0"),
+    (_scale_0_on_a_nonzero_channel, "scale 2 is 0.0; scales must be finite and > 0 (0 only "
+                                    "for an all-zero channel of a constant)"),
     (_zero_points_short, "16 scales but 1 zero points"),
     (_op_input_out_of_range, "operator 0 FULLY_CONNECTED: tensor index 999 is out of range"),
     (_buffer_out_of_range, "buffer 77 does not exist"),

@@ -219,6 +219,30 @@ def test_converter_made_mac_sparse_runs_in_tflm_as_on_the_host(tflm, mode):
     assert len(np.unique(want)) > 8
 
 
+def test_an_all_zero_row_with_weight_scale_0_runs_in_tflm_as_on_the_host(tflm):
+    """TFLite's 16x8 converter gives an all-zero output row of a pruned Dense the weight scale
+    0 (multiplier 0, as FULLY_CONNECTED takes it); MAC_SPARSE stores no entry for that row and
+    the glue, like the host, accepts it."""
+    mode = "int16x8"
+    keras.backend.clear_session()
+    model, n = _model_a()
+    dec = model.get_layer("dec")
+    _prune(dec, np.random.default_rng(5), 0.7)
+    k = dec.kernel.numpy()
+    k[:, 3] = 0.0  # output 3 reads nothing
+    dec.kernel.assign(k)
+    data = np.random.default_rng(2).standard_normal((64, n)).astype(np.float32)
+    tflite = convert(model, data, mode=mode, mac_sparse_below=0.5)
+    tfl = fb.load(tflite)
+    sg = tfl.subgraphs[0]
+    op = next(o for o in sg.operators if fb.op_name(tfl, o) == options.MAC_SPARSE)
+    assert sg.tensors[int(op.inputs[1])].quantization.scale[3] == 0.0
+    host = Interpreter(tflite, backend="core")
+    x = _inputs(host, data, seed=6)
+    want = np.stack([host.run_raw(s) for s in x])
+    np.testing.assert_array_equal(_run_tflm(tflm, tflite, x), want)
+
+
 def test_a_batch_of_rows_runs_in_one_invoke(tflm):
     """MAM_SPARSE flattens its input to [B, N] like FULLY_CONNECTED: B = 4 rows at once."""
     tflite, data = _converted("b", "int8")

@@ -419,7 +419,11 @@ int mam_validate(const mam_layer_desc *d, char *msg, size_t msg_len) {
     return fail(msg, msg_len, MAM_ERR_ARGUMENT, "the weight scales are missing");
   }
   for (int32_t j = 0; j < d->weight_scale_count; ++j) {
-    if (!(d->weight_scales[j] > 0.0f) || !isfinite(d->weight_scales[j])) {
+    /* TFLite gives a row whose weights are all zero the scale 0 (as FULLY_CONNECTED takes
+     * it: multiplier 0); such a row stores no entry. Per tensor: no entry at all. */
+    const int empty = d->weight_scale_count > 1 ? d->row_counts[j] == 0 : d->values_len == 0;
+    const float s = d->weight_scales[j];
+    if (!isfinite(s) || !(s > 0.0f || (s == 0.0f && empty))) {
       return fail(msg, msg_len, MAM_ERR_QUANT, "weight scale %d is not a finite value > 0",
                   LL(j));
     }
