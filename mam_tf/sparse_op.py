@@ -30,8 +30,6 @@ _TFLITE_TYPE = {  # schema TensorType -> TfLiteType (TFLM's ConvertTensorType)
     0: 1, 1: 10, 2: 2, 3: 3, 4: 4, 5: 5, 6: 6, 7: 7, 8: 8, 9: 9, 10: 11, 11: 12, 12: 13,
     13: 14, 14: 15, 15: 16, 16: 17, 17: 18, 18: 19,
 }
-_ITEMSIZE = {1: 4, 2: 4, 3: 1, 4: 8, 6: 1, 7: 2, 8: 8, 9: 1, 10: 2, 11: 8, 12: 16, 13: 8,
-             16: 4, 17: 2, 19: 2}  # TfLiteType -> bytes per element
 
 
 def tflite_type_code(tensor_type: int) -> int:

@@ -5,7 +5,6 @@
  */
 #include "mam_sparse_op.h"
 
-#include <cmath>
 #include <cstddef>
 #include <cstdint>
 
