@@ -9,10 +9,6 @@ import argparse
 import sys
 
 
-class UserError(Exception):
-    """Something the user asked for cannot be done: one line on stderr, exit status 2."""
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mam-tf",
@@ -65,7 +61,7 @@ def main(argv=None) -> int:
     name = " ".join(filter(None, ["mam-tf", args.command, getattr(args, "bench_command", None)]))
     try:
         result = args.func(args)
-    except (UserError, ValueError, OSError) as err:
+    except (ValueError, OSError) as err:
         # A user error (a file that is missing or unreadable, a model or data the command
         # refuses): one line, argparse's exit status. Anything else is a bug: its traceback.
         text = " ".join(str(err).split()) or type(err).__name__
