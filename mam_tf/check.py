@@ -301,6 +301,41 @@ def _check_tensor(model, sg, k, i, owned, problems) -> bool:
     return True
 
 
+def _elements(t) -> int:
+    return int(np.prod([int(d) for d in t.shape], dtype=object)) if t.shape is not None else 1
+
+
+def _builtin_shapes(sg, kind, ins, outs):
+    """The shape rules of the builtin ops converted models hold, which TFLite-Micro's kernels
+    assume rather than check (a FULLY_CONNECTED whose filter is not [units, in] aborts it)."""
+    t = sg.tensors
+    if kind == "FULLY_CONNECTED":
+        if len(ins) not in (2, 3) or len(outs) != 1 or min(ins[:2]) < 0:
+            return f"takes input, filter (and bias) and one output; has {ins} -> {outs}"
+        x, w, y = t[ins[0]], t[ins[1]], t[outs[0]]
+        wshape = [] if w.shape is None else [int(d) for d in w.shape]
+        if len(wshape) != 2 or wshape[1] < 1:
+            return f"filter {_tensor_label(sg, ins[1])} has shape {wshape}; it must be [units, in]"
+        units, n = wshape
+        if _elements(x) % n:
+            return (f"input {_tensor_label(sg, ins[0])} holds {_elements(x)} elements, not a "
+                    f"multiple of the filter's {n} columns")
+        batches = _elements(x) // n
+        yshape = [] if y.shape is None else [int(d) for d in y.shape]
+        if _elements(y) != batches * units or not yshape or yshape[-1] != units:
+            return (f"output {_tensor_label(sg, outs[0])} has shape {yshape}; the input and "
+                    f"filter make [{batches}, {units}]")
+        if len(ins) == 3 and ins[2] >= 0 and _elements(t[ins[2]]) != units:
+            return f"bias {_tensor_label(sg, ins[2])} does not hold {units} elements"
+    elif kind in ("QUANTIZE", "DEQUANTIZE"):
+        if len(ins) != 1 or len(outs) != 1 or ins[0] < 0:
+            return f"takes one input and one output; has {ins} -> {outs}"
+        if _elements(t[ins[0]]) != _elements(t[outs[0]]):
+            return (f"input {_tensor_label(sg, ins[0])} and output {_tensor_label(sg, outs[0])} "
+                    "hold different numbers of elements")
+    return None
+
+
 def _check_subgraph(model, sg, k, problems):
     from mam_tf import sparse_op
 
@@ -342,6 +377,9 @@ def _check_subgraph(model, sg, k, problems):
             continue
         if not op_outs:
             problems.append(f"{label}: no outputs")
+        shape_problem = _builtin_shapes(sg, kind, op_ins, op_outs)
+        if shape_problem:
+            problems.append(f"{label}: {shape_problem}")
         sparse = kind in (options.MAM_SPARSE, options.MAC_SPARSE)
         if sparse:
             try:

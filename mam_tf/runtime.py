@@ -10,6 +10,7 @@ device's, bit for bit, for every op TFLite-Micro and the core implement.
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import warnings
 from pathlib import Path
@@ -66,8 +67,8 @@ class _SparseStep:
 class _BuiltinStep:
     """A run of builtin ops, as a model of its own for TFLite-Micro's interpreter."""
 
-    def __init__(self, data, op_indices, inputs, outputs):
-        model = fb.load(data)
+    def __init__(self, checked, op_indices, inputs, outputs):
+        model = copy.deepcopy(checked)  # the checked model object, not a second parse
         sg = model.subgraphs[0]
         sg.operators = [sg.operators[i] for i in op_indices]
         sg.inputs = np.array(inputs, np.int32)
@@ -190,7 +191,7 @@ class Interpreter:
                 for t in sg.operators[i].outputs:
                     if int(t) in needed_later[run[-1]] and int(t) not in outputs:
                         outputs.append(int(t))
-            steps.append(_BuiltinStep(self._data, list(run), inputs, outputs))
+            steps.append(_BuiltinStep(tfl, list(run), inputs, outputs))
             run.clear()
 
         for k, kind in enumerate(kinds):

@@ -89,7 +89,13 @@ def _empty_activation(tfl, sg):  # found by the fuzzer: FULLY_CONNECTED on a [1,
     sg.tensors[int(sg.inputs[0])].shape = np.array([1, 0], np.int32)
 
 
+def _filter_is_the_input(tfl, sg):  # found by the fuzzer: TFLM aborted in FULLY_CONNECTED
+    sg.operators[0].inputs = np.array([0, 0, -1], np.int32)
+
+
 EDITS = [
+    (_filter_is_the_input, "operator 0 FULLY_CONNECTED: output tensor 2 'model/pre/MatMul;"
+                           "model/pre/Relu' has shape [1, 16]; the input and filter make [1, 1]"),
     (_opcode_fields_disagree, "operator code 0: builtin code 9 and deprecated builtin code 83 "
                               "disagree"),
     (_empty_activation, "tensor 0 'serving_default_x:0': shape [1, 0] holds no element"),
