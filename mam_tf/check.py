@@ -401,7 +401,9 @@ def _check_subgraph(model, sg, k, problems):
                 problems.append(f"{label} writes {_tensor_label(sg, t)}, which is already written")
             written.add(t)
     for t in outs:
-        if t not in written and t not in constant:
+        if t in constant:
+            problems.append(f"{where}model output {_tensor_label(sg, t)} is a constant")
+        elif t not in written:
             problems.append(f"{where}model output {_tensor_label(sg, t)} is never written")
 
 

@@ -93,7 +93,12 @@ def _filter_is_the_input(tfl, sg):  # found by the fuzzer: TFLM aborted in FULLY
     sg.operators[0].inputs = np.array([0, 0, -1], np.int32)
 
 
+def _output_is_a_constant(tfl, sg):  # found by the fuzzer: the runtime had no value for it
+    sg.outputs = np.array([_by_name(sg, "pre/MatMul")], np.int32)
+
+
 EDITS = [
+    (_output_is_a_constant, "model output tensor 1 'model/pre/MatMul' is a constant"),
     (_filter_is_the_input, "operator 0 FULLY_CONNECTED: output tensor 2 'model/pre/MatMul;"
                            "model/pre/Relu' has shape [1, 16]; the input and filter make [1, 1]"),
     (_opcode_fields_disagree, "operator code 0: builtin code 9 and deprecated builtin code 83 "
