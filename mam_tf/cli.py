@@ -29,6 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_reproduce_command(sub)
 
+    from mam_tf.check import add_check_command
+
+    add_check_command(sub)
+
     from ecg_data.cli import add_data_commands
 
     add_data_commands(sub)
@@ -56,7 +60,20 @@ def main(argv=None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    result = args.func(args)
+    name = " ".join(filter(None, ["mam-tf", args.command, getattr(args, "bench_command", None)]))
+    try:
+        result = args.func(args)
+    except (ValueError, OSError) as err:
+        # A user error (a file that is missing or unreadable, a model or data the command
+        # refuses): one line, argparse's exit status. Anything else is a bug: its traceback.
+        text = " ".join(str(err).split()) or type(err).__name__
+        print(f"{name}: error: {text}", file=sys.stderr)
+        return 2
+    except SystemExit as stop:  # a command that stopped with a message
+        if isinstance(stop.code, str):
+            print(" ".join(stop.code.split()), file=sys.stderr)
+            return 2
+        raise
     return result if isinstance(result, int) else 0
 
 

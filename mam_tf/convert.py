@@ -21,6 +21,8 @@ package) and the custom options are written with ``flatbuffers.flexbuffers``.
 """
 from __future__ import annotations
 
+import contextlib
+
 import dataclasses
 
 import numpy as np
@@ -586,17 +588,29 @@ def write_header(tflite: bytes, path, name="model_data"):
 # Command line: mam-tf convert
 # ------------------------------------------------------------------------------------------
 def _load_data(path, key):
+    """The array in a .npy, or the one (or ``key``) array of a .npz; ValueError naming the
+    file for anything unreadable."""
+    import zipfile
+
     path = str(path)
-    if path.endswith(".npy"):
-        return np.load(path)
-    with np.load(path) as z:
-        if key is None:
-            if len(z.files) != 1:
-                raise ValueError(f"convert: {path} holds arrays {z.files}; choose one with --data-key")
-            key = z.files[0]
-        if key not in z.files:
-            raise ValueError(f"convert: {path} has no array {key!r}; it holds {z.files}")
-        return z[key]
+    try:
+        loaded = np.load(path)
+        if not hasattr(loaded, "files"):  # a .npy (whatever its name)
+            return loaded
+        with loaded as z:
+            if key is None:
+                if len(z.files) != 1:
+                    raise ValueError(f"{path} holds arrays {z.files}; choose one with --data-key")
+                key = z.files[0]
+            if key not in z.files:
+                raise ValueError(f"{path} has no array {key!r}; it holds {z.files}")
+            return z[key]
+    except OSError as err:
+        raise ValueError(f"cannot read {path!r}: {err.strerror or err}") from None
+    except (zipfile.BadZipFile, EOFError, ValueError) as err:
+        if str(err).startswith(path):
+            raise
+        raise ValueError(f"{path!r} is not a readable .npy/.npz array file ({err})") from None
 
 
 def _cmd_convert(args):
@@ -605,20 +619,28 @@ def _cmd_convert(args):
     from mam_tf._compat import keras as _keras
 
     if not os.path.exists(args.model):
-        raise SystemExit(f"mam-tf convert: no model at {args.model!r}")
-    model = _keras.models.load_model(args.model, compile=False)
-    data = None if args.data is None else _load_data(args.data, args.data_key)
+        raise ValueError(f"no model at {args.model!r}")
+    if args.samples < 1:
+        raise ValueError(f"--samples must be >= 1, got {args.samples}")
     try:
-        result = convert(model, data, mode=args.mode, per_row=not args.per_tensor,
-                         float_io=args.float_io, calibration_samples=args.samples,
-                         mac_sparse_below=args.mac_sparse_below,
-                         require_mam=not args.allow_no_mam, return_report=True)
-    except ValueError as err:
-        raise SystemExit(f"mam-tf convert: {err}") from None
+        model = _keras.models.load_model(args.model, compile=False)
+    except Exception as err:  # Keras raises assorted types for files it cannot read
+        raise ValueError(f"cannot load a Keras model from {args.model!r} "
+                         f"({type(err).__name__}: {' '.join(str(err).split())[:300]})") from None
+    data = None if args.data is None else _load_data(args.data, args.data_key)
+    result = convert(model, data, mode=args.mode, per_row=not args.per_tensor,
+                     float_io=args.float_io, calibration_samples=args.samples,
+                     mac_sparse_below=args.mac_sparse_below,
+                     require_mam=not args.allow_no_mam, return_report=True)
     tmp = args.output + ".part"
-    with open(tmp, "wb") as fh:
-        fh.write(result.tflite)
-    os.replace(tmp, args.output)  # never leave a half-written model behind
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(result.tflite)
+        os.replace(tmp, args.output)  # never leave a half-written model behind
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise ValueError(f"cannot write {args.output!r}: {err.strerror or err}") from None
     print(result.report())
     print(f"wrote {args.output}")
     if args.header:

@@ -16,6 +16,7 @@ and raises ValueError with the core's message, so no Python call can read out of
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -43,6 +44,7 @@ __all__ = [
     "multiply_by_quantized_multiplier_64",
     "validate_layer",
     "validate_requant",
+    "prepare_layer",
     "layer_desc",
     "mam_sparse",
     "mac_sparse",
@@ -184,7 +186,49 @@ class _Desc(ctypes.Structure):
         ("in_features", c_int32), ("activation", c_int32), ("version", c_int32),
         ("weight_scale_count", c_int32), ("weight_zero_point", c_int32),
         ("input_zero_point", c_int32), ("output_zero_point", c_int32),
+        ("values_bytes", c_int64), ("offsets_bytes", c_int64), ("row_counts_bytes", c_int64),
+        ("bias_bytes", c_int64),
+        ("input_quantized", c_int32), ("output_quantized", c_int32),
+        ("input_scale", c_float), ("output_scale", c_float),
+        ("weight_scales", POINTER(c_float)),
     ]
+
+
+#: Integer ranges of the C types the arguments go into: a value outside is refused, never
+#: wrapped or clamped by ctypes.
+_RANGES = {c_int32: (-2**31, 2**31 - 1), c_int64: (-2**63, 2**63 - 1)}
+#: The shift ranges the core's requantization helpers are defined for (core.h).
+SHIFT_MIN, SHIFT_MAX_S8, SHIFT_MAX_S16 = -31, 30, 7
+
+
+def _int(name: str, value, ctype=c_int32) -> int:
+    """value as a Python int that fits ctype, else ValueError naming it."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        if isinstance(value, (float, np.floating)) and float(value).is_integer():
+            value = int(value)
+        else:
+            raise ValueError(f"{name} must be an integer, got {value!r}")
+    lo, hi = _RANGES[ctype]
+    v = int(value)
+    if not lo <= v <= hi:
+        raise ValueError(f"{name} is {v}; it must lie in {lo}..{hi} (C {ctype.__name__})")
+    return v
+
+
+def _int_array(name: str, values, dtype) -> np.ndarray:
+    """A C-contiguous array of dtype holding exactly the given integers (no wrap, no cast
+    of floats); the same object when values already is one."""
+    a = np.asarray(values)
+    dtype = np.dtype(dtype)
+    if a.size and not np.issubdtype(a.dtype, np.integer):
+        raise ValueError(f"{name} must hold integers, got {a.dtype}")
+    if a.size:
+        info = np.iinfo(dtype)
+        lo, hi = int(a.min()), int(a.max())
+        if lo < info.min or hi > info.max:
+            raise ValueError(f"{name} holds {lo}..{hi}; it must fit {dtype.name} "
+                             f"({info.min}..{info.max})")
+    return np.ascontiguousarray(a, dtype)
 
 
 _LIB = None
@@ -199,6 +243,9 @@ def load() -> ctypes.CDLL:
     P = POINTER
     lib.mam_validate.argtypes = [P(_Desc), c_char_p, c_size_t]
     lib.mam_validate.restype = c_int
+    lib.mam_prepare_requant.argtypes = [P(_Desc), P(c_int32), P(c_int32), P(_Requant),
+                                        c_char_p, c_size_t]
+    lib.mam_prepare_requant.restype = c_int
     lib.mam_validate_requant.argtypes = [P(_Requant), c_int32, c_int32, c_char_p, c_size_t]
     lib.mam_validate_requant.restype = c_int
     lib.mam_quantize_multiplier.argtypes = [c_double, P(c_int32), P(c_int32)]
@@ -260,7 +307,8 @@ def activation_range(activation: int, output_scale: float, output_zero_point: in
     """The core's ``mam_activation_range`` (CalculateActivationRangeQuantized)."""
     lo, hi = c_int32(), c_int32()
     code = TYPE_CODES.get(np.dtype(dtype), TYPE_UNSUPPORTED)
-    status = load().mam_activation_range(int(activation), float(output_scale), int(output_zero_point),
+    status = load().mam_activation_range(_int("activation", activation), float(output_scale),
+                                         _int("output_zero_point", output_zero_point),
                                          code, ctypes.byref(lo), ctypes.byref(hi))
     if status:
         raise ValueError(
@@ -270,8 +318,19 @@ def activation_range(activation: int, output_scale: float, output_zero_point: in
     return lo.value, hi.value
 
 
-def _elementwise(fn, *args, dtype=np.int64):
-    arrs = np.broadcast_arrays(*[np.asarray(a, np.int64) for a in args])
+def _elementwise(fn, *args, names, ranges, dtype=np.int64):
+    """fn over broadcast args; each argument must lie in its (lo, hi) range (C's contract:
+    the C types' ranges, and the shifts the core's helpers are defined for)."""
+    arrs = []
+    for a, name, (lo, hi) in zip(args, names, ranges):
+        a = np.asarray(a)
+        if a.size and not np.issubdtype(a.dtype, np.integer):
+            raise ValueError(f"{name} must hold integers, got {a.dtype}")
+        if a.size and (int(a.min()) < lo or int(a.max()) > hi):
+            raise ValueError(f"{name} holds {int(a.min())}..{int(a.max())}; it must lie in "
+                             f"{lo}..{hi}")
+        arrs.append(a.astype(np.int64))
+    arrs = np.broadcast_arrays(*arrs)
     out = np.empty(arrs[0].shape, dtype)
     flat = [a.ravel() for a in arrs]
     for i in range(out.size):
@@ -279,20 +338,33 @@ def _elementwise(fn, *args, dtype=np.int64):
     return out
 
 
+_I32 = _RANGES[c_int32]
+_I64 = _RANGES[c_int64]
+
+
 def saturating_rounding_doubling_high_mul(a, b) -> np.ndarray:
-    return _elementwise(load().mam_saturating_rounding_doubling_high_mul, a, b)
+    return _elementwise(load().mam_saturating_rounding_doubling_high_mul, a, b,
+                        names=("a", "b"), ranges=(_I32, _I32))
 
 
 def rounding_divide_by_pot(x, exponent) -> np.ndarray:
-    return _elementwise(load().mam_rounding_divide_by_pot, x, exponent)
+    """exponent in 0..31 (the core's contract)."""
+    return _elementwise(load().mam_rounding_divide_by_pot, x, exponent,
+                        names=("x", "exponent"), ranges=(_I32, (0, 31)))
 
 
 def multiply_by_quantized_multiplier(x, multiplier, shift) -> np.ndarray:
-    return _elementwise(load().mam_multiply_by_quantized_multiplier, x, multiplier, shift)
+    """The int8 mode's requantization; shift in SHIFT_MIN..SHIFT_MAX_S8."""
+    return _elementwise(load().mam_multiply_by_quantized_multiplier, x, multiplier, shift,
+                        names=("x", "multiplier", "shift"),
+                        ranges=(_I32, _I32, (SHIFT_MIN, SHIFT_MAX_S8)))
 
 
 def multiply_by_quantized_multiplier_64(x, multiplier, shift) -> np.ndarray:
-    return _elementwise(load().mam_multiply_by_quantized_multiplier_64, x, multiplier, shift)
+    """The int16 mode's requantization; shift in SHIFT_MIN..SHIFT_MAX_S16."""
+    return _elementwise(load().mam_multiply_by_quantized_multiplier_64, x, multiplier, shift,
+                        names=("x", "multiplier", "shift"),
+                        ranges=(_I64, _I32, (SHIFT_MIN, SHIFT_MAX_S16)))
 
 
 # ----------------------------------------------------------------------------------------
@@ -311,13 +383,14 @@ def _call_validation(fn, *args) -> tuple[int, str]:
 def layer_desc(csr: OffsetCSR, *, input_shape=None, input_dtype=np.int8, output_shape=None,
                output_dtype=None, bias=None, bias_dtype=None, activation: int = 0,
                version: int = 1, in_features: Optional[int] = None,
-               weight_scale_count: int = 1, weight_zero_point: int = 0,
+               weight_scale_count: Optional[int] = None, weight_zero_point: int = 0,
                input_zero_point: int = 0, output_zero_point: int = 0,
-               num_inputs: Optional[int] = None, num_outputs: int = 1) -> dict:
+               num_inputs: Optional[int] = None, num_outputs: int = 1,
+               input_scale: float = 1.0, output_scale: float = 1.0, weight_scales=None) -> dict:
     """The fields of the core's ``mam_layer_desc`` for a node running ``csr``.
 
-    Defaults describe a consistent node (one batch row, no bias); override any field to
-    describe what a (possibly corrupted) model says.
+    Defaults describe a consistent node (one batch row, no bias, scales 1); override any field
+    to describe what a (possibly corrupted) model says.
     """
     m, n = csr.shape
     n_opt = n if in_features is None else in_features
@@ -327,6 +400,11 @@ def layer_desc(csr: OffsetCSR, *, input_shape=None, input_dtype=np.int8, output_
     has_bias = bias is not None or bias_dtype is not None
     if bias_dtype is None and bias is not None:
         bias_dtype = np.asarray(bias).dtype
+    weight_scales = (np.ones(1 if weight_scale_count is None else max(weight_scale_count, 0),
+                             np.float32)
+                     if weight_scales is None else np.atleast_1d(np.asarray(weight_scales, np.float32)))
+    bias_len = (np.asarray(bias).shape[0] if bias is not None else m) if has_bias else 0
+    bias_item = 4 if np.dtype(input_dtype) == np.int8 else 8
     return dict(
         num_inputs=(5 if has_bias else 4) if num_inputs is None else num_inputs,
         num_outputs=num_outputs,
@@ -340,12 +418,48 @@ def layer_desc(csr: OffsetCSR, *, input_shape=None, input_dtype=np.int8, output_
         input_last_dim=int(input_shape[-1]), output_last_dim=int(output_shape[-1]),
         values_len=csr.values.shape[0], offsets_len=csr.offsets.shape[0],
         row_counts_len=csr.row_counts.shape[0],
-        bias_len=(np.asarray(bias).shape[0] if bias is not None else m) if has_bias else 0,
+        bias_len=bias_len,
         offsets=csr.offsets, row_counts=csr.row_counts,
         in_features=n_opt, activation=activation, version=version,
-        weight_scale_count=weight_scale_count, weight_zero_point=weight_zero_point,
+        weight_scale_count=len(weight_scales) if weight_scale_count is None else weight_scale_count,
+        weight_zero_point=weight_zero_point,
         input_zero_point=input_zero_point, output_zero_point=output_zero_point,
+        values_bytes=csr.values.shape[0] * csr.values.dtype.itemsize,
+        bias_bytes=bias_len * bias_item if has_bias else 0,
+        input_quantized=1, output_quantized=1, input_scale=input_scale,
+        output_scale=output_scale, weight_scales=weight_scales,
     )
+
+
+_FLOAT_FIELDS = ("input_scale", "output_scale")
+
+
+def _desc(fields: dict):
+    """A ``mam_layer_desc`` from fields (see :func:`layer_desc`) and the arrays it points
+    into. The core reads offsets, row_counts and weight_scales: their byte sizes are those of
+    the arrays themselves (so the core's own size check keeps every read inside them), and
+    weight_scales must hold weight_scale_count values."""
+    fields = dict(fields)
+    offsets = _int_array("offsets", fields.pop("offsets"), np.uint8)
+    row_counts = _int_array("row_counts", fields.pop("row_counts"), np.int16)
+    scales = np.ascontiguousarray(np.atleast_1d(np.asarray(fields.pop("weight_scales", [1.0]),
+                                                           np.float32)))
+    count = _int("weight_scale_count", fields.get("weight_scale_count", 1))
+    if count > scales.size:
+        raise ValueError(f"weight_scale_count is {count} but {scales.size} weight scales are given")
+    fields["offsets_bytes"] = offsets.nbytes
+    fields["row_counts_bytes"] = row_counts.nbytes
+    types = dict(_Desc._fields_)
+    values = {}
+    for k, v in fields.items():
+        if k not in types:
+            raise ValueError(f"mam_layer_desc has no field {k!r}")
+        values[k] = float(v) if k in _FLOAT_FIELDS else _int(k, v, types[k])
+    desc = _Desc(**values)
+    desc.offsets = _ptr(offsets, c_uint8)
+    desc.row_counts = _ptr(row_counts, c_int16)
+    desc.weight_scales = _ptr(scales, c_float)
+    return desc, (offsets, row_counts, scales)
 
 
 def validate_layer(**fields) -> tuple[int, str]:
@@ -353,12 +467,28 @@ def validate_layer(**fields) -> tuple[int, str]:
 
     Returns (status code, one-line message; "" when the status is 0).
     """
-    offsets = np.ascontiguousarray(fields.pop("offsets"), np.uint8)
-    row_counts = np.ascontiguousarray(fields.pop("row_counts"), np.int16)
-    desc = _Desc(**{k: int(v) for k, v in fields.items()})
-    desc.offsets = _ptr(offsets, c_uint8)
-    desc.row_counts = _ptr(row_counts, c_int16)
+    desc, keep = _desc(fields)
     return _call_validation(load().mam_validate, ctypes.byref(desc))
+
+
+def prepare_layer(**fields) -> dict:
+    """What the device's Prepare does with a node: the core's ``mam_validate``, then
+    ``mam_prepare_requant``. Returns {multiplier, shift (int32 arrays), act_min, act_max};
+    raises ValueError with the core's message (the glue's words) when either refuses."""
+    desc, keep = _desc(fields)
+    lib = load()
+    status, msg = _call_validation(lib.mam_validate, ctypes.byref(desc))
+    if status:
+        raise ValueError(msg)
+    count = desc.row_counts_len if desc.weight_scale_count > 1 else 1
+    mult = np.zeros(count, np.int32)
+    shift = np.zeros(count, np.int32)
+    q = _Requant()
+    status, msg = _call_validation(lib.mam_prepare_requant, ctypes.byref(desc),
+                                   _ptr(mult, c_int32), _ptr(shift, c_int32), ctypes.byref(q))
+    if status:
+        raise ValueError(msg)
+    return dict(multiplier=mult, shift=shift, act_min=int(q.act_min), act_max=int(q.act_max))
 
 
 def _requant(m, multiplier, shift, input_zero_point, output_zero_point, act_min, act_max, dtype):
@@ -368,17 +498,15 @@ def _requant(m, multiplier, shift, input_zero_point, output_zero_point, act_min,
         raise ValueError(
             f"multiplier {mult.shape} and shift {shf.shape} must both have length 1 or M = {m}"
         )
-    for what, a in (("multiplier", mult), ("shift", shf)):
-        if not np.issubdtype(a.dtype, np.integer) or (a.size and (a.min() < -2**31 or a.max() >= 2**31)):
-            raise ValueError(f"{what} must hold int32 values, got {a.dtype} {a.min()}..{a.max()}")
-    mult = np.ascontiguousarray(mult, np.int32)
-    shf = np.ascontiguousarray(shf, np.int32)
+    mult = _int_array("multiplier", mult, np.int32)
+    shf = _int_array("shift", shf, np.int32)
     info = np.iinfo(dtype)
     q = _Requant(
         multiplier=_ptr(mult, c_int32), shift=_ptr(shf, c_int32), per_row=int(mult.size > 1),
-        input_zero_point=int(input_zero_point), output_zero_point=int(output_zero_point),
-        act_min=int(info.min if act_min is None else act_min),
-        act_max=int(info.max if act_max is None else act_max),
+        input_zero_point=_int("input_zero_point", input_zero_point),
+        output_zero_point=_int("output_zero_point", output_zero_point),
+        act_min=_int("act_min", info.min if act_min is None else act_min),
+        act_max=_int("act_max", info.max if act_max is None else act_max),
     )
     return q, (mult, shf)
 
@@ -389,7 +517,7 @@ def validate_requant(m: int, multiplier, shift, *, dtype=np.int8, input_zero_poi
     q, keep = _requant(m, multiplier, shift, input_zero_point, output_zero_point, act_min,
                        act_max, dtype)
     code = TYPE_CODES.get(np.dtype(dtype), TYPE_UNSUPPORTED)
-    return _call_validation(load().mam_validate_requant, ctypes.byref(q), int(m), code)
+    return _call_validation(load().mam_validate_requant, ctypes.byref(q), _int("m", m), code)
 
 
 def _raise(status: int, msg: str):
@@ -426,26 +554,29 @@ def _run(name, weight_args, x, n, m, b, requant):
     bt = c_int32 if dt == np.int8 else c_int64
     fn = getattr(load(), f"{name}_{'s8' if dt == np.int8 else 's16'}")
     fn(*weight_args, ctypes.byref(q), _ptr(b, bt) if b is not None else None,
-       _ptr(xc, xt), batches, _ptr(out, xt))
+       _ptr(xc, xt), _int("batches", batches), _ptr(out, xt))
     return out.reshape(x.shape[:-1] + (m,))
 
 
 def _sparse(kind, x, csr: OffsetCSR, bias, multiplier, shift, input_zero_point,
             output_zero_point, act_min, act_max):
-    m, n = csr.shape
+    m, n = _int("M", csr.shape[0]), _int("N", csr.shape[1])
     x = _input(x, n)
     dt = x.dtype
     b = _bias(bias)
     if b is not None and b.ndim != 1:
         raise ValueError(f"bias must be 1-D [M], got shape {b.shape}")
-    status, msg = validate_layer(**layer_desc(
-        csr, input_shape=x.shape, input_dtype=dt, bias=b, in_features=n,
-        input_zero_point=input_zero_point, output_zero_point=output_zero_point,
-    ))
+    # The arrays validated are the arrays the kernel reads: contiguous and typed once (a
+    # fresh OffsetCSR converts them), then the same objects go to mam_validate and the kernel.
+    same = dataclasses.replace(csr)
+    values, offsets, row_counts = same.values, same.offsets, same.row_counts
+    fields = layer_desc(same, input_shape=x.shape, input_dtype=dt, bias=b, in_features=n,
+                        input_zero_point=input_zero_point, output_zero_point=output_zero_point)
+    status, msg = validate_layer(**fields)
     if status:
         _raise(status, msg)
-    w = _CSR(n=n, m=m, values=_ptr(csr.values, c_int8), offsets=_ptr(csr.offsets, c_uint8),
-             row_counts=_ptr(csr.row_counts, c_int16))
+    w = _CSR(n=n, m=m, values=_ptr(values, c_int8), offsets=_ptr(offsets, c_uint8),
+             row_counts=_ptr(row_counts, c_int16))
     return _run(f"{kind}_sparse", (ctypes.byref(w),), x, n, m, b,
                 (multiplier, shift, input_zero_point, output_zero_point, act_min, act_max))
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["schema", "load", "pack", "op_name", "tensor_names", "is_constant", "constant",
-           "compact", "quantization"]
+           "compact", "quantization", "tensor_name"]
 
 
 def schema():
@@ -51,6 +51,14 @@ def tensor_names(tensor) -> list:
     """A tensor's name split into the TF op names TFLite fused into it (';'-separated)."""
     name = tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name)
     return name.split(";")
+
+
+def tensor_name(tensor) -> str:
+    """A tensor's name as text (undecodable bytes replaced, never an exception)."""
+    name = tensor.name
+    if name is None:
+        return ""
+    return name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
 
 
 def is_constant(model, sg, idx) -> bool:

@@ -5,7 +5,7 @@ checks that ``tflm_ops`` names the same keys, so the two sides cannot drift.
 """
 from __future__ import annotations
 
-__all__ = ["MAM_SPARSE", "MAC_SPARSE", "KEYS", "VERSION", "ACTIVATIONS", "encode", "decode"]
+__all__ = ["MAM_SPARSE", "MAC_SPARSE", "KEYS", "VERSION", "ACTIVATIONS", "encode", "parse", "decode"]
 
 MAM_SPARSE = "MAM_SPARSE"
 MAC_SPARSE = "MAC_SPARSE"
@@ -39,24 +39,46 @@ def encode(in_features: int, activation: int = 0) -> bytes:
     }))
 
 
-def decode(data) -> dict:
-    """Reads the options back; refuses missing keys and wrong types, naming them."""
+def parse(data) -> dict:
+    """What the TFLM glue's Init reads: the three keys as int32 values, or ValueError with
+    the glue's own words ("MAM_SPARSE: custom option 'version' is missing", ...). The values
+    themselves (version 1, in_features >= 1, a known activation) are the core's to judge
+    (``mam_validate``), as on the device."""
     from flatbuffers import flexbuffers
 
+    data = b"" if data is None else bytes(data)
+    if not data:
+        raise ValueError("MAM_SPARSE: custom options are missing (the op needs a flexbuffer map)")
     try:
-        value = flexbuffers.Loads(bytes(data))
-    except Exception as err:  # flexbuffers raises assorted errors on garbage
-        raise ValueError(f"custom options: not a flexbuffer map ({err})") from None
+        value = flexbuffers.Loads(data)
+    except Exception:  # flexbuffers raises assorted errors on garbage
+        raise ValueError("MAM_SPARSE: custom options are not a valid flexbuffer") from None
     if not isinstance(value, dict):
-        raise ValueError(f"custom options: expected a flexbuffer map, got {type(value).__name__}")
+        raise ValueError("MAM_SPARSE: custom options are not a flexbuffer map")
+    out = {}
     for key in KEYS:
-        if key not in value:
-            raise ValueError(f"custom options: missing key {key!r}")
-        if not isinstance(value[key], int) or isinstance(value[key], bool):
-            raise ValueError(f"custom options: {key!r} must be an integer, got {value[key]!r}")
+        v = value.get(key)
+        if v is None:
+            raise ValueError(f"MAM_SPARSE: custom option '{key}' is missing")
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise ValueError(f"MAM_SPARSE: custom option '{key}' is not an integer")
+        if not -2**31 <= v < 2**31:
+            raise ValueError(f"MAM_SPARSE: custom option '{key}' is outside the int32 range")
+        out[key] = v
+    return out
+
+
+def decode(data) -> dict:
+    """Reads the options back (:func:`parse`) and refuses values the kernels do not take."""
+    value = parse(data)
     if value["version"] != VERSION:
-        raise ValueError(f"custom options: version {value['version']} is not {VERSION}")
+        raise ValueError(f"MAM_SPARSE: custom option version is {value['version']}; this "
+                         f"kernel reads {VERSION}")
+    if value["in_features"] < 1:
+        raise ValueError(f"MAM_SPARSE: custom option in_features is {value['in_features']}; "
+                         "it must be >= 1")
     if value["fused_activation_function"] not in ACTIVATIONS:
-        raise ValueError(f"custom options: fused_activation_function "
-                         f"{value['fused_activation_function']} is unknown")
+        raise ValueError(f"MAM_SPARSE: fused_activation_function is "
+                         f"{value['fused_activation_function']}; known: 0 NONE, 1 RELU, "
+                         "2 RELU_N1_TO_1, 3 RELU6")
     return value

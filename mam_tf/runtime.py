@@ -10,6 +10,7 @@ device's, bit for bit, for every op TFLite-Micro and the core implement.
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import warnings
 from pathlib import Path
@@ -17,12 +18,15 @@ from pathlib import Path
 import numpy as np
 
 from mam_tf import flatbuffer as fb
-from mam_tf import options, reference
+from mam_tf import check, options, reference, sparse_op
 from mam_tf.sparse import OffsetCSR
 
 __all__ = ["Interpreter"]
 
 _CUSTOM = (options.MAM_SPARSE, options.MAC_SPARSE)
+#: The largest activation tensor the host runtime allocates (a microcontroller model's are
+#: kilobytes; a corrupted shape must not make the host allocate gigabytes).
+MAX_ACTIVATION_ELEMENTS = 1 << 22
 
 
 def _kernels(backend):
@@ -43,49 +47,28 @@ def _kernels(backend):
 
 
 class _SparseStep:
-    """One MAM_SPARSE / MAC_SPARSE op, its constants read and its multipliers prepared once."""
+    """One MAM_SPARSE / MAC_SPARSE op, prepared as the device's Prepare prepares it."""
 
-    def __init__(self, model, sg, op, kind):
-        self.kind = kind
-        self.input, values, offsets, counts = (int(t) for t in op.inputs[:4])
-        bias = int(op.inputs[4]) if len(op.inputs) > 4 else -1
-        self.output = int(op.outputs[0])
-        opts = options.decode(np.asarray(op.customOptions, np.uint8).tobytes())
-        n = opts["in_features"]
-        row_counts = fb.constant(model, sg, counts)
-        self.csr = OffsetCSR(fb.constant(model, sg, values), fb.constant(model, sg, offsets),
-                             row_counts, (len(row_counts), n))
-        self.csr.check(name=sg.tensors[self.output].name.decode())
-        self.bias = fb.constant(model, sg, bias) if bias >= 0 else None
-        x_t, y_t = sg.tensors[self.input], sg.tensors[self.output]
-        self.dtype = fb.numpy_dtype(x_t.type)
-        in_s, in_zp = fb.quantization(x_t)
-        out_s, out_zp = fb.quantization(y_t)
-        w_s, _ = fb.quantization(sg.tensors[values])
-        if in_s is None or out_s is None or w_s is None:
-            raise ValueError(f"mam_tf.runtime: {kind} '{y_t.name.decode()}' has an unquantized "
-                             "input, output or values tensor")
-        real = reference.effective_scale(in_s[0], w_s, out_s[0])
-        self.multiplier, self.shift = reference.quantize_multipliers(real)
-        self.act_min, self.act_max = reference.activation_range(
-            opts["fused_activation_function"], float(out_s[0]), int(out_zp[0]), self.dtype)
-        self.in_zp, self.out_zp = int(in_zp[0]), int(out_zp[0])
-        self.out_shape = [int(d) for d in y_t.shape]
+    def __init__(self, model, sg, op_index):
+        self.node = sparse_op.prepare(model, sg, op_index)
+        self.kind, self.input, self.output = self.node.kind, self.node.input, self.node.output
+        self.csr, self.bias = self.node.csr, self.node.bias
 
     def run(self, tensors, kernels):
+        nd = self.node
         fn = kernels.mam_sparse if self.kind == options.MAM_SPARSE else kernels.mac_sparse
         x = tensors[self.input].reshape(-1, self.csr.shape[1])
-        y = fn(x, self.csr, self.bias, self.multiplier, self.shift,
-               input_zero_point=self.in_zp, output_zero_point=self.out_zp,
-               act_min=self.act_min, act_max=self.act_max)
-        tensors[self.output] = np.asarray(y).reshape(self.out_shape)
+        y = fn(x, self.csr, self.bias, nd.multiplier, nd.shift,
+               input_zero_point=nd.input_zero_point, output_zero_point=nd.output_zero_point,
+               act_min=nd.act_min, act_max=nd.act_max)
+        tensors[self.output] = np.asarray(y).reshape(nd.output_shape)
 
 
 class _BuiltinStep:
     """A run of builtin ops, as a model of its own for TFLite-Micro's interpreter."""
 
-    def __init__(self, data, op_indices, inputs, outputs):
-        model = fb.load(data)
+    def __init__(self, checked, op_indices, inputs, outputs):
+        model = copy.deepcopy(checked)  # the checked model object, not a second parse
         sg = model.subgraphs[0]
         sg.operators = [sg.operators[i] for i in op_indices]
         sg.inputs = np.array(inputs, np.int32)
@@ -99,8 +82,8 @@ class _BuiltinStep:
         positions = {id(t): k for k, t in enumerate(sg.tensors)}
         assert [positions[id(t)] for t in ins] == list(sg.inputs)
         assert [positions[id(t)] for t in outs] == list(sg.outputs)
-        activations = sum(
-            int(np.prod(t.shape)) * 8 for t in sg.tensors if t.shape is not None)
+        activations = sum(int(np.prod(t.shape, dtype=np.int64)) * 8
+                          for t in sg.tensors if t.shape is not None)
         self.data = fb.pack(model)
         from tflite_micro.python.tflite_micro import runtime as tflm
 
@@ -131,31 +114,57 @@ class Interpreter:
     """
 
     def __init__(self, model, backend="auto"):
+        name = "the model"
         if isinstance(model, (str, Path)):
             path = Path(model)
+            name = str(path)
             if not path.is_file():
-                raise ValueError(f"mam_tf.runtime: no model file at {str(path)!r}")
-            model = path.read_bytes()
+                raise ValueError(f"mam_tf.runtime: no model file at {name!r}")
+            try:
+                model = path.read_bytes()
+            except OSError as err:
+                raise ValueError(f"mam_tf.runtime: cannot read {name!r} ({err.strerror})") from None
         self._data = bytes(model)
-        try:
-            tfl = fb.load(self._data)
-        except Exception as err:
-            raise ValueError(f"mam_tf.runtime: not a .tflite flatbuffer ({err})") from None
-        if len(tfl.subgraphs) != 1:
-            raise ValueError(f"mam_tf.runtime: {len(tfl.subgraphs)} subgraphs; one is supported")
-        sg = tfl.subgraphs[0]
         self._kernels = _kernels(backend)
         self.backend = "reference" if self._kernels is reference else "core"
+        # Nothing reaches TFLite-Micro (or the core) before the whole file has been checked.
+        tfl, problems = check.check_model(self._data)
+        if problems:
+            more = f" (and {len(problems) - 1} more problems: `mam-tf check` lists them)" \
+                if len(problems) > 1 else ""
+            raise ValueError(f"mam_tf.runtime: {name}: {problems[0]}{more}")
+        if len(tfl.subgraphs) != 1:
+            raise ValueError(f"mam_tf.runtime: {name}: {len(tfl.subgraphs)} subgraphs; one is "
+                             "supported")
+        sg = tfl.subgraphs[0]
+        for i, t in enumerate(sg.tensors):
+            size = int(np.prod(t.shape, dtype=np.int64)) if t.shape is not None else 1
+            if not fb.is_constant(tfl, sg, i) and size > MAX_ACTIVATION_ELEMENTS:
+                raise ValueError(
+                    f"mam_tf.runtime: {name}: tensor {i} '{fb.tensor_name(t)}' has shape "
+                    f"{[int(d) for d in t.shape]} ({size} elements); the host runtime takes "
+                    f"activations of at most {MAX_ACTIVATION_ELEMENTS} elements")
+        if len(sg.inputs) != 1 or len(sg.outputs) != 1:
+            raise ValueError(f"mam_tf.runtime: {name}: models with one input and one output "
+                             "are supported")
         self.input_index = int(sg.inputs[0])
         self.output_index = int(sg.outputs[0])
-        if len(sg.inputs) != 1 or len(sg.outputs) != 1:
-            raise ValueError("mam_tf.runtime: models with one input and one output are supported")
-        self.input_dtype = fb.numpy_dtype(sg.tensors[self.input_index].type)
-        self.output_dtype = fb.numpy_dtype(sg.tensors[self.output_index].type)
+        self.input_name = fb.tensor_name(sg.tensors[self.input_index])
+        try:
+            self.input_dtype = fb.numpy_dtype(sg.tensors[self.input_index].type)
+            self.output_dtype = fb.numpy_dtype(sg.tensors[self.output_index].type)
+        except ValueError as err:
+            raise ValueError(f"mam_tf.runtime: {name}: model input/output: {err}") from None
         self.input_shape = [int(d) for d in sg.tensors[self.input_index].shape]
         self.input_quantization = fb.quantization(sg.tensors[self.input_index])
         self.output_quantization = fb.quantization(sg.tensors[self.output_index])
-        self.steps = self._plan(tfl, sg)
+        try:
+            self.steps = self._plan(tfl, sg)
+        except ValueError as err:
+            raise ValueError(f"mam_tf.runtime: {name}: {err}") from None
+        except RuntimeError as err:  # TFLite-Micro refused a part while allocating it
+            raise ValueError(f"mam_tf.runtime: {name}: TFLite-Micro refused the builtin ops "
+                             f"({' '.join(str(err).split())})") from None
         self.tensors = {}
 
     def _plan(self, tfl, sg):
@@ -182,13 +191,13 @@ class Interpreter:
                 for t in sg.operators[i].outputs:
                     if int(t) in needed_later[run[-1]] and int(t) not in outputs:
                         outputs.append(int(t))
-            steps.append(_BuiltinStep(self._data, list(run), inputs, outputs))
+            steps.append(_BuiltinStep(tfl, list(run), inputs, outputs))
             run.clear()
 
         for k, kind in enumerate(kinds):
             if kind in _CUSTOM:
                 flush()
-                steps.append(_SparseStep(tfl, sg, sg.operators[k], kind))
+                steps.append(_SparseStep(tfl, sg, k))
             elif tfl.operatorCodes[sg.operators[k].opcodeIndex].customCode:
                 raise ValueError(f"mam_tf.runtime: custom op {kind!r} is not known to the host runtime")
             else:
@@ -235,32 +244,49 @@ class Interpreter:
         return ((np.asarray(y, np.int64) - zps[0]) * np.float64(scales[0])).astype(np.float32)
 
     def run(self, x):
-        """Float input [B, ...] -> float output [B, ...], computed as the device computes it."""
+        """Float input [B, ...] -> float output [B, ...], computed as the device computes it.
+
+        Refuses NaN and infinite inputs (ValueError naming the model input): quantizing them
+        has no meaning."""
+        x = np.asarray(x)
+        if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
+            raise ValueError(f"mam_tf.runtime: input '{self.input_name}' takes numbers, got "
+                             f"dtype {x.dtype}")
+        if np.issubdtype(x.dtype, np.inexact):
+            bad = ~np.isfinite(x)
+            if bad.any():
+                first = tuple(int(i) for i in np.argwhere(bad)[0])
+                raise ValueError(f"mam_tf.runtime: input '{self.input_name}' holds "
+                                 f"{int(bad.sum())} non-finite values (NaN or inf; the first at "
+                                 f"index {first}: {x[first]})")
         return self.dequantize_output(self.run_raw(self.quantize_input(x)))
 
 
 def _cmd_run(args):
     from mam_tf.convert import _load_data
 
-    try:
-        interp = Interpreter(args.model, backend=args.backend)
-        x = _load_data(args.data, args.data_key)
-        y = interp.run(x)
-    except ValueError as err:
-        raise SystemExit(f"mam-tf run: {err}") from None
+    interp = Interpreter(args.model, backend=args.backend)
+    x = _load_data(args.data, args.data_key)
+    y = interp.run(x)
     print(f"ran {len(x)} samples through {args.model} (MAM_SPARSE on the {interp.backend})")
     if args.output:
         np.save(args.output, y)
         print(f"wrote {args.output} {y.shape}")
     target = None
     if args.target:
-        target = _load_data(args.target, None)
+        target = np.asarray(_load_data(args.target, None))
+        if target.size != y.size:
+            raise ValueError(f"--target {args.target} has shape {list(target.shape)}; the "
+                             f"outputs have shape {list(y.shape)}")
     elif args.autoencoder:
-        target = x
+        target = np.asarray(x)
+        if target.size != y.size:
+            raise ValueError(f"--autoencoder: the inputs have shape {list(target.shape)}, the "
+                             f"outputs {list(y.shape)}")
     if target is not None:
         from ecg_data import arsnr
 
-        print(f"ARSNR: {arsnr(np.asarray(target).reshape(y.shape), y):.2f} dB")
+        print(f"ARSNR: {arsnr(target.reshape(y.shape), y):.2f} dB")
 
 
 def add_run_command(subparsers):

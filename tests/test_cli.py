@@ -9,7 +9,7 @@ from mam_tf import MAMDense, keras
 from mam_tf.cli import build_parser, main
 
 
-@pytest.mark.parametrize("argv", [[], ["bench"], ["convert"], ["run"], ["reproduce"], ["reproduce", "mwscas"], ["bench", "train"], ["bench", "data"], ["data"]])
+@pytest.mark.parametrize("argv", [[], ["bench"], ["convert"], ["run"], ["check"], ["reproduce"], ["reproduce", "mwscas"], ["bench", "train"], ["bench", "data"], ["data"]])
 def test_every_command_explains_itself(argv, capsys):
     with pytest.raises(SystemExit) as exc:
         build_parser().parse_args(argv + ["--help"])
@@ -40,13 +40,15 @@ def test_convert_then_run_from_the_command_line(tmp_path, capsys):
     np.testing.assert_allclose(y, model.predict(x, verbose=0), atol=0.05 * np.abs(y).max())
 
 
-def test_convert_refusal_is_a_clean_message(tmp_path):
+def test_convert_refusal_is_a_clean_message(tmp_path, capsys):
     inp = keras.Input((4,))
     keras.Model(inp, MAMDense(2, beta=0.5, name="half")(inp)).save(tmp_path / "m.keras")
     np.save(tmp_path / "x.npy", np.zeros((3, 4), np.float32))
-    with pytest.raises(SystemExit, match="MAMDense 'half': beta is 0.5"):
-        main(["convert", str(tmp_path / "m.keras"), "--data", str(tmp_path / "x.npy"),
-              "-o", str(tmp_path / "m.tflite")])
+    assert main(["convert", str(tmp_path / "m.keras"), "--data", str(tmp_path / "x.npy"),
+                 "-o", str(tmp_path / "m.tflite")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("mam-tf convert: error: "), err
+    assert "MAMDense 'half': beta is 0.5" in err[0], err
     assert not (tmp_path / "m.tflite").exists()
 
 

@@ -251,9 +251,20 @@ def _golden_csr():
      "row 2 entry 1 decodes column 299 >= in_features 299"),
     (dict(row_counts=[4, 0, 0]), "MAM_ERR_COLUMN", "row 0 entry 2 decodes column 456 >= in_features 300"),
     (dict(offsets=[3, 196, 255, 44]), "MAM_ERR_COLUMN", "decodes column 300 >= in_features 300"),
-    (dict(weight_scale_count=2), "MAM_ERR_QUANT", "values has 2 scales; it must have 1 (per tensor) or M = 3"),
+    (dict(weight_scale_count=2, weight_scales=[1.0, 1.0]), "MAM_ERR_QUANT", "values has 2 scales; it must have 1 (per tensor) or M = 3"),
     (dict(weight_zero_point=1), "MAM_ERR_QUANT", "values zero point is 1"),
     (dict(input_zero_point=128), "MAM_ERR_QUANT", "zero points (input 128, output 0) must lie in -128..127"),
+    # byte sizes are checked before a byte is read: a row_counts array shorter than M
+    (dict(row_counts=[3, 1]), "MAM_ERR_LENGTH", "row_counts holds 4 bytes; its shape needs 6"),
+    (dict(values_bytes=3), "MAM_ERR_LENGTH", "values holds 3 bytes; its shape needs 4"),
+    (dict(bias_type=2, num_inputs=5, bias_len=3, bias_bytes=8), "MAM_ERR_LENGTH",
+     "bias holds 8 bytes; its shape needs 12"),
+    (dict(input_scale=0.0), "MAM_ERR_QUANT", "input and output need a per-tensor quantization scale > 0"),
+    (dict(output_scale=float("inf")), "MAM_ERR_QUANT", "need a per-tensor quantization scale > 0"),
+    (dict(output_quantized=0), "MAM_ERR_QUANT", "need a per-tensor quantization scale > 0"),
+    (dict(weight_scales=[float("nan")]), "MAM_ERR_QUANT", "weight scale 0 is not a finite value > 0"),
+    (dict(weight_scale_count=3, weight_scales=[1.0, -2.0, 1.0]), "MAM_ERR_QUANT",
+     "weight scale 1 is not a finite value > 0"),
 ])
 def test_validate_layer_statuses_and_messages(override, status, message):
     csr = _golden_csr()
@@ -340,3 +351,30 @@ def test_library_is_cached_by_source_hash(monkeypatch):
     path = core.library_path()
     assert path.name == "libmam_sparse_core.so" and path.is_file()
     assert path.parent.name == f"core-{core._source_hash(core._SOURCE_DIR)}"
+
+
+@pytest.mark.parametrize("per_row", [False, True])
+def test_prepare_layer_forms_the_requantization_as_the_reference(per_row):
+    """mam_prepare_requant (what the glue's Prepare and the host runtime call) against the
+    numpy reference's effective scale, QuantizeMultiplier and activation range."""
+    csr = _golden_csr()
+    scales = np.array([0.011, 0.0042, 0.0193], np.float32)[: 3 if per_row else 1]
+    fields = core.layer_desc(csr, input_scale=0.07, output_scale=0.05, weight_scales=scales,
+                             activation=1, output_zero_point=-9)
+    got = core.prepare_layer(**fields)
+    mult, shift = reference.quantize_multipliers(reference.effective_scale(0.07, scales, 0.05))
+    np.testing.assert_array_equal(got["multiplier"], mult)
+    np.testing.assert_array_equal(got["shift"], shift)
+    assert (got["act_min"], got["act_max"]) == reference.activation_range(1, 0.05, -9, np.int8)
+    with pytest.raises(ValueError, match="weight scale 0 is not a finite value > 0"):
+        core.prepare_layer(**dict(fields, weight_scales=np.zeros_like(scales)))
+
+
+def test_layer_description_fields_that_do_not_fit_c_are_refused():
+    fields = core.layer_desc(_golden_csr())
+    with pytest.raises(ValueError, match="in_features is 4294967296; it must lie in"):
+        core.validate_layer(**dict(fields, in_features=2**32))
+    with pytest.raises(ValueError, match="offsets holds 0..256; it must fit uint8"):
+        core.validate_layer(**dict(fields, offsets=np.array([3, 256, 1, 0])))
+    with pytest.raises(ValueError, match="weight_scale_count is 3 but 1 weight scales are given"):
+        core.validate_layer(**dict(fields, weight_scale_count=3))

@@ -49,6 +49,7 @@ def test_fuzz_validation_and_kernels_under_sanitizers(fuzz_binary):
     # both sides were exercised: many valid nodes ran the kernels, and every check fired
     assert int(summary["valid"]) >= CASES // 5
     assert int(summary["kernel_runs"]) >= 4 * (CASES // 5)
+    assert int(summary["prepared"]) >= CASES // 5  # mam_prepare_requant ran on valid nodes
     for status in ("MAM_ERR_TENSOR_COUNT", "MAM_ERR_TYPE", "MAM_ERR_SHAPE", "MAM_ERR_LENGTH",
                    "MAM_ERR_ROW_COUNT", "MAM_ERR_COLUMN", "MAM_ERR_ACTIVATION",
                    "MAM_ERR_OPTIONS", "MAM_ERR_QUANT"):

@@ -33,6 +33,8 @@ from mam_tf import flatbuffer as fb
 from mam_tf.convert import convert
 from mam_tf.runtime import Interpreter
 
+from corruptions import CORRUPTIONS, corrupt as _corrupt, model_a as _model_a, prune as _prune
+
 TFLM_ROOT = os.environ.get("MAM_TF_TFLM_ROOT")
 pytestmark = pytest.mark.skipif(
     not TFLM_ROOT,
@@ -109,25 +111,6 @@ def _run_tflm(tflm, tflite, x):
 # ------------------------------------------------------------------------------------------
 # Models
 # ------------------------------------------------------------------------------------------
-def _prune(layer, rng, frac, gap=None):
-    w = layer.kernel.numpy()
-    w[rng.random(w.shape) < frac] = 0.0
-    if gap is not None:
-        w[gap[0]:gap[1], ::2] = 0.0  # every other output row skips the columns of `gap`
-    layer.kernel.assign(w)
-
-
-def _model_a():
-    """Dense -> MAMDense(bias, relu) -> Dense: MAM_SPARSE between two FULLY_CONNECTED."""
-    keras.utils.set_random_seed(0)
-    inp = keras.Input((20,))
-    h = keras.layers.Dense(16, activation="relu", name="pre")(inp)
-    h = MAMDense(8, activation="relu", name="enc", bias_initializer="random_normal")(h)
-    model = keras.Model(inp, keras.layers.Dense(20, name="dec")(h))
-    _prune(model.get_layer("enc"), np.random.default_rng(0), 0.3)
-    return model, 20
-
-
 def _model_b():
     """Two MAM layers back to back: wide, no bias, no activation (skips > 255 columns);
     then bias and RELU6. The model's output is a MAM_SPARSE output."""
@@ -236,6 +219,30 @@ def test_converter_made_mac_sparse_runs_in_tflm_as_on_the_host(tflm, mode):
     assert len(np.unique(want)) > 8
 
 
+def test_an_all_zero_row_with_weight_scale_0_runs_in_tflm_as_on_the_host(tflm):
+    """TFLite's 16x8 converter gives an all-zero output row of a pruned Dense the weight scale
+    0 (multiplier 0, as FULLY_CONNECTED takes it); MAC_SPARSE stores no entry for that row and
+    the glue, like the host, accepts it."""
+    mode = "int16x8"
+    keras.backend.clear_session()
+    model, n = _model_a()
+    dec = model.get_layer("dec")
+    _prune(dec, np.random.default_rng(5), 0.7)
+    k = dec.kernel.numpy()
+    k[:, 3] = 0.0  # output 3 reads nothing
+    dec.kernel.assign(k)
+    data = np.random.default_rng(2).standard_normal((64, n)).astype(np.float32)
+    tflite = convert(model, data, mode=mode, mac_sparse_below=0.5)
+    tfl = fb.load(tflite)
+    sg = tfl.subgraphs[0]
+    op = next(o for o in sg.operators if fb.op_name(tfl, o) == options.MAC_SPARSE)
+    assert sg.tensors[int(op.inputs[1])].quantization.scale[3] == 0.0
+    host = Interpreter(tflite, backend="core")
+    x = _inputs(host, data, seed=6)
+    want = np.stack([host.run_raw(s) for s in x])
+    np.testing.assert_array_equal(_run_tflm(tflm, tflite, x), want)
+
+
 def test_a_batch_of_rows_runs_in_one_invoke(tflm):
     """MAM_SPARSE flattens its input to [B, N] like FULLY_CONNECTED: B = 4 rows at once."""
     tflite, data = _converted("b", "int8")
@@ -292,115 +299,6 @@ def _allocations(text):
 # ------------------------------------------------------------------------------------------
 # (b) Corrupted models: refused at allocation/Prepare, with a message, never a crash
 # ------------------------------------------------------------------------------------------
-def _mam_op(tfl):
-    sg = tfl.subgraphs[0]
-    op = next(o for o in sg.operators if fb.op_name(tfl, o) == options.MAM_SPARSE)
-    return sg, op
-
-
-def _set_data(tfl, sg, idx, array):
-    tfl.buffers[sg.tensors[idx].buffer].data = np.frombuffer(
-        np.ascontiguousarray(array).tobytes(), np.uint8).copy()
-
-
-def _options(**values):
-    from flatbuffers import flexbuffers
-
-    return np.frombuffer(bytes(flexbuffers.Dumps(values)), np.uint8).copy()
-
-
-def _corrupt(tflite, what):
-    """A copy of the model with one thing wrong in its MAM_SPARSE op."""
-    s = fb.schema()
-    tfl = fb.load(tflite)
-    sg, op = _mam_op(tfl)
-    x_i, v_i, o_i, r_i, b_i = (int(t) for t in op.inputs)
-    rc = fb.constant(tfl, sg, r_i).copy()
-    offs = fb.constant(tfl, sg, o_i).copy()
-    good = dict(in_features=16, fused_activation_function=1, version=1)
-    if what == "row_counts_sum_off":
-        rc[0] += 1
-        _set_data(tfl, sg, r_i, rc)
-    elif what == "negative_row_count":
-        rc[1] = -1
-        _set_data(tfl, sg, r_i, rc)
-    elif what == "column_beyond_n":
-        offs[int(rc[0]) - 1] = 200  # the last entry of row 0 decodes far past N = 16
-        _set_data(tfl, sg, o_i, offs)
-    elif what == "offsets_shorter_than_values":
-        _set_data(tfl, sg, o_i, offs[:-1])
-        sg.tensors[o_i].shape = np.array([len(offs) - 1], np.int32)
-    elif what == "offsets_not_constant":
-        sg.tensors[o_i].buffer = 0  # buffer 0 is the empty one: no data in the model
-    elif what == "options_missing_version":
-        op.customOptions = _options(in_features=16, fused_activation_function=1)
-    elif what == "options_version_2":
-        op.customOptions = _options(**{**good, "version": 2})
-    elif what == "options_unknown_activation":
-        op.customOptions = _options(**{**good, "fused_activation_function": 7})
-    elif what == "options_in_features_not_n":
-        op.customOptions = _options(**{**good, "in_features": 15})
-    elif what == "options_in_features_a_string":
-        op.customOptions = _options(**{**good, "in_features": "16"})
-    elif what == "options_not_a_flexbuffer":
-        op.customOptions = np.frombuffer(b"\x07\x13\x2a\x05\x09", np.uint8).copy()
-    elif what == "options_not_a_map":
-        from flatbuffers import flexbuffers
-
-        op.customOptions = np.frombuffer(bytes(flexbuffers.Dumps([16, 1, 1])), np.uint8).copy()
-    elif what == "options_absent":
-        op.customOptions = None
-    elif what == "values_int16":
-        sg.tensors[v_i].type = s.TensorType.INT16
-    elif what == "row_counts_int32":
-        sg.tensors[r_i].type = s.TensorType.INT32
-    elif what == "bias_int64_in_int8_mode":
-        sg.tensors[b_i].type = s.TensorType.INT64
-    elif what == "three_inputs":
-        op.inputs = np.array([x_i, v_i, o_i], np.int32)
-    elif what == "two_outputs":
-        op.outputs = np.array([int(op.outputs[0]), int(op.outputs[0])], np.int32)
-    elif what == "weight_zero_point_3":
-        sg.tensors[v_i].quantization.zeroPoint = np.full(8, 3, np.int64)
-    elif what == "two_weight_scales_for_8_rows":
-        q = sg.tensors[v_i].quantization
-        q.scale, q.zeroPoint = q.scale[:2], q.zeroPoint[:2]
-    elif what == "output_last_dim_7":
-        y = sg.tensors[int(op.outputs[0])]
-        y.shape = np.array([1, 7], np.int32)
-    elif what == "untouched":
-        pass
-    else:
-        raise AssertionError(what)
-    return fb.pack(tfl)
-
-
-# (case, model mode, the message the glue must print); "" means: must be accepted.
-CORRUPTIONS = [
-    ("untouched", "int8", ""),
-    ("row_counts_sum_off", "int8", "row_counts sum to"),
-    ("negative_row_count", "int8", "row 1 has a negative row count -1"),
-    ("column_beyond_n", "int8", "row 0 entry"),
-    ("offsets_shorter_than_values", "int8", "but offsets has"),
-    ("offsets_not_constant", "int8", "offsets must be a constant tensor"),
-    ("options_missing_version", "int8", "custom option 'version' is missing"),
-    ("options_version_2", "int8", "custom option version is 2"),
-    ("options_unknown_activation", "int8", "fused_activation_function is 7"),
-    ("options_in_features_not_n", "int8", "input last dimension is 16 but in_features is 15"),
-    ("options_in_features_a_string", "int8", "custom option 'in_features' is not an integer"),
-    ("options_not_a_flexbuffer", "int8", "custom options are not a valid flexbuffer"),
-    ("options_not_a_map", "int8", "custom options are not a flexbuffer map"),
-    ("options_absent", "int8", "custom options are missing"),
-    ("values_int16", "int8", "values tensor is int16"),
-    ("row_counts_int32", "int16x8", "row_counts tensor is int32"),
-    ("bias_int64_in_int8_mode", "int8", "bias tensor is int64 (type 4); it must be int32"),
-    ("three_inputs", "int8", "node has 3 inputs"),
-    ("two_outputs", "int8", "node has 2 outputs"),
-    ("weight_zero_point_3", "int16x8", "values zero point is 3"),
-    ("two_weight_scales_for_8_rows", "int8", "values has 2 scales"),
-    ("output_last_dim_7", "int8", "output last dimension is 7"),
-]
-
 _WORKER = r'''
 import contextlib, ctypes, io, json, os, sys, tempfile
 import numpy as np
@@ -477,3 +375,17 @@ def test_corrupted_model_is_refused_with_a_message(corruption_results, name, mod
     assert "failed to allocate tensors" in r["error"], r["error"]  # at allocation, not Invoke
     assert message in r["log"], f"{name}: expected {message!r} in TFLM's log:\n{r['log']}"
     assert "failed to prepare" in r["log"], r["log"]
+
+
+@pytest.mark.parametrize("name, mode, message", CORRUPTIONS, ids=[c[0] for c in CORRUPTIONS])
+def test_host_runtime_refuses_with_the_glues_exact_line(corruption_results, name, mode, message):
+    """The glue's own line, as TFLM printed it, is inside the host runtime's refusal."""
+    if not message:
+        return
+    lines = [line for line in corruption_results[name]["log"].splitlines()
+             if "MAM_SPARSE: " in line]
+    assert lines, corruption_results[name]["log"]
+    glue = lines[0][lines[0].index("MAM_SPARSE: "):].strip()
+    with pytest.raises(ValueError) as err:
+        Interpreter(_corrupt(_converted("a", mode)[0], name), backend="core")
+    assert glue in str(err.value), (glue, str(err.value))

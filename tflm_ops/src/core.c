@@ -342,6 +342,26 @@ int mam_validate(const mam_layer_desc *d, char *msg, size_t msg_len) {
     return fail(msg, msg_len, MAM_ERR_LENGTH, "values has %d entries but offsets has %d",
                 LL(d->values_len), LL(d->offsets_len));
   }
+  {
+    /* The data behind each constant must be as long as its shape says: read nothing yet. */
+    const int64_t bias_elem = is_s8 ? 4 : 8;
+    const struct {
+      const char *name;
+      int64_t bytes, need;
+      int present;
+    } sizes[] = {
+        {"values", d->values_bytes, (int64_t)d->values_len, 1},
+        {"offsets", d->offsets_bytes, (int64_t)d->offsets_len, 1},
+        {"row_counts", d->row_counts_bytes, 2 * (int64_t)m, 1},
+        {"bias", d->bias_bytes, bias_elem * (int64_t)d->bias_len, has_bias},
+    };
+    for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); ++i) {
+      if (sizes[i].present && sizes[i].bytes != sizes[i].need) {
+        return fail(msg, msg_len, MAM_ERR_LENGTH, "%s holds %d bytes; its shape needs %d",
+                    sizes[i].name, LL(sizes[i].bytes), LL(sizes[i].need));
+      }
+    }
+  }
   if (d->row_counts == NULL || (d->offsets == NULL && d->offsets_len > 0)) {
     return fail(msg, msg_len, MAM_ERR_ARGUMENT, "row_counts or offsets data is missing");
   }
@@ -389,8 +409,56 @@ int mam_validate(const mam_layer_desc *d, char *msg, size_t msg_len) {
                 LL(d->input_zero_point), LL(d->output_zero_point), LL(zmin), LL(zmax),
                 type_name(d->input_type));
   }
+  /* !(s > 0) is also true for NaN. */
+  if (!d->input_quantized || !d->output_quantized || !(d->input_scale > 0.0f) ||
+      !(d->output_scale > 0.0f) || !isfinite(d->input_scale) || !isfinite(d->output_scale)) {
+    return fail(msg, msg_len, MAM_ERR_QUANT,
+                "input and output need a per-tensor quantization scale > 0");
+  }
+  if (d->weight_scales == NULL) {
+    return fail(msg, msg_len, MAM_ERR_ARGUMENT, "the weight scales are missing");
+  }
+  for (int32_t j = 0; j < d->weight_scale_count; ++j) {
+    /* TFLite gives a row whose weights are all zero the scale 0 (as FULLY_CONNECTED takes
+     * it: multiplier 0); such a row stores no entry. Per tensor: no entry at all. */
+    const int empty = d->weight_scale_count > 1 ? d->row_counts[j] == 0 : d->values_len == 0;
+    const float s = d->weight_scales[j];
+    if (!isfinite(s) || !(s > 0.0f || (s == 0.0f && empty))) {
+      return fail(msg, msg_len, MAM_ERR_QUANT, "weight scale %d is not a finite value > 0",
+                  LL(j));
+    }
+  }
   succeed(msg, msg_len);
   return MAM_OK;
+}
+
+int mam_prepare_requant(const mam_layer_desc *d, int32_t *multiplier, int32_t *shift,
+                        mam_requant *q, char *msg, size_t msg_len) {
+  if (d == NULL || multiplier == NULL || shift == NULL || q == NULL || d->weight_scales == NULL) {
+    return fail(msg, msg_len, MAM_ERR_ARGUMENT, "requantization arguments are missing");
+  }
+  const int32_t m = d->row_counts_len;
+  const int32_t per_row = d->weight_scale_count > 1 ? 1 : 0;
+  const int32_t count = per_row ? m : 1;
+  for (int32_t j = 0; j < count; ++j) {
+    const double real = mam_effective_scale(d->input_scale, d->weight_scales[j],
+                                            d->output_scale, per_row);
+    if (mam_quantize_multiplier(real, &multiplier[j], &shift[j]) != MAM_OK) {
+      return fail(msg, msg_len, MAM_ERR_QUANT, "row %d has no valid requantization multiplier",
+                  LL(j));
+    }
+  }
+  q->multiplier = multiplier;
+  q->shift = shift;
+  q->per_row = per_row;
+  q->input_zero_point = d->input_zero_point;
+  q->output_zero_point = d->output_zero_point;
+  if (mam_activation_range(d->activation, d->output_scale, d->output_zero_point,
+                           d->output_type, &q->act_min, &q->act_max) != MAM_OK) {
+    return fail(msg, msg_len, MAM_ERR_QUANT,
+                "the fused activation's range does not fit the output type");
+  }
+  return mam_validate_requant(q, m, d->input_type, msg, msg_len);
 }
 
 int mam_validate_requant(const mam_requant *q, int32_t m, int32_t input_type, char *msg,

@@ -15,6 +15,7 @@
  * Prints one summary line "cases=<n> valid=<n> kernel_runs=<n> mismatches=<n> ..." and exits
  * 0 only when nothing mismatched and every message was one well-formed line.
  */
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -144,6 +145,7 @@ int main(int argc, char **argv) {
   long long valid = 0, kernel_runs = 0, mismatches = 0, bad_messages = 0, corrupted = 0;
   long long by_status[16] = {0};
   long long requant_rejected = 0;
+  long long prepared = 0;
 
   for (long long c = 0; c < cases; ++c) {
     /* ---- a consistent node ---- */
@@ -218,12 +220,18 @@ int main(int argc, char **argv) {
       }
     }
 
+    d.input_quantized = d.output_quantized = 1;
+    d.input_scale = (float)rnd(1, 1000) / 4096.0f;
+    d.output_scale = (float)rnd(1, 1000) / 4096.0f;
+
     /* ---- corruptions ---- */
     int32_t rc_len = l.m, v_len = l.e, o_len = l.e;
+    int64_t bytes_delta[4] = {0, 0, 0, 0};
+    int bad_weight_scale = 0;
     const int ncorrupt = chance(30) ? 0 : (int)rnd(1, 4);
     if (ncorrupt) ++corrupted;
     for (int t = 0; t < ncorrupt; ++t) {
-      switch ((int)rnd(0, 21)) {
+      switch ((int)rnd(0, 23)) {
         case 0: { /* one row count */
           const int32_t j = (int32_t)rnd(0, rc_len - 1 < 0 ? 0 : rc_len - 1);
           if (rc_len > 0) {
@@ -327,6 +335,19 @@ int main(int argc, char **argv) {
           else shift[j] = (int32_t)rnd(-64, 64);
           break;
         }
+        case 22: /* a byte size that disagrees with the shape (the buffer stays as it is) */
+          bytes_delta[rnd(0, 3)] = chance(50) ? rnd(-2, 2) : rnd(INT32_MIN, INT32_MAX);
+          break;
+        case 23: { /* a scale: zero, negative, NaN, infinite, or an unquantized tensor */
+          static const float bad[] = {0.0f, -0.5f, NAN, INFINITY, -INFINITY};
+          const int which = (int)rnd(0, 4);
+          if (which == 0) d.input_scale = bad[rnd(0, 4)];
+          else if (which == 1) d.output_scale = bad[rnd(0, 4)];
+          else if (which == 2) d.input_quantized = 0;
+          else if (which == 3) d.output_quantized = 0;
+          else bad_weight_scale = 1;
+          break;
+        }
         case 20: /* the clamp */
           q.act_min = (int32_t)rnd(-70000, 70000);
           q.act_max = (int32_t)rnd(-70000, 70000);
@@ -349,6 +370,17 @@ int main(int argc, char **argv) {
     }
     d.offsets = l.offsets;
     d.row_counts = l.row_counts;
+    /* The byte sizes of the buffers as allocated (plus any corruption of them). */
+    d.values_bytes = (int64_t)v_len + bytes_delta[0];
+    d.offsets_bytes = (int64_t)o_len + bytes_delta[1];
+    d.row_counts_bytes = 2 * (int64_t)rc_len + bytes_delta[2];
+    d.bias_bytes = (int64_t)(d.input_type == MAM_TYPE_INT8 ? 4 : 8) * d.bias_len + bytes_delta[3];
+    /* The weight scales: exactly weight_scale_count of them. */
+    const int32_t nscales = d.weight_scale_count > 0 ? d.weight_scale_count : 0;
+    float *wscales = (float *)xmalloc((size_t)nscales * sizeof(float));
+    for (int32_t j = 0; j < nscales; ++j) wscales[j] = (float)rnd(1, 1000) / 65536.0f;
+    if (bad_weight_scale && nscales > 0) wscales[rnd(0, nscales - 1)] = chance(50) ? 0.0f : NAN;
+    d.weight_scales = wscales;
 
     /* ---- validation ---- */
     static const size_t caps[] = {0, 1, 7, 64, 256};
@@ -375,6 +407,18 @@ int main(int argc, char **argv) {
       status = mam_validate_requant(&q, m, d.input_type, msg, cap);
       if (!check_message(msg, cap, status, c)) ++bad_messages;
       if (status != MAM_OK) ++requant_rejected;
+      { /* Prepare's own requantization from the scales: exactly count parameters. */
+        const int32_t count = d.weight_scale_count > 1 ? m : 1;
+        int32_t *pm = (int32_t *)xmalloc((size_t)count * sizeof(int32_t));
+        int32_t *ps = (int32_t *)xmalloc((size_t)count * sizeof(int32_t));
+        mam_requant pq;
+        if (msg) memset(msg, 'x', cap);
+        const int pstatus = mam_prepare_requant(&d, pm, ps, &pq, msg, cap);
+        if (!check_message(msg, cap, pstatus, c)) ++bad_messages;
+        if (pstatus == MAM_OK) ++prepared;
+        free(pm);
+        free(ps);
+      }
     }
     by_status[status >= 0 && status < 16 ? status : 15]++;
 
@@ -442,6 +486,7 @@ int main(int argc, char **argv) {
     free(mult);
     free(shift);
     free(l.dense);
+    free(wscales);
     free(l.values);
     free(l.offsets);
     free(l.row_counts);
@@ -450,6 +495,6 @@ int main(int argc, char **argv) {
   printf("cases=%lld corrupted=%lld valid=%lld kernel_runs=%lld mismatches=%lld bad_messages=%lld",
          cases, corrupted, valid, kernel_runs, mismatches, bad_messages);
   for (int s = 1; s <= MAM_ERR_QUANT; ++s) printf(" %s=%lld", mam_status_name(s), by_status[s]);
-  printf(" requant_rejected=%lld\n", requant_rejected);
+  printf(" requant_rejected=%lld prepared=%lld\n", requant_rejected, prepared);
   return (mismatches == 0 && bad_messages == 0) ? 0 : 1;
 }

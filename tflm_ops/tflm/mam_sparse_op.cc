@@ -5,7 +5,6 @@
  */
 #include "mam_sparse_op.h"
 
-#include <cmath>
 #include <cstddef>
 #include <cstdint>
 
@@ -153,8 +152,6 @@ const TfLiteAffineQuantization* Affine(const TfLiteTensor* t) {
   return (q != nullptr && q->scale != nullptr && q->scale->size > 0) ? q : nullptr;
 }
 
-bool ScaleOk(float s) { return std::isfinite(s) && s > 0.0f; }
-
 TfLiteStatus Fail(const char* msg) {
   MicroPrintf("%s", msg);
   return kTfLiteError;
@@ -246,18 +243,24 @@ TfLiteStatus Prepare(TfLiteContext* context, TfLiteNode* node) {
   }
   desc.input_zero_point = input->params.zero_point;
   desc.output_zero_point = output->params.zero_point;
+  // TFLM computes bytes from the shape (it never sees a buffer's length: the model checker,
+  // `mam-tf check`, compares those before flashing); the core still refuses a mismatch
+  // before it reads a byte.
+  desc.values_bytes = static_cast<int64_t>(values->bytes);
+  desc.offsets_bytes = static_cast<int64_t>(offsets->bytes);
+  desc.row_counts_bytes = static_cast<int64_t>(row_counts->bytes);
+  desc.bias_bytes = bias != nullptr ? static_cast<int64_t>(bias->bytes) : 0;
+  desc.input_quantized = Affine(input) != nullptr ? 1 : 0;
+  desc.output_quantized = Affine(output) != nullptr ? 1 : 0;
+  desc.input_scale = input->params.scale;
+  desc.output_scale = output->params.scale;
+  desc.weight_scales = wq != nullptr ? wq->scale->data : nullptr;
   if (mam_validate(&desc, msg, sizeof(msg)) != MAM_OK) return Fail(msg);
 
-  // Requantization, as TFLM's FULLY_CONNECTED Prepare forms it (the core says how).
-  const float in_scale = input->params.scale;
-  const float out_scale = output->params.scale;
-  if (Affine(input) == nullptr || !ScaleOk(in_scale) || Affine(output) == nullptr ||
-      !ScaleOk(out_scale)) {
-    return Fail("MAM_SPARSE: input and output need a per-tensor quantization scale > 0");
-  }
+  // Requantization, as TFLM's FULLY_CONNECTED Prepare forms it (the core computes and checks
+  // it: the host runtime calls the same function).
   const int32_t m = desc.row_counts_len;
-  const int32_t per_row = wq->scale->size > 1 ? 1 : 0;
-  const int32_t count = per_row ? m : 1;
+  const int32_t count = desc.weight_scale_count > 1 ? m : 1;
   auto* multiplier = static_cast<int32_t*>(
       context->AllocatePersistentBuffer(context, sizeof(int32_t) * static_cast<size_t>(count)));
   auto* shift = static_cast<int32_t*>(
@@ -265,31 +268,10 @@ TfLiteStatus Prepare(TfLiteContext* context, TfLiteNode* node) {
   if (multiplier == nullptr || shift == nullptr) {
     return Fail("MAM_SPARSE: the arena has no room for the per-row multipliers");
   }
-  for (int32_t j = 0; j < count; ++j) {
-    const float w_scale = wq->scale->data[j];
-    if (!ScaleOk(w_scale)) {
-      MicroPrintf("MAM_SPARSE: weight scale %d is not a finite value > 0",
-                  static_cast<int>(j));
-      return kTfLiteError;
-    }
-    const double real = mam_effective_scale(in_scale, w_scale, out_scale, per_row);
-    if (mam_quantize_multiplier(real, &multiplier[j], &shift[j]) != MAM_OK) {
-      MicroPrintf("MAM_SPARSE: row %d has no valid requantization multiplier",
-                  static_cast<int>(j));
-      return kTfLiteError;
-    }
+  if (mam_prepare_requant(&desc, multiplier, shift, &data->requant, msg, sizeof(msg)) !=
+      MAM_OK) {
+    return Fail(msg);
   }
-  mam_requant* q = &data->requant;
-  q->multiplier = multiplier;
-  q->shift = shift;
-  q->per_row = per_row;
-  q->input_zero_point = desc.input_zero_point;
-  q->output_zero_point = desc.output_zero_point;
-  if (mam_activation_range(data->activation, out_scale, desc.output_zero_point, output->type,
-                           &q->act_min, &q->act_max) != MAM_OK) {
-    return Fail("MAM_SPARSE: the fused activation's range does not fit the output type");
-  }
-  if (mam_validate_requant(q, m, input->type, msg, sizeof(msg)) != MAM_OK) return Fail(msg);
 
   data->rows = m;
   data->batches = static_cast<int32_t>(desc.input_elements / data->in_features);

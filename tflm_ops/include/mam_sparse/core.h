@@ -18,7 +18,7 @@
 extern "C" {
 #endif
 
-#define MAM_SPARSE_CORE_ABI_VERSION 1
+#define MAM_SPARSE_CORE_ABI_VERSION 2
 
 /* Status codes (0 is success). */
 #define MAM_OK 0
@@ -95,12 +95,30 @@ typedef struct {
   int32_t weight_zero_point;        /* must be 0 (weights are symmetric) */
   int32_t input_zero_point;
   int32_t output_zero_point;
+  /* Since ABI 2. The byte size of each constant's data as the caller sees it (the glue:
+   * TfLiteTensor::bytes; the host: the model buffer's length); checked against the shape
+   * before anything is read. */
+  int64_t values_bytes, offsets_bytes, row_counts_bytes, bias_bytes;
+  /* Quantization: 1 when the input / output tensor has an affine (per-tensor) scale. */
+  int32_t input_quantized, output_quantized;
+  float input_scale, output_scale;
+  const float *weight_scales; /* [weight_scale_count] */
 } mam_layer_desc;
 
 /* Checks every rule of MAM_SPARSE.md section 4 in O(E + M); touches offsets[0..offsets_len)
  * and row_counts[0..row_counts_len) only. On failure writes a one-line, NUL-terminated
  * message (truncated to msg_len - 1 chars; msg may be NULL when msg_len is 0). */
 int mam_validate(const mam_layer_desc *desc, char *msg, size_t msg_len);
+
+/* Prepare's requantization of a node mam_validate() accepted: for each of count rows
+ * (count = M when weight_scale_count > 1, else 1) the multiplier and shift of
+ * input_scale * weight_scale / output_scale, as TFLM's FULLY_CONNECTED forms them
+ * (mam_effective_scale + mam_quantize_multiplier), then the clamp of the fused activation
+ * (mam_activation_range) and mam_validate_requant(). multiplier and shift have room for
+ * count entries; q is filled and points into them. The glue and the host runtime both call
+ * it, so their refusals are one implementation. */
+int mam_prepare_requant(const mam_layer_desc *desc, int32_t *multiplier, int32_t *shift,
+                        mam_requant *q, char *msg, size_t msg_len);
 
 /* Checks what the kernels assume of q for m rows and activations of input_type
  * (MAM_TYPE_INT8 or MAM_TYPE_INT16): multipliers >= 0, shifts in

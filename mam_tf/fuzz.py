@@ -1,0 +1,246 @@
+"""Corruption fuzzer of the host runtime: a corrupted model is an error, never a crash.
+
+Each case takes one of the base models (converted int8 and int16x8 models holding
+FULLY_CONNECTED, MAM_SPARSE and MAC_SPARSE ops), corrupts its bytes (bit flips, byte
+overwrites, truncation, a splice of two models, a chunk inserted or deleted), writes it to a
+file and loads and runs it with :class:`mam_tf.runtime.Interpreter` (which checks it with
+:mod:`mam_tf.check` first). Cases run in worker processes, many per worker; a worker that dies
+(a signal: SIGSEGV, SIGABRT, ...) records a death for the case it was running and a new
+worker goes on with the next case. The tally counts: accepted (ran), refused (ValueError),
+other exceptions, deaths, and refusals whose message does not name the file, a tensor or an
+operator.
+
+``python -m mam_tf.check --fuzz 100000`` runs it from the command line.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["base_models", "corrupt", "run", "format_tally", "clean", "MUTATIONS"]
+
+MUTATIONS = ("bitflip", "overwrite", "truncate", "splice", "insert", "delete")
+
+
+def base_models() -> dict:
+    """{name: tflite bytes}: a Dense -> MAMDense -> pruned Dense model converted int8 and
+    int16x8 (FULLY_CONNECTED, MAM_SPARSE, MAC_SPARSE), and a MAMDense-only model."""
+    from mam_tf import MAMDense
+    from mam_tf._compat import keras
+    from mam_tf.convert import convert
+
+    out = {}
+    for mode in ("int8", "int16x8"):
+        keras.backend.clear_session()
+        keras.utils.set_random_seed(0)
+        inp = keras.Input((20,))
+        h = keras.layers.Dense(16, activation="relu", name="pre")(inp)
+        h = MAMDense(8, activation="relu", name="enc", bias_initializer="random_normal")(h)
+        model = keras.Model(inp, keras.layers.Dense(20, name="dec")(h))
+        rng = np.random.default_rng(0)
+        for name in ("enc", "dec"):
+            layer = model.get_layer(name)
+            w = layer.kernel.numpy()
+            w[rng.random(w.shape) < 0.7] = 0.0
+            layer.kernel.assign(w)
+        data = rng.standard_normal((64, 20)).astype(np.float32)
+        out[f"{mode}-fc-mam-mac"] = convert(model, data, mode=mode, mac_sparse_below=0.5)
+        keras.backend.clear_session()
+        keras.utils.set_random_seed(1)
+        inp = keras.Input((12,))
+        model = keras.Model(inp, MAMDense(6, use_bias=False, name="only")(inp))
+        out[f"{mode}-mam"] = convert(model, data[:, :12], mode=mode)
+    return out
+
+
+def corrupt(rng: np.random.Generator, models: list) -> tuple:
+    """(mutation name, base index, corrupted bytes) of one case."""
+    k = int(rng.integers(len(models)))
+    data = bytearray(models[k])
+    kind = MUTATIONS[int(rng.integers(len(MUTATIONS)))]
+    n = len(data)
+    if kind == "bitflip":
+        for _ in range(int(rng.integers(1, 5))):
+            bit = int(rng.integers(n * 8))
+            data[bit // 8] ^= 1 << (bit % 8)
+    elif kind == "overwrite":
+        for _ in range(int(rng.integers(1, 4))):
+            at, length = int(rng.integers(n)), int(rng.integers(1, 9))
+            fill = rng.choice([0x00, 0xFF, -1])
+            for i in range(at, min(n, at + length)):
+                data[i] = int(rng.integers(256)) if fill < 0 else int(fill)
+    elif kind == "truncate":
+        data = data[:int(rng.integers(n))]
+    elif kind == "splice":
+        other = models[int(rng.integers(len(models)))]
+        data = data[:int(rng.integers(n))] + other[int(rng.integers(len(other))):]
+    elif kind == "insert":
+        at = int(rng.integers(n))
+        data = data[:at] + bytes(rng.integers(0, 256, int(rng.integers(1, 17)), dtype=np.uint8)) \
+            + data[at:]
+    else:  # delete
+        at = int(rng.integers(n))
+        data = data[:at] + data[at + int(rng.integers(1, 17)):]
+    return kind, k, bytes(data)
+
+
+def _case(seed: int, index: int, models: list):
+    return corrupt(np.random.default_rng([seed, index]), models)
+
+
+def _names_something(message: str, path: str) -> bool:
+    return path in message or "tensor" in message or "operator" in message
+
+
+def worker_main(folder: str, seed: int, start: int, stop: int):
+    """Runs cases start..stop-1; prints BEGIN/RESULT lines (the parent's protocol)."""
+    import warnings
+
+    warnings.simplefilter("ignore")
+    from mam_tf.runtime import Interpreter
+
+    folder = Path(folder)
+    models = [p.read_bytes() for p in sorted(folder.glob("base-*.tflite"))]
+    path = str(folder / f"case-{os.getpid()}.tflite")
+    for i in range(start, stop):
+        kind, base, data = _case(seed, i, models)
+        Path(path).write_bytes(data)
+        print(f"BEGIN {i}", flush=True)
+        if os.environ.get("MAM_TF_FUZZ_KILL_AT") == str(i):  # the harness's own test
+            os.kill(os.getpid(), signal.SIGSEGV)
+        r = {"i": i, "kind": kind, "base": base}
+        try:
+            interp = Interpreter(path, backend="core")
+            x = np.random.default_rng(i).standard_normal([2] + interp.input_shape[1:])
+            interp.run(x.astype(np.float32))
+            r["outcome"] = "accepted"
+        except ValueError as err:
+            r["outcome"] = "refused"
+            r["named"] = _names_something(str(err), path)
+            r["specific"] = "tensor" in str(err) or "operator" in str(err)
+            r["message"] = str(err)[:300]
+        except BaseException as err:  # noqa: BLE001 - what the fuzzer is looking for
+            r["outcome"] = "exception"
+            r["message"] = f"{type(err).__name__}: {err}"[:300]
+        print("RESULT " + json.dumps(r), flush=True)
+
+
+def _spawn(folder, seed, start, stop, log):
+    code = ("import sys; from mam_tf.fuzz import worker_main; "
+            "worker_main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parent.parent)]
+                                         + ([os.environ["PYTHONPATH"]]
+                                            if os.environ.get("PYTHONPATH") else []))}
+    return subprocess.Popen([sys.executable, "-c", code, str(folder), str(seed), str(start),
+                             str(stop)], stdout=subprocess.PIPE, stderr=log, text=True, env=env)
+
+
+def run(cases: int, seed: int = 0, workers: int = 2, models: dict = None,
+        progress: bool = False) -> dict:
+    """Runs ``cases`` corruption cases; returns the tally (see :func:`format_tally`)."""
+    import selectors
+
+    models = base_models() if models is None else models
+    tally = {"cases": 0, "accepted": 0, "refused": 0, "exceptions": 0, "deaths": 0,
+             "unnamed": 0, "specific": 0, "by_mutation": {}, "examples": {}}
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cases, desc="corrupted models", unit="case")
+    with tempfile.TemporaryDirectory(prefix="mam-fuzz-") as folder:
+        for k, name in enumerate(sorted(models)):
+            (Path(folder) / f"base-{k}-{name}.tflite").write_bytes(models[name])
+        chunks = np.array_split(np.arange(cases), max(1, workers))
+        todo = [(int(c[0]), int(c[-1]) + 1) for c in chunks if len(c)]
+        sel = selectors.DefaultSelector()
+        log = tempfile.TemporaryFile()
+        procs = {}
+
+        def start(lo, hi):
+            if lo >= hi:
+                return
+            p = _spawn(folder, seed, lo, hi, log)
+            procs[p] = {"lo": lo, "hi": hi, "current": None}
+            sel.register(p.stdout, selectors.EVENT_READ, p)
+
+        for lo, hi in todo:
+            start(lo, hi)
+        while procs:
+            for key, _ in sel.select():
+                p = key.data
+                st = procs[p]
+                line = p.stdout.readline()
+                if line.startswith("BEGIN "):
+                    st["current"] = int(line[6:])
+                elif line.startswith("RESULT "):
+                    r = json.loads(line[7:])
+                    _count(tally, r)
+                    st["current"] = None
+                    st["lo"] = r["i"] + 1
+                    if bar:
+                        bar.update(1)
+                elif line == "":
+                    sel.unregister(p.stdout)
+                    rc = p.wait()
+                    del procs[p]
+                    if st["current"] is not None:  # died while running a case
+                        i = st["current"]
+                        kind, base, _ = _case(seed, i, [models[n] for n in sorted(models)])
+                        _count(tally, {"i": i, "kind": kind, "base": base, "outcome": "death",
+                                       "message": f"exit status {rc}"})
+                        if bar:
+                            bar.update(1)
+                        start(i + 1, st["hi"])
+                    elif rc != 0 or st["lo"] < st["hi"]:
+                        log.seek(0)
+                        raise RuntimeError(f"fuzz worker exited {rc} between cases:\n"
+                                           f"{log.read().decode('utf-8', 'replace')[-3000:]}")
+        log.close()
+    if bar:
+        bar.close()
+    return tally
+
+
+def _count(tally, r):
+    tally["cases"] += 1
+    outcome = {"accepted": "accepted", "refused": "refused", "exception": "exceptions",
+               "death": "deaths"}[r["outcome"]]
+    tally[outcome] += 1
+    per = tally["by_mutation"].setdefault(r["kind"], {})
+    per[outcome] = per.get(outcome, 0) + 1
+    if r["outcome"] == "refused":
+        tally["specific"] += bool(r.get("specific"))
+        if not r.get("named"):
+            tally["unnamed"] += 1
+            tally["examples"].setdefault("unnamed", []).append(r)
+    if r["outcome"] in ("exception", "death"):
+        tally["examples"].setdefault(outcome, []).append(r)
+    for key in tally["examples"]:
+        del tally["examples"][key][5:]
+
+
+def clean(tally) -> bool:
+    """No death, no exception other than ValueError, every refusal names what it refuses."""
+    return tally["deaths"] == 0 and tally["exceptions"] == 0 and tally["unnamed"] == 0
+
+
+def format_tally(tally) -> str:
+    lines = [f"cases={tally['cases']} accepted={tally['accepted']} refused={tally['refused']} "
+             f"exceptions={tally['exceptions']} deaths={tally['deaths']} "
+             f"unnamed_messages={tally['unnamed']} naming_a_tensor_or_operator={tally['specific']}"]
+    for kind, per in sorted(tally["by_mutation"].items()):
+        lines.append(f"  {kind}: " + " ".join(f"{k}={v}" for k, v in sorted(per.items())))
+    for what, rs in tally["examples"].items():
+        for r in rs:
+            lines.append(f"  {what} case {r['i']} ({r['kind']} of base {r['base']}): "
+                         f"{r.get('message', '')}")
+    return "\n".join(lines)

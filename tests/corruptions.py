@@ -1,0 +1,146 @@
+"""Corrupted MAM_SPARSE models shared by the TFLM glue test (the device refuses them at
+Prepare) and the host runtime test (the host refuses them with the same words)."""
+import numpy as np
+
+from mam_tf import flatbuffer as fb
+from mam_tf import MAMDense, options
+from mam_tf._compat import keras
+
+
+def prune(layer, rng, frac, gap=None):
+    w = layer.kernel.numpy()
+    w[rng.random(w.shape) < frac] = 0.0
+    if gap is not None:
+        w[gap[0]:gap[1], ::2] = 0.0  # every other output row skips the columns of `gap`
+    layer.kernel.assign(w)
+
+
+def model_a():
+    """Dense -> MAMDense(bias, relu) -> Dense: MAM_SPARSE between two FULLY_CONNECTED."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((20,))
+    h = keras.layers.Dense(16, activation="relu", name="pre")(inp)
+    h = MAMDense(8, activation="relu", name="enc", bias_initializer="random_normal")(h)
+    model = keras.Model(inp, keras.layers.Dense(20, name="dec")(h))
+    prune(model.get_layer("enc"), np.random.default_rng(0), 0.3)
+    return model, 20
+
+
+def converted_a(mode):
+    """model_a converted (per-row scales), as the glue test converts it."""
+    from mam_tf.convert import convert
+
+    keras.backend.clear_session()
+    model, n = model_a()
+    data = np.random.default_rng(2).standard_normal((64, n)).astype(np.float32)
+    return convert(model, data, mode=mode, per_row=True)
+
+
+def _mam_op(tfl):
+    sg = tfl.subgraphs[0]
+    op = next(o for o in sg.operators if fb.op_name(tfl, o) == options.MAM_SPARSE)
+    return sg, op
+
+
+def _set_data(tfl, sg, idx, array):
+    tfl.buffers[sg.tensors[idx].buffer].data = np.frombuffer(
+        np.ascontiguousarray(array).tobytes(), np.uint8).copy()
+
+
+def _options(**values):
+    from flatbuffers import flexbuffers
+
+    return np.frombuffer(bytes(flexbuffers.Dumps(values)), np.uint8).copy()
+
+
+def corrupt(tflite, what):
+    """A copy of the model with one thing wrong in its MAM_SPARSE op."""
+    s = fb.schema()
+    tfl = fb.load(tflite)
+    sg, op = _mam_op(tfl)
+    x_i, v_i, o_i, r_i, b_i = (int(t) for t in op.inputs)
+    rc = fb.constant(tfl, sg, r_i).copy()
+    offs = fb.constant(tfl, sg, o_i).copy()
+    good = dict(in_features=16, fused_activation_function=1, version=1)
+    if what == "row_counts_sum_off":
+        rc[0] += 1
+        _set_data(tfl, sg, r_i, rc)
+    elif what == "negative_row_count":
+        rc[1] = -1
+        _set_data(tfl, sg, r_i, rc)
+    elif what == "column_beyond_n":
+        offs[int(rc[0]) - 1] = 200  # the last entry of row 0 decodes far past N = 16
+        _set_data(tfl, sg, o_i, offs)
+    elif what == "offsets_shorter_than_values":
+        _set_data(tfl, sg, o_i, offs[:-1])
+        sg.tensors[o_i].shape = np.array([len(offs) - 1], np.int32)
+    elif what == "offsets_not_constant":
+        sg.tensors[o_i].buffer = 0  # buffer 0 is the empty one: no data in the model
+    elif what == "options_missing_version":
+        op.customOptions = _options(in_features=16, fused_activation_function=1)
+    elif what == "options_version_2":
+        op.customOptions = _options(**{**good, "version": 2})
+    elif what == "options_unknown_activation":
+        op.customOptions = _options(**{**good, "fused_activation_function": 7})
+    elif what == "options_in_features_not_n":
+        op.customOptions = _options(**{**good, "in_features": 15})
+    elif what == "options_in_features_a_string":
+        op.customOptions = _options(**{**good, "in_features": "16"})
+    elif what == "options_not_a_flexbuffer":
+        op.customOptions = np.frombuffer(b"\x07\x13\x2a\x05\x09", np.uint8).copy()
+    elif what == "options_not_a_map":
+        from flatbuffers import flexbuffers
+
+        op.customOptions = np.frombuffer(bytes(flexbuffers.Dumps([16, 1, 1])), np.uint8).copy()
+    elif what == "options_absent":
+        op.customOptions = None
+    elif what == "values_int16":
+        sg.tensors[v_i].type = s.TensorType.INT16
+    elif what == "row_counts_int32":
+        sg.tensors[r_i].type = s.TensorType.INT32
+    elif what == "bias_int64_in_int8_mode":
+        sg.tensors[b_i].type = s.TensorType.INT64
+    elif what == "three_inputs":
+        op.inputs = np.array([x_i, v_i, o_i], np.int32)
+    elif what == "two_outputs":
+        op.outputs = np.array([int(op.outputs[0]), int(op.outputs[0])], np.int32)
+    elif what == "weight_zero_point_3":
+        sg.tensors[v_i].quantization.zeroPoint = np.full(8, 3, np.int64)
+    elif what == "two_weight_scales_for_8_rows":
+        q = sg.tensors[v_i].quantization
+        q.scale, q.zeroPoint = q.scale[:2], q.zeroPoint[:2]
+    elif what == "output_last_dim_7":
+        y = sg.tensors[int(op.outputs[0])]
+        y.shape = np.array([1, 7], np.int32)
+    elif what == "untouched":
+        pass
+    else:
+        raise AssertionError(what)
+    return fb.pack(tfl)
+
+
+# (case, model mode, the message the glue must print); "" means: must be accepted.
+CORRUPTIONS = [
+    ("untouched", "int8", ""),
+    ("row_counts_sum_off", "int8", "row_counts sum to"),
+    ("negative_row_count", "int8", "row 1 has a negative row count -1"),
+    ("column_beyond_n", "int8", "row 0 entry"),
+    ("offsets_shorter_than_values", "int8", "but offsets has"),
+    ("offsets_not_constant", "int8", "offsets must be a constant tensor"),
+    ("options_missing_version", "int8", "custom option 'version' is missing"),
+    ("options_version_2", "int8", "custom option version is 2"),
+    ("options_unknown_activation", "int8", "fused_activation_function is 7"),
+    ("options_in_features_not_n", "int8", "input last dimension is 16 but in_features is 15"),
+    ("options_in_features_a_string", "int8", "custom option 'in_features' is not an integer"),
+    ("options_not_a_flexbuffer", "int8", "custom options are not a valid flexbuffer"),
+    ("options_not_a_map", "int8", "custom options are not a flexbuffer map"),
+    ("options_absent", "int8", "custom options are missing"),
+    ("values_int16", "int8", "values tensor is int16"),
+    ("row_counts_int32", "int16x8", "row_counts tensor is int32"),
+    ("bias_int64_in_int8_mode", "int8", "bias tensor is int64 (type 4); it must be int32"),
+    ("three_inputs", "int8", "node has 3 inputs"),
+    ("two_outputs", "int8", "node has 2 outputs"),
+    ("weight_zero_point_3", "int16x8", "values zero point is 3"),
+    ("two_weight_scales_for_8_rows", "int8", "values has 2 scales"),
+    ("output_last_dim_7", "int8", "output last dimension is 7"),
+]
