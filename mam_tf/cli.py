@@ -29,6 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_run_command(sub)
 
+    from mam_tf.experiments import add_reproduce_command
+
+    add_reproduce_command(sub)
+
     from ecg_data.cli import add_data_commands
 
     add_data_commands(sub)

@@ -1,0 +1,78 @@
+"""`mam-tf reproduce <experiment>`: the papers' experiments as resumable pipelines.
+
+Each experiment is a module of this package with an ``add_command(subparsers, common)``
+function that adds its sub-command (``common`` is the parent parser holding the options every
+experiment shares, see :func:`common_options`) and builds on :mod:`.pipeline` (cached stages,
+progress, manifest) and :mod:`.report` (figures, tables). To add one, write the module and add
+its name to ``EXPERIMENTS``.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+
+__all__ = ["EXPERIMENTS", "SCALES", "parse_seeds", "common_options", "add_reproduce_command"]
+
+#: Experiment modules of this package, each with ``add_command(subparsers, common)``.
+EXPERIMENTS: tuple[str, ...] = ()
+#: The scales every experiment offers, smallest first.
+SCALES = ("tiny", "demo", "small", "paper")
+
+
+def parse_seeds(text: str | None) -> list[int] | None:
+    """``"3-5"`` -> [3, 4, 5]; ``"0,2,7"`` -> [0, 2, 7]; ``"1-2,5"`` -> [1, 2, 5]; None -> None."""
+    if text is None:
+        return None
+    seeds: list[int] = []
+    try:
+        for part in str(text).split(","):
+            part = part.strip()
+            if "-" in part:
+                lo, hi = (int(v) for v in part.split("-", 1))
+                if hi < lo:
+                    raise ValueError
+                seeds.extend(range(lo, hi + 1))
+            else:
+                seeds.append(int(part))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--seeds is {text!r}; give seeds like '3', '3-5' or '0,2,7'") from None
+    if any(s < 0 for s in seeds):
+        raise argparse.ArgumentTypeError(f"--seeds is {text!r}; seeds are >= 0")
+    return sorted(set(seeds))
+
+
+def common_options() -> argparse.ArgumentParser:
+    """The options every ``reproduce`` experiment takes (a parent parser, ``add_help=False``):
+    ``--scale``, ``--out``, ``--seeds``, ``--merge``, ``--no-progress``."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("common options")
+    g.add_argument("--scale", choices=SCALES, default="demo",
+                   help="how big a run: tiny (tests, < 2 min), demo (1 seed, minutes), small "
+                   "(3 seeds), paper (the paper's sizes, for a bigger machine); default demo")
+    g.add_argument("--out", default=None,
+                   help="output folder (default runs/<experiment>-<scale>); a rerun into the "
+                   "same folder reads finished stages back instead of redoing them")
+    g.add_argument("--seeds", type=parse_seeds, default=None, metavar="LIST",
+                   help="run these training seeds only, e.g. 3-5 or 0,2 (default: the scale's "
+                   "seeds), so that seeds can run on several machines")
+    g.add_argument("--merge", nargs="+", default=None, metavar="DIR",
+                   help="join the finished stages of these run folders (same scale, other "
+                   "seeds) into --out and report all their seeds together")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars or stage lines")
+    return p
+
+
+def add_reproduce_command(subparsers) -> argparse.ArgumentParser:
+    """Adds ``reproduce`` and one sub-command per experiment to the ``mam-tf`` parser."""
+    p = subparsers.add_parser(
+        "reproduce", help="reproduce a paper's experiment end to end (resumable)",
+        description=__doc__.split("\n\n")[0] + " Each stage's result is cached in the output "
+        "folder, keyed by every parameter that shapes it: a rerun reads finished stages back.",
+    )
+    sub = p.add_subparsers(dest="experiment", metavar="EXPERIMENT")
+    common = common_options()
+    for name in EXPERIMENTS:
+        importlib.import_module(f"{__name__}.{name}").add_command(sub, common)
+    p.set_defaults(func=lambda args: p.print_help() or 2)
+    return p
