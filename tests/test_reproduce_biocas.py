@@ -144,3 +144,28 @@ def test_unknown_settings_and_scales_are_named():
         biocas.config_for("tiny", {"epoch": 3})
     with pytest.raises(ValueError, match="scale is 'huge'"):
         biocas.config_for("huge")
+
+
+def test_notebook_runs_at_tiny_scale(run, monkeypatch):
+    """notebooks/compressed_sensing.ipynb executes top to bottom (on the tiny run above, whose
+    stages it reads back) and is committed without outputs."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    from pathlib import Path
+
+    out, res = run
+    path = Path(__file__).resolve().parents[1] / "notebooks" / "compressed_sensing.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    assert all(not c.get("outputs") and c.get("execution_count") is None
+               for c in nb.cells if c.cell_type == "code")
+    monkeypatch.setenv("MAM_TF_NOTEBOOK_SCALE", "tiny")
+    monkeypatch.setenv("MAM_TF_NOTEBOOK_OUT", str(out))
+    nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
+                            resources={"metadata": {"path": str(path.parent.parent)}}).execute()
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
+                   for o in c.get("outputs", []))
+    assert f"baseline (unpruned MAC oracle): {res['baseline_arsnr']:.2f} dB" in text
+    assert "RSNR per window (dB):" in text
+    images = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+              if "image/png" in o.get("data", {})]
+    assert len(images) >= 3  # the signal-model figure and the two result figures
