@@ -66,7 +66,6 @@ SWEEPS = [
     ("mam", "activation_rate", "global"),
     ("mam", "activation_rate", "layer"),
     ("mac", "magnitude", "global"),
-    ("mac", "magnitude", "layer"),
     ("mac", "activation_rate", "global"),
 ]
 
