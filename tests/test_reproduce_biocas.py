@@ -169,3 +169,16 @@ def test_notebook_runs_at_tiny_scale(run, monkeypatch):
     images = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
               if "image/png" in o.get("data", {})]
     assert len(images) >= 3  # the signal-model figure and the two result figures
+
+
+def test_merge_imports_the_stages_and_seeds_of_other_runs(run, tmp_path):
+    out, res = run
+    merged = tmp_path / "merged"
+    again = biocas.run_biocas("tiny", out=merged, merge=[out], progress=False)
+    manifest = json.loads((merged / "manifest.json").read_text())
+    assert manifest["config"]["seeds"] == [0]  # taken from the merged run's manifest
+    assert manifest["stages_computed"] == 0
+    assert again["points"] == res["points"]
+    with pytest.raises(FileNotFoundError, match="has no manifest.json"):
+        biocas.run_biocas("tiny", out=tmp_path / "x", merge=[tmp_path / "nothing"],
+                          progress=False)
