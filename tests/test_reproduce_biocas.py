@@ -112,8 +112,8 @@ def test_deployed_oracles_run_as_reported_and_follow_their_keras_model(run):
     assert {d["kind"] for d in res["deployed"]} == {"mac", "mam"}
     for d in res["deployed"]:
         tag = "_fine_tuned" if d["fine_tuned"] else ""
-        path = out / "models" / f"{d['kind']}_seed0_pruned{round(100 * d['pruned'])}{tag}_int8.tflite"
-        interp = Interpreter(path.read_bytes())
+        name = f"{d['kind']}_seed0_pruned{round(100 * d['pruned'])}{tag}_int8.tflite"
+        interp = Interpreter((out / "models" / name).read_bytes())
         prob = interp.run(y)
         assert _arsnr_of(prob, x, y, A, D, cfg["threshold"]) == pytest.approx(
             d["device_arsnr"], abs=1e-6)

@@ -556,7 +556,8 @@ def _report(results, run):
         "with masks held, from the trained model, at each fraction.",
         "",
         f"Unpruned: MAC {fmt(un['mac'])} dB, MAM {fmt(un['mam'])} dB (mean (min-max) over "
-        f"seeds). Baseline = unpruned MAC mean = {b:.2f} dB; kept = mean >= {b - TOLERANCE_DB:.2f} dB.",
+        f"seeds). Baseline = unpruned MAC mean = {b:.2f} dB; kept = mean >= "
+        f"{b - TOLERANCE_DB:.2f} dB.",
         "",
         f"**Largest pruned fraction keeping the baseline: MAM {_pct(kept['mam'])}, MAC "
         f"{_pct(kept['mac'])}.**",
@@ -572,7 +573,8 @@ def _report(results, run):
         "",
         markdown_table(["oracle, method", "pruned"], kept_rows),
         "",
-        "## Deployed int8 oracles (host runtime, seed " f"{cfg['seeds'][0]}, {cfg['test']} test windows)",
+        f"## Deployed int8 oracles (host runtime, seed {cfg['seeds'][0]}, {cfg['test']} test "
+        "windows)",
         "",
         markdown_table(["oracle", "pruned", "method", "fine-tuned", "Keras ARSNR", "int8 ARSNR",
                         "difference", "support agreement", "ops", ".tflite bytes"], dep_rows),
