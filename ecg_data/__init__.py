@@ -11,7 +11,13 @@ from .cs import (
     wavelet_coefficients,
 )
 from .dataset import build_synthetic_dataset, default_cache_dir, synthetic_dataset_path
-from .records import download_records, list_records, load_record_windows, read_record_lead
+from .records import (
+    bandpass_filter,
+    download_records,
+    list_records,
+    load_record_windows,
+    read_record_lead,
+)
 from .synthetic import EcgsynModel, add_noise, synthetic_windows
 from .windows import cut_windows, resample, scale_windows, split_windows
 
@@ -25,6 +31,7 @@ __all__: list[str] = [
     "default_cache_dir",
     # real records
     "load_record_windows",
+    "bandpass_filter",
     "read_record_lead",
     "list_records",
     "download_records",

@@ -1,4 +1,4 @@
-"""The `mam-tf` command line: demo, benchmarks and data tools.
+"""The `mam-tf` command line: paper reproductions, conversion, benchmarks and data tools.
 
 Each sub-command lives next to the code it drives and registers itself here through an
 ``add_*_commands(subparsers)`` function; this module only assembles them.
@@ -16,10 +16,6 @@ def build_parser() -> argparse.ArgumentParser:
         "benchmark MAM models for microcontrollers.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    from mam_tf.demo import add_demo_command
-
-    add_demo_command(sub)
 
     from mam_tf.convert import add_convert_command
 

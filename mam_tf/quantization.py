@@ -402,6 +402,15 @@ def _dense_like(layer):
         getattr(layer, "kernel", None) is not None and len(layer.kernel.shape) == 2
 
 
+def _conv_like(layer):
+    """Conv1D / Conv2D (not transposed, not depthwise): fake-quantized like Dense (kernel +
+    activation), with one weight scale per layer."""
+    return isinstance(layer, (keras.layers.Conv1D, keras.layers.Conv2D)) and \
+        not isinstance(layer, (keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose,
+                               keras.layers.DepthwiseConv2D)) and \
+        getattr(layer, "kernel", None) is not None
+
+
 def _range_quantizer(scheme, fixed, learned):
     """The scheme's activation quantizer: a fixed range, or ``learned`` (a tfmot class)."""
     bits = _ACT_BITS[scheme]
@@ -440,10 +449,10 @@ def _check_layers(fn, model):
         if isinstance(layer, keras.Model):
             raise ValueError(f"{fn}: layer '{layer.name}' is a nested model; QAT needs a flat "
                              "model")
-        if not _dense_like(layer):
+        if not (_dense_like(layer) or _conv_like(layer)):
             raise ValueError(
                 f"{fn}: layer '{layer.name}' ({kind}) is not supported for QAT; supported: "
-                "Dense, MAMDense, Flatten, Reshape, Dropout")
+                "Dense, MAMDense, Conv1D, Conv2D, Flatten, Reshape, Dropout")
         act = _activation_name(layer.activation)
         if act not in _PRE_QUANT | _POST_QUANT:
             raise ValueError(
@@ -460,8 +469,8 @@ def quantize_model(model, scheme="int8", *, per_channel=False, weight_range=None
     """A quantization-aware (fake-quantized) copy of a model with MAM and Dense layers.
 
     Args:
-      model: a built functional or Sequential model of Dense, MAMDense (beta == 0), Flatten,
-        Reshape and Dropout layers. Pruning wrappers are stripped first (their masks
+      model: a built functional or Sequential model of Dense, MAMDense (beta == 0), Conv1D,
+        Conv2D (one weight scale per layer), Flatten, Reshape and Dropout layers. Pruning wrappers are stripped first (their masks
         applied); every zero weight then stays exactly zero through QAT.
       scheme: ``"int8"`` (int8 activations) or ``"int16x8"`` (int16 activations, zero point 0).
       per_channel: one weight scale per output unit instead of one per layer, for MAM layers
@@ -502,17 +511,18 @@ def quantize_model(model, scheme="int8", *, per_channel=False, weight_range=None
     output_names = set(model.output_names)
     if output_range is not None:
         bad = [layer.name for layer in model.layers
-               if layer.name in output_names and not _dense_like(layer)]
+               if layer.name in output_names and not (_dense_like(layer) or _conv_like(layer))]
         if bad:
-            raise ValueError(f"{fn}: output_range applies to Dense/MAM layers; model outputs "
+            raise ValueError(f"{fn}: output_range applies to Dense/MAM/Conv layers; model outputs "
                              f"come from {bad}")
 
     # TFLite's converter cannot convert per-channel fake-quant Dense kernels ("mismatched
     # quantized axes" on the kernel's transpose); MAM layers are exported by mam-tf itself.
-    per_tensor_dense = [layer.name for layer in model.layers if per_channel
-                        and _dense_like(layer) and not isinstance(layer, MAMLayerMixin)]
+    per_tensor_dense = [layer.name for layer in model.layers if per_channel and (
+                        _dense_like(layer) or _conv_like(layer))
+                        and not isinstance(layer, MAMLayerMixin)]
     if per_tensor_dense:
-        warnings.warn(f"{fn}: per_channel applies to MAM layers; Dense layers {per_tensor_dense} "
+        warnings.warn(f"{fn}: per_channel applies to MAM layers; Dense/Conv layers {per_tensor_dense} "
                       "keep one weight scale (TFLite cannot convert per-channel fake-quant Dense "
                       "weights)", stacklevel=2)
 
@@ -539,6 +549,11 @@ def quantize_model(model, scheme="int8", *, per_channel=False, weight_range=None
                     qvars["sparsity_mask"].assign(tf.cast(tf.not_equal(weight, 0), tf.float32))
                 quantizer(weight, True, weights=qvars)  # ranges from the weights themselves
     if calibration_data is not None:
+        convs = [layer.name for layer in model.layers if _conv_like(layer)]
+        if convs:
+            raise ValueError(f"{fn}: calibration_data sets the ranges of Dense/MAM layers only; "
+                             f"convolutions {convs} would keep tfmot's initial range (train "
+                             "the QAT model instead)")
         _calibrate(fn, model, qat, calibration_data)
     return qat
 

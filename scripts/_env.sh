@@ -20,7 +20,8 @@ source "$MAM_TF_VENV/bin/activate"
 _extras="${MAM_TF_EXTRAS:-}"
 _stamp="$MAM_TF_VENV/.mam-tf-stamp${_extras:+-$_extras}"
 _want="$(cat "$REPO_ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1) $REPO_ROOT"
-if [ ! -f "$_stamp" ] || [ "$(cat "$_stamp")" != "$_want" ]; then
+# MAM_TF_NO_INSTALL=1 uses the environment as it is (tests run the scripts in the test venv).
+if [ "${MAM_TF_NO_INSTALL:-0}" != 1 ] && { [ ! -f "$_stamp" ] || [ "$(cat "$_stamp")" != "$_want" ]; }; then
     echo "[mam-tf] installing mam-tf${_extras:+[$_extras]} into $MAM_TF_VENV"
     python -m pip install -q -e "$REPO_ROOT${_extras:+[$_extras]}"
     echo "$_want" > "$_stamp"

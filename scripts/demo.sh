@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The main job in one command: install mam-tf into the cached venv and run the end-to-end demo
-# on built-in synthetic data. Extra arguments go to `mam-tf demo` (see `mam-tf demo --help`).
+# The main job in one command: install mam-tf into the cached venv and reproduce seed 004's ECG
+# autoencoder (MAC vs MAM under pruning, QAT int16x8, deployed on the host runtime) at the demo
+# scale on built-in synthetic data. Extra arguments go to `mam-tf reproduce mwscas` (see
+# `mam-tf reproduce mwscas --help`): e.g. --scale small, --out DIR, --seeds 0-2.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
-exec mam-tf demo "$@"
+exec mam-tf reproduce mwscas --scale demo "$@"

@@ -254,8 +254,9 @@ def test_bad_inputs_are_refused_with_clear_errors(rng):
         quantization.layer_quant_params(model)
 
     inp = keras.Input((8, 2))
-    conv = keras.layers.Conv1D(2, 3, name="conv")(inp)
-    with pytest.raises(ValueError, match=r"layer 'conv' \(Conv1D\) is not supported for QAT"):
+    conv = keras.layers.Conv1DTranspose(2, 3, name="conv")(inp)
+    with pytest.raises(ValueError,
+                       match=r"layer 'conv' \(Conv1DTranspose\) is not supported for QAT"):
         quantization.quantize_model(keras.Model(inp, MAMDense(2)(keras.layers.Flatten()(conv))))
     inp = keras.Input((8,))
     with pytest.raises(ValueError, match="MAMDense 'half': beta is 0.5; QAT needs beta == 0"):
@@ -268,3 +269,34 @@ def test_bad_inputs_are_refused_with_clear_errors(rng):
         quantization.quantize_model(qat)
     with pytest.raises(ValueError, match="layer 'quant_q' is quantization-aware; prune before"):
         pruning.prune_magnitude(qat, 0.5)
+
+
+def test_conv1d_layers_are_fake_quantized_and_convert(rng):
+    """A Conv1D -> Flatten -> MAMDense model trained quantization-aware converts without
+    calibration data and runs on the host runtime as the QAT model computes, to about one
+    int16 output step per layer."""
+    from mam_tf.convert import convert
+    from mam_tf.runtime import Interpreter
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((32,))
+    x = keras.layers.Reshape((32, 1))(inp)
+    x = keras.layers.Conv1D(4, 5, padding="same", activation="relu", name="conv")(x)
+    x = keras.layers.Flatten()(x)
+    model = keras.Model(inp, MAMDense(6, activation="relu", name="m")(x))
+    data = rng.uniform(0, 1, (256, 32)).astype(np.float32)
+    qat = quantization.quantize_model(model, "int16x8", weight_range=(-1, 1), input_range=(-1, 1))
+    conv_wrapper = qat.get_layer("quant_conv")
+    assert isinstance(conv_wrapper, tfmot.quantization.keras.QuantizeWrapper)
+    qat.compile(keras.optimizers.Adam(1e-3), "mse")
+    qat.fit(data, rng.uniform(0, 1, (256, 6)).astype(np.float32), epochs=2, verbose=0)
+    # The conv kernel as the QAT model uses it sits on the 8-bit grid of [-1, 1].
+    (kernel, wq, wvars), = conv_wrapper._weight_vars
+    fq = wq(kernel, False, weights=wvars).numpy()
+    np.testing.assert_allclose(fq * 127, np.round(fq * 127), atol=1e-4)
+    y = Interpreter(convert(qat, None, mode="int16x8")).run(data[:32])
+    want = qat.predict(data[:32], verbose=0)
+    out_scale = quantization.layer_quant_params(qat)["m"]["output"]["scale"]
+    assert np.abs(y - want).max() <= 4 * float(out_scale) + 1e-6
+    with pytest.raises(ValueError, match=r"convolutions \['conv'\] would keep"):
+        quantization.quantize_model(model, "int16x8", calibration_data=data)

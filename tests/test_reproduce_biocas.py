@@ -12,6 +12,7 @@ from mam_tf.experiments import biocas
 from mam_tf.runtime import Interpreter
 
 PNG = b"\x89PNG\r\n\x1a\n"
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
