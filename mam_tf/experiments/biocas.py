@@ -44,15 +44,17 @@ HIDDEN = ["hidden_1", "hidden_2"]
 _FRACTIONS = [0.25, 0.5, 0.75, 0.9, 0.94, 0.95, 0.96, 0.98]
 
 #: Per scale: data, training, pruning. ``windows`` train + ``test`` held out; ``vc_epochs``: the
-#: MAC -> MAM blend length; ``fine_tune_epochs`` after each pruning.
+#: MAC -> MAM blend length, a quarter of the training (the epochs in pure MAM after it are what
+#: concentrates the selections: docs/experiments/biocas.md); ``fine_tune_epochs`` after each
+#: pruning.
 SCALES = {
-    "tiny": dict(windows=800, test=200, epochs=3, vc_epochs=2, fine_tune_epochs=1,
+    "tiny": dict(windows=800, test=200, epochs=3, vc_epochs=1, fine_tune_epochs=1,
                  fractions=[0.5, 0.94], seeds=[0]),
-    "demo": dict(windows=6000, test=1000, epochs=15, vc_epochs=8, fine_tune_epochs=3,
+    "demo": dict(windows=6000, test=1000, epochs=15, vc_epochs=4, fine_tune_epochs=3,
                  fractions=_FRACTIONS, seeds=[0]),
-    "small": dict(windows=20000, test=2000, epochs=20, vc_epochs=10, fine_tune_epochs=5,
+    "small": dict(windows=20000, test=2000, epochs=20, vc_epochs=5, fine_tune_epochs=5,
                   fractions=_FRACTIONS, seeds=[0, 1, 2]),
-    "paper": dict(windows=80000, test=10000, epochs=50, vc_epochs=25, fine_tune_epochs=10,
+    "paper": dict(windows=80000, test=10000, epochs=50, vc_epochs=12, fine_tune_epochs=10,
                   fractions=[0.25, 0.5, 0.75, 0.9, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99],
                   seeds=list(range(10))),
 }
@@ -296,10 +298,11 @@ def _aggregate(sweep_values):
     return points
 
 
-def _chosen_point(points, kind, fraction):
-    """The point of ``kind`` at ``fraction`` with the best mean (the one that kept the baseline);
-    among equals, the one-shot one first (no fine-tuning needed)."""
-    cands = [p for p in points if p["kind"] == kind and p["pruned"] == fraction]
+def _chosen_point(points, kind, fraction, fine_tuned=None):
+    """The point of ``kind`` at ``fraction`` (one-shot or fine-tuned only, if ``fine_tuned`` is
+    given) with the best mean; among equals, the one-shot one first (no fine-tuning needed)."""
+    cands = [p for p in points if p["kind"] == kind and p["pruned"] == fraction
+             and fine_tuned in (None, p["fine_tuned"])]
     return max(cands, key=lambda p: (p["arsnr_mean"], not p["fine_tuned"])) if cands else None
 
 
@@ -370,15 +373,18 @@ def run_biocas(scale="demo", out=None, seeds=None, merge=None, progress=True, ov
                                                     unpruned=unpruned[pt["kind"]]["mean"])
 
     # Deploy (seed 1st), for each kind: the point that kept the baseline at the largest
-    # fraction, and the best point at each fraction of ``deploy_at``.
+    # fraction, and the best one-shot and the best fine-tuned point at each of ``deploy_at``.
     deployed = []
     seed0 = cfg["seeds"][0]
     for kind in ("mac", "mam"):
-        wanted = [kept[kind] or 0.0] + [f for f in cfg["deploy_at"] if f != kept[kind]]
-        for fraction in wanted:
-            chosen = _chosen_point(points, kind, fraction) if fraction else None
-            if fraction and chosen is None:
-                continue
+        best = _chosen_point(points, kind, kept[kind]) if kept[kind] else None
+        wanted = [(kept[kind] or 0.0, best)]
+        for f in cfg["deploy_at"]:
+            for ft in (False, True):
+                chosen = _chosen_point(points, kind, f, ft)
+                if chosen is not None and all(chosen is not w[1] for w in wanted):
+                    wanted.append((f, chosen))
+        for fraction, chosen in wanted:
             method, scope = "none", "global"
             if chosen is not None:
                 method = chosen["method"].replace("_per_layer", "")
