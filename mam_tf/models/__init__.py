@@ -1,4 +1,5 @@
 """Ready-made models of the papers mam-tf reproduces."""
+from mam_tf.models.cs_oracle import cs_oracle, predict_support
 from mam_tf.models.ecg_autoencoder import TAIL_LAYERS, ecg_autoencoder, split
 
-__all__ = ["ecg_autoencoder", "split", "TAIL_LAYERS"]
+__all__ = ["cs_oracle", "predict_support", "ecg_autoencoder", "split", "TAIL_LAYERS"]
