@@ -409,7 +409,7 @@ def test_converter_failure_is_a_value_error_naming_the_model(data, monkeypatch):
 def test_per_channel_qat_model_with_dense_layers_converts(data, mode):
     from mam_tf.quantization import layer_quant_params, quantize_model
 
-    with pytest.warns(UserWarning, match=r"Dense layers \['pre', 'dec'\] keep one weight scale"):
+    with pytest.warns(UserWarning, match=r"Dense/Conv layers \['pre', 'dec'\] keep one weight scale"):
         qat = quantize_model(_small_model(), mode, per_channel=True, calibration_data=data)
     params = layer_quant_params(qat)
     assert params["enc"]["weights"]["scale"].shape == (8,)
