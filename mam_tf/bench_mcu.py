@@ -176,7 +176,7 @@ def bench_model(tflite, b: Optional[McuBuild] = None, seed=0, check=True,
     on the values), beside the dense MAC (and CMSIS-NN when built in) on the decoded matrix."""
     from mam_tf import flatbuffer as fb
     from mam_tf import options
-    from mam_tf.runtime import _SparseStep
+    from mam_tf import sparse_op
 
     b = b or build()
     data = Path(tflite).read_bytes()
@@ -189,11 +189,12 @@ def bench_model(tflite, b: Optional[McuBuild] = None, seed=0, check=True,
         kind = fb.op_name(model, op)
         if kind not in (options.MAM_SPARSE, options.MAC_SPARSE):
             continue
-        step = _SparseStep(model, sg, op, kind)
+        step = sparse_op.prepare(model, sg, i)  # the device's Prepare, checks included
         m, n = step.csr.shape
         info = np.iinfo(step.dtype)
         x = rng.integers(info.min, info.max + 1, size=(1, n)).astype(step.dtype)
-        kw = dict(bias=step.bias, input_zero_point=step.in_zp, output_zero_point=step.out_zp,
+        kw = dict(bias=step.bias, input_zero_point=step.input_zero_point,
+                  output_zero_point=step.output_zero_point,
                   act_min=step.act_min, act_max=step.act_max)
         name = sg.tensors[step.output].name.decode()
         kernel = "mam_sparse" if kind == options.MAM_SPARSE else "mac_sparse"

@@ -376,6 +376,49 @@ def _opcode(schema, model, custom_code):
     return len(model.operatorCodes) - 1
 
 
+def _builtin_opcode(schema, model, builtin):
+    for i, code in enumerate(model.operatorCodes):
+        if code.customCode is None and max(code.builtinCode, code.deprecatedBuiltinCode) == builtin:
+            return i
+    code = schema.OperatorCodeT()
+    code.builtinCode = builtin
+    code.deprecatedBuiltinCode = builtin  # RESHAPE's code fits the deprecated int8 field
+    code.version = 1
+    model.operatorCodes.append(code)
+    return len(model.operatorCodes) - 1
+
+
+def _as_rows(schema, model, sg, x_idx, n, name):
+    """The input of a sparse op as ``[B, n]``: MAM_SPARSE.md section 4 asks for an input whose
+    last dimension is N, but TFLite folds a Flatten into the reshape of the MAM pattern (and
+    FULLY_CONNECTED flattens by itself), so a layer after a convolution may read ``[1, 256, 64]``.
+    Returns ``(tensor index, RESHAPE op or None)``: the op goes just before the sparse op."""
+    x_t = sg.tensors[x_idx]
+    shape = [int(d) for d in x_t.shape]
+    if len(shape) == 2 and shape[-1] == n:
+        return x_idx, None
+    total = int(np.prod(shape))
+    if n <= 0 or total % n:
+        raise ValueError(f"convert: layer '{name}': its input of shape {shape} does not hold "
+                         f"rows of {n} features")
+    t = schema.TensorT()
+    t.name = f"{name}/rows".encode()
+    t.shape = np.array([total // n, n], np.int32)
+    signature = getattr(x_t, "shapeSignature", None)
+    if signature is not None and len(signature) and int(np.min(signature)) < 0:
+        t.shapeSignature = np.array([-1, n], np.int32)
+    t.type = x_t.type
+    t.buffer = 0  # no data: an activation
+    t.quantization = x_t.quantization  # a reshape keeps scale and zero point
+    sg.tensors.append(t)
+    rows = len(sg.tensors) - 1
+    op = schema.OperatorT()
+    op.opcodeIndex = _builtin_opcode(schema, model, schema.BuiltinOperator.RESHAPE)
+    op.inputs = np.array([x_idx], np.int32)
+    op.outputs = np.array([rows], np.int32)
+    return rows, op
+
+
 def _splice_mam(schema, model, layer, mode, per_row, scopes, qat_params=None):
     sg = model.subgraphs[0]
     core, x_idx, y_idx, act = _find_pattern(schema, model, sg, scopes)
@@ -416,15 +459,18 @@ def _splice_mam(schema, model, layer, mode, per_row, scopes, qat_params=None):
         bias = _new_tensor(schema, model, sg, f"{base}/bias", q.bias,
                            tt.INT32 if mode == "int8" else tt.INT64,
                            bias_scales, np.zeros(bias_scales.size))
+    x_rows, reshape = _as_rows(schema, model, sg, x_idx, n, base)
     op = schema.OperatorT()
     op.opcodeIndex = _opcode(schema, model, options.MAM_SPARSE)
-    op.inputs = np.array([x_idx, values, offsets, counts, bias], np.int32)
+    op.inputs = np.array([x_rows, values, offsets, counts, bias], np.int32)
     op.outputs = np.array([y_idx], np.int32)
     op.customOptions = np.frombuffer(options.encode(in_features=n, activation=act), np.uint8).copy()
     op.customOptionsFormat = schema.CustomOptionsFormat.FLEXBUFFERS
     first = core[0]
     sg.operators = [o for i, o in enumerate(sg.operators) if i not in set(core)]
     sg.operators.insert(first, op)
+    if reshape is not None:
+        sg.operators.insert(first, reshape)
     nnz = int(np.count_nonzero(q.weights))
     bias_size = q.bias.dtype.itemsize if q.bias is not None else 0
     return LayerReport(layer.name, options.MAM_SPARSE, (m, n), nnz, csr.num_entries,
@@ -465,13 +511,16 @@ def _splice_mac(schema, model, layer, scopes):
                          w_scales, np.zeros(w_scales.size))
     offsets = _new_tensor(schema, model, sg, f"{base}/offsets", csr.offsets, tt.UINT8)
     counts = _new_tensor(schema, model, sg, f"{base}/row_counts", csr.row_counts, tt.INT16)
+    x_rows, reshape = _as_rows(schema, model, sg, x_idx, n, base)
     op = schema.OperatorT()
     op.opcodeIndex = _opcode(schema, model, options.MAC_SPARSE)
-    op.inputs = np.array([x_idx, values, offsets, counts, b_idx], np.int32)
+    op.inputs = np.array([x_rows, values, offsets, counts, b_idx], np.int32)
     op.outputs = np.array([int(fc.outputs[0])], np.int32)
     op.customOptions = np.frombuffer(options.encode(in_features=n, activation=act), np.uint8).copy()
     op.customOptionsFormat = schema.CustomOptionsFormat.FLEXBUFFERS
     sg.operators[k] = op
+    if reshape is not None:
+        sg.operators.insert(k, reshape)
     bias_size = fb.numpy_dtype(sg.tensors[b_idx].type).itemsize if b_idx >= 0 else 0
     return LayerReport(layer.name, options.MAC_SPARSE, (m, n), int(np.count_nonzero(weights)),
                        csr.num_entries, csr.nbytes(has_bias=b_idx >= 0, bias_itemsize=bias_size or 4),
