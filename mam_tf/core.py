@@ -29,6 +29,7 @@ from typing import Optional
 import numpy as np
 
 from mam_tf.sparse import OffsetCSR
+from mam_tf._cache import cache_root
 
 __all__ = [
     "CoreBuildError",
@@ -94,8 +95,6 @@ def _source_hash(src: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def _cache_root() -> Path:
-    return Path(os.environ.get("MAM_TF_CACHE", Path.home() / ".cache" / "mam-tf"))
 
 
 def build_library(src: Path = _SOURCE_DIR, dest_dir: Optional[Path] = None,
@@ -112,7 +111,7 @@ def build_library(src: Path = _SOURCE_DIR, dest_dir: Optional[Path] = None,
             "cmake is not on PATH; install CMake (>= 3.16) and a C compiler (e.g. "
             "`apt-get install cmake gcc`), or set $MAM_TF_CORE_LIB to a built libmam_sparse_core.so"
         )
-    dest_dir = dest_dir or (_cache_root() / f"core-{_source_hash(src)}")
+    dest_dir = dest_dir or (cache_root() / f"core-{_source_hash(src)}")
     dest_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="build-", dir=dest_dir) as build:
         for cmd in (
@@ -144,7 +143,7 @@ def library_path() -> Path:
         return p
     if not (_SOURCE_DIR / "CMakeLists.txt").is_file():
         build_library()  # raises the explanatory error
-    dest = _cache_root() / f"core-{_source_hash(_SOURCE_DIR)}"
+    dest = cache_root() / f"core-{_source_hash(_SOURCE_DIR)}"
     lib = dest / _LIB_NAME
     if lib.is_file():
         return lib

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from mam_tf._compat import in_save_context, in_xla_context, tf
+from mam_tf._cache import cache_root
 
 __all__ = [
     "FusedKernelWarning",
@@ -64,8 +65,6 @@ _state: dict = {"tried": False, "module": None, "reason": None}
 _disabled = 0  # depth of disabled() blocks, process-wide (tracing may happen on other threads)
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("MAM_TF_CACHE") or Path.home() / ".cache" / "mam-tf")
 
 
 def _compiler() -> str | None:

@@ -33,6 +33,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from mam_tf.sparse import OffsetCSR
+from mam_tf._cache import cache_root
 
 __all__ = [
     "McuBuild", "McuError", "KernelCall", "KERNEL_IDS", "toolchain_available", "build",
@@ -174,8 +175,6 @@ def _build_key(cmsis_lib, cmsis_include, tflm=None) -> str:
     return h.hexdigest()[:16]
 
 
-def _cache_root() -> Path:
-    return Path(os.environ.get("MAM_TF_CACHE", Path.home() / ".cache" / "mam-tf"))
 
 
 def _run_tool(cmd, what, cwd=None):
@@ -266,7 +265,7 @@ def build(cmsis_nn_lib=None, cmsis_nn_include=None, tflm_lib=None, tflm_root=Non
         raise McuError(f"cannot build the Cortex-M7 firmware: {why}")
     lib, inc = _cmsis_paths(cmsis_nn_lib, cmsis_nn_include)
     tflm = _tflm_paths(tflm_lib, tflm_root, flatbuffers_include)
-    root = _cache_root()
+    root = cache_root()
     dest = root / f"mcu-{_build_key(lib, inc, tflm)}"
     if (dest / "build.json").is_file():
         return _load_build(dest)

@@ -468,7 +468,6 @@ def _stage_deploy(cfg, run, data_stage, train_stage, qat_stage, prune_stage, kin
 def _stage_records(cfg, run, train_stage, qat_stage, prune_stage, kind, seed):
     def compute(work):
         import ecg_data
-        from mam_tf._compat import keras
 
         w = ecg_data.load_record_windows(cfg.records, bandpass=cfg.bandpass)
         if len(w) > cfg.record_windows:
