@@ -19,7 +19,6 @@ import numpy as np
 
 from mam_tf import flatbuffer as fb
 from mam_tf import check, options, reference, sparse_op
-from mam_tf.sparse import OffsetCSR
 
 __all__ = ["Interpreter"]
 
