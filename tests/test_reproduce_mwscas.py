@@ -217,13 +217,27 @@ def test_bandpass_removes_wander_and_mains():
         ecg_data.bandpass_filter(x, fs, (0.5, 200))
 
 
+def test_blend_must_leave_pure_mam_epochs():
+    """The blend ends before training does, so every model ends in pure MAM."""
+    assert mwscas.config_for("small").vc_epochs < mwscas.config_for("small").epochs
+    for vc, epochs in ((15, 15), (0, 15), (20, 15)):
+        with pytest.raises(ValueError, match=f"vc_epochs must be .* below epochs \\({epochs}\\).* got {vc}"):
+            mwscas.config_for("small", vc_epochs=vc, epochs=epochs)
+
+
+def test_report_command_repeats_the_overrides():
+    cfg = mwscas.config_for("small", epochs=20, vc_epochs=3, seeds=(1,))
+    assert mwscas._command_overrides(cfg, [1]) == " --seeds 1 --epochs 20 --vc-epochs 3"
+    assert mwscas._command_overrides(mwscas.config_for("small"), [0, 1, 2]) == ""
+
+
 def test_cli_lists_the_experiment(capsys):
     from mam_tf.cli import main
 
     with pytest.raises(SystemExit):
         main(["reproduce", "mwscas", "--help"])
     text = capsys.readouterr().out
-    for option in ("--scale", "--seeds", "--merge", "--records", "--train-records"):
+    for option in ("--scale", "--seeds", "--merge", "--records", "--train-records", "--vc-epochs"):
         assert option in text
 
 
