@@ -233,14 +233,19 @@ void mam_sparse_s16_armv7em(const mam_csr *w, const mam_requant *q, const int64_
   const int32_t n = w->n, m = w->m;
   const uint32_t ones = 0x00010001u;
   const rq_s16 r0 = rq_s16_make(q->multiplier[0], q->shift[0]);
+  const int32_t zy = q->output_zero_point, act_min = q->act_min, act_max = q->act_max;
+  const int per_row = q->per_row;
+  int16_t *y = output;
   for (int32_t b = 0; b < batches; ++b) {
     const int16_t *const x = input + (size_t)b * (size_t)n;
-    int16_t *const y = output + (size_t)b * (size_t)m;
     const int8_t *val = w->values;
     const uint8_t *off = w->offsets;
+    const int16_t *counts = w->row_counts;
+    const int64_t *bp = bias;
     for (int32_t j = 0; j < m; ++j) {
-      const int32_t count = w->row_counts[j];
-      int32_t neglo = count < n ? 0 : -((int32_t)x[off[0]] * (int32_t)val[0]);
+      const int32_t count = *counts++;
+      int32_t neglo = 0;
+      if (__builtin_expect(count == n, 0)) neglo = -((int32_t)x[off[0]] * (int32_t)val[0]);
       uint32_t range = 0;
       int32_t col = -1;
       for (int32_t g = count >> 3; g > 0; --g) {
@@ -256,8 +261,11 @@ void mam_sparse_s16_armv7em(const mam_csr *w, const mam_requant *q, const int64_
       }
       /* max + min = range + 2 min = range - 2 neglo */
       uint64_t acc = (uint64_t)(int64_t)(int32_t)(range - 2u * (uint32_t)neglo);
-      if (bias != NULL) acc += (uint64_t)bias[j];
-      y[j] = (int16_t)finish_s16(acc, q, &r0, j);
+      if (bp != NULL) acc += (uint64_t)*bp++;
+      rq_s16 r = r0;
+      if (__builtin_expect(per_row, 0)) r = rq_s16_make(q->multiplier[j], q->shift[j]);
+      *y++ = (int16_t)clamp_i32((int32_t)((uint32_t)rq_s16_apply(acc, &r) + (uint32_t)zy),
+                                act_min, act_max);
     }
   }
 }
@@ -300,11 +308,17 @@ static inline __attribute__((always_inline)) void mam_s8_rows(
     const mam_csr *w, const mam_requant *q, const int32_t *bias, const int8_t *x,
     int8_t *y, const rq_s8 *rq0, const int paired) {
   const int32_t n = w->n, m = w->m, zx = q->input_zero_point;
+  const int32_t zy = q->output_zero_point, act_min = q->act_min, act_max = q->act_max;
+  const int per_row = q->per_row;
+  const rq_s8 r0 = *rq0;
   const int8_t *val = w->values;
   const uint8_t *off = w->offsets;
+  const int16_t *counts = w->row_counts;
+  const int32_t *bp = bias;
   for (int32_t j = 0; j < m; ++j) {
-    const int32_t count = w->row_counts[j];
-    int32_t neglo = count < n ? 0 : -(((int32_t)x[off[0]] - zx) * (int32_t)val[0]);
+    const int32_t count = *counts++;
+    int32_t neglo = 0;
+    if (__builtin_expect(count == n, 0)) neglo = -(((int32_t)x[off[0]] - zx) * (int32_t)val[0]);
     uint32_t range = 0;
     const int8_t *xp = x; /* x + col + 1 */
     int32_t head = paired ? (int32_t)((0u - (uintptr_t)off) & 3u) : 0;
@@ -340,8 +354,11 @@ static inline __attribute__((always_inline)) void mam_s8_rows(
       MAM_TRACK(((int32_t)*xp++ - zx) * (int32_t)*val++ + neglo);
     }
     uint32_t acc = range - 2u * (uint32_t)neglo;
-    if (bias != NULL) acc += (uint32_t)bias[j];
-    y[j] = (int8_t)finish_s8(acc, q, rq0, j);
+    if (bp != NULL) acc += (uint32_t)*bp++;
+    rq_s8 r = r0;
+    if (__builtin_expect(per_row, 0)) r = rq_s8_make(q->multiplier[j], q->shift[j]);
+    *y++ = (int8_t)clamp_i32((int32_t)((uint32_t)rq_s8_apply(acc, &r) + (uint32_t)zy),
+                             act_min, act_max);
   }
 }
 
