@@ -242,7 +242,7 @@ void mam_sparse_s16_armv7em(const mam_csr *w, const mam_requant *q, const int64_
     const uint8_t *off = w->offsets;
     const int16_t *counts = w->row_counts;
     const int64_t *bp = bias;
-    for (int32_t j = 0; j < m; ++j) {
+    for (const int16_t *const end = counts + m; counts != end;) {
       const int32_t count = *counts++;
       int32_t neglo = 0;
       if (__builtin_expect(count == n, 0)) neglo = -((int32_t)x[off[0]] * (int32_t)val[0]);
@@ -263,7 +263,10 @@ void mam_sparse_s16_armv7em(const mam_csr *w, const mam_requant *q, const int64_
       uint64_t acc = (uint64_t)(int64_t)(int32_t)(range - 2u * (uint32_t)neglo);
       if (bp != NULL) acc += (uint64_t)*bp++;
       rq_s16 r = r0;
-      if (__builtin_expect(per_row, 0)) r = rq_s16_make(q->multiplier[j], q->shift[j]);
+      if (__builtin_expect(per_row, 0)) {
+        const int32_t k = (int32_t)(counts - w->row_counts) - 1; /* this row */
+        r = rq_s16_make(q->multiplier[k], q->shift[k]);
+      }
       *y++ = (int16_t)clamp_i32((int32_t)((uint32_t)rq_s16_apply(acc, &r) + (uint32_t)zy),
                                 act_min, act_max);
     }
@@ -315,7 +318,7 @@ static inline __attribute__((always_inline)) void mam_s8_rows(
   const uint8_t *off = w->offsets;
   const int16_t *counts = w->row_counts;
   const int32_t *bp = bias;
-  for (int32_t j = 0; j < m; ++j) {
+  for (const int16_t *const end = counts + m; counts != end;) {
     const int32_t count = *counts++;
     int32_t neglo = 0;
     if (__builtin_expect(count == n, 0)) neglo = -(((int32_t)x[off[0]] - zx) * (int32_t)val[0]);
@@ -356,7 +359,10 @@ static inline __attribute__((always_inline)) void mam_s8_rows(
     uint32_t acc = range - 2u * (uint32_t)neglo;
     if (bp != NULL) acc += (uint32_t)*bp++;
     rq_s8 r = r0;
-    if (__builtin_expect(per_row, 0)) r = rq_s8_make(q->multiplier[j], q->shift[j]);
+    if (__builtin_expect(per_row, 0)) {
+      const int32_t k = (int32_t)(counts - w->row_counts) - 1; /* this row */
+      r = rq_s8_make(q->multiplier[k], q->shift[k]);
+    }
     *y++ = (int8_t)clamp_i32((int32_t)((uint32_t)rq_s8_apply(acc, &r) + (uint32_t)zy),
                              act_min, act_max);
   }
