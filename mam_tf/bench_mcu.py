@@ -190,8 +190,10 @@ def bench_layer(rows=128, cols=16384, remaining=DEFAULT_REMAINING, act_bits=(16,
 def bench_model(tflite, b: Optional[McuBuild] = None, seed=0, check=True,
                 log=print) -> list[dict]:
     """The same figures for every MAM_SPARSE / MAC_SPARSE op of a converted model, with its
-    real matrices (a random input of the op's type and zero point; the count does not depend
-    on the values), beside the dense MAC (and CMSIS-NN when built in) on the decoded matrix."""
+    real matrices (a random input of the op's type and zero point: the portable kernels' count
+    does not depend on the values, the ARMv7E-M MAM kernels' moves slightly with them, as
+    their max/min updates do), beside the dense MAC (and CMSIS-NN when built in) on the
+    decoded matrix."""
     from mam_tf import flatbuffer as fb
     from mam_tf import options
     from mam_tf import sparse_op
