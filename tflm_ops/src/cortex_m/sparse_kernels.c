@@ -42,7 +42,7 @@ static inline rq_s16 rq_s16_make(int32_t multiplier, int32_t shift) {
 static inline int32_t rq_s16_apply(uint64_t acc, const rq_s16 *r) {
   const uint64_t v = acc * r->reduced + r->round;
   const uint32_t lo = (uint32_t)v, hi = (uint32_t)(v >> 32);
-  if (r->ts < 32) return (int32_t)((lo >> r->ts) | (hi << (32 - r->ts)));
+  if (__builtin_expect(r->ts < 32, 1)) return (int32_t)((lo >> r->ts) | (hi << (32 - r->ts)));
   return (int32_t)hi >> (r->ts - 32);
 }
 
