@@ -209,6 +209,9 @@ def test_bench_cli_writes_records_and_plot(tmp_path, capsys):
         if r["kernel"].endswith("_sparse"):
             assert r["entries"] == round(r["remaining"] * 16 * 1024)  # no dummies: seeded
             assert r["bytes"] == 2 * r["entries"] + 2 * 16 + 4 * 16 + 8 + 28
+            # the fixed cost of a row, measured on empty rows: below any row with entries
+            assert 0 < r["empty_row"] < r["instr_per_row"], r
+    assert "empty row" in printed
 
 
 @needs_mcu

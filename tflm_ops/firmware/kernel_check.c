@@ -96,6 +96,7 @@ static void requant(mam_requant *q, int32_t m, int s8, int per_row) {
     shft[j] = s8 ? rrange(-12, 2) : rrange(-14, 2);
     if ((rnd() & 31) == 0) shft[j] = s8 ? rrange(-31, 30) : rrange(-31, 7);
     if ((rnd() & 31) == 0) mult[j] = (int32_t)(rnd() & 0x7FFFFFFFu);
+    if ((rnd() & 31) == 0) mult[j] = (int32_t)(0x7FFF0000u + (rnd() & 0xFFFFu)); /* int16: 0x7FFF */
   }
   q->multiplier = mult;
   q->shift = shft;

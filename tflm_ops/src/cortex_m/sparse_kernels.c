@@ -19,20 +19,71 @@ static inline int32_t clamp_i32(int32_t v, int32_t lo, int32_t hi) {
   return v < lo ? lo : (v > hi ? hi : v);
 }
 
-static inline int32_t finish_s8(uint32_t acc, const mam_requant *q, int32_t j) {
-  const int32_t r = q->per_row ? j : 0;
-  const int32_t scaled =
-      mam_multiply_by_quantized_multiplier((int32_t)acc, q->multiplier[r], q->shift[r]);
-  return clamp_i32((int32_t)((uint32_t)scaled + (uint32_t)q->output_zero_point), q->act_min,
-                   q->act_max);
+/* Requantization, bit-exact with core.c's mam_multiply_by_quantized_multiplier(_64), its
+ * constants worked out once per call (per-tensor scale) or once per row (per-row scales)
+ * and applied inline.
+ *
+ * int16 (TFLM's 64-bit form): r = acc * reduced + 2^(ts-1) modulo 2^64, then bits ts..ts+31
+ * of r as int64 (ts = 15 - shift, in 8..46): one UMLAL + MLA and a 64-bit shift. */
+typedef struct {
+  uint64_t round; /* 2^(ts-1) */
+  uint32_t reduced;
+  int32_t ts;
+} rq_s16;
+
+static inline rq_s16 rq_s16_make(int32_t multiplier, int32_t shift) {
+  rq_s16 r;
+  r.reduced = (uint32_t)((multiplier < 0x7FFF0000) ? ((multiplier + (1 << 15)) >> 16) : 0x7FFF);
+  r.ts = 15 - shift;
+  r.round = (uint64_t)1 << (r.ts - 1);
+  return r;
 }
 
-static inline int32_t finish_s16(uint64_t acc, const mam_requant *q, int32_t j) {
-  const int32_t r = q->per_row ? j : 0;
-  const int32_t scaled =
-      mam_multiply_by_quantized_multiplier_64((int64_t)acc, q->multiplier[r], q->shift[r]);
-  return clamp_i32((int32_t)((uint32_t)scaled + (uint32_t)q->output_zero_point), q->act_min,
-                   q->act_max);
+static inline int32_t rq_s16_apply(uint64_t acc, const rq_s16 *r) {
+  const uint64_t v = acc * r->reduced + r->round;
+  const uint32_t lo = (uint32_t)v, hi = (uint32_t)(v >> 32);
+  if (__builtin_expect(r->ts < 32, 1)) return (int32_t)((lo >> r->ts) | (hi << (32 - r->ts)));
+  return (int32_t)hi >> (r->ts - 32);
+}
+
+/* int8 (gemmlowp's): x << left, then the saturating rounding doubling high multiply, which
+ * for a multiplier in [0, 2^31) never saturates and equals (x * multiplier + 2^30) >> 31 as
+ * a floor (gemmlowp's nudge 1 - 2^30 and division toward zero for a negative product give
+ * the same: trunc((p + 1 - 2^30) / 2^31) = floor((p + 2^30) / 2^31) for p < 0), then the
+ * rounding divide by 2^right (ties away from zero). */
+typedef struct {
+  int32_t multiplier, left, right, mask, half;
+} rq_s8;
+
+static inline rq_s8 rq_s8_make(int32_t multiplier, int32_t shift) {
+  rq_s8 r;
+  r.multiplier = multiplier;
+  r.left = shift > 0 ? shift : 0;
+  r.right = shift > 0 ? 0 : -shift;
+  r.mask = (int32_t)(((int64_t)1 << r.right) - 1);
+  r.half = r.mask >> 1;
+  return r;
+}
+
+static inline int32_t rq_s8_apply(uint32_t acc, const rq_s8 *r) {
+  const int32_t shifted = (int32_t)(acc << r->left);
+  const uint64_t p = (uint64_t)((int64_t)shifted * r->multiplier + (1 << 30));
+  const int32_t h = (int32_t)(((uint32_t)(p >> 32) << 1) | ((uint32_t)p >> 31));
+  const int32_t threshold = r->half + (int32_t)((uint32_t)h >> 31);
+  return (h >> r->right) + ((h & r->mask) > threshold);
+}
+
+static inline int32_t finish_s8(uint32_t acc, const mam_requant *q, const rq_s8 *r0, int32_t j) {
+  const rq_s8 r = q->per_row ? rq_s8_make(q->multiplier[j], q->shift[j]) : *r0;
+  return clamp_i32((int32_t)((uint32_t)rq_s8_apply(acc, &r) + (uint32_t)q->output_zero_point),
+                   q->act_min, q->act_max);
+}
+
+static inline int32_t finish_s16(uint64_t acc, const mam_requant *q, const rq_s16 *r0,
+                                 int32_t j) {
+  const rq_s16 r = q->per_row ? rq_s16_make(q->multiplier[j], q->shift[j]) : *r0;
+  return clamp_i32((int32_t)((uint32_t)rq_s16_apply(acc, &r) + (uint32_t)q->output_zero_point),
+                   q->act_min, q->act_max);
 }
 
 /* ---------------------------------------------------------------------------------------
@@ -114,7 +165,9 @@ static inline uint32_t pkhbt16(uint32_t lo, uint32_t hi) {
  * Hot loops, arm-none-eabi-gcc 12.2 -O2 -mcpu=cortex-m7 (objdump): MAM int16 50
  * instructions per 8 entries, MAM int8 104 per 16 (106 where offsets and values are not
  * co-aligned), MAC int8 and int16 38 per 8; a MAM group whose products move the max or the
- * min costs about 12 more (a few per row: records of a running max/min).
+ * min costs about 12-15 more (records of a running max/min: about ln(entries) per side in a
+ * random row, some 125 instructions per row at 128 x 16384; tflm_ops/README.md). A row's
+ * fixed cost (set-up, bias, inline requantization): 57 instructions int16, 76 MAM int8.
  * ------------------------------------------------------------------------------------- */
 
 /* Four t = p - min at once: one test in the common case that none leaves [min, max], a
@@ -181,14 +234,20 @@ void mam_sparse_s16_armv7em(const mam_csr *w, const mam_requant *q, const int64_
                             const int16_t *input, int32_t batches, int16_t *output) {
   const int32_t n = w->n, m = w->m;
   const uint32_t ones = 0x00010001u;
+  const rq_s16 r0 = rq_s16_make(q->multiplier[0], q->shift[0]);
+  const int32_t zy = q->output_zero_point, act_min = q->act_min, act_max = q->act_max;
+  const int per_row = q->per_row;
+  int16_t *y = output;
   for (int32_t b = 0; b < batches; ++b) {
     const int16_t *const x = input + (size_t)b * (size_t)n;
-    int16_t *const y = output + (size_t)b * (size_t)m;
     const int8_t *val = w->values;
     const uint8_t *off = w->offsets;
-    for (int32_t j = 0; j < m; ++j) {
-      const int32_t count = w->row_counts[j];
-      int32_t neglo = count < n ? 0 : -((int32_t)x[off[0]] * (int32_t)val[0]);
+    const int16_t *counts = w->row_counts;
+    const int64_t *bp = bias;
+    for (const int16_t *const end = counts + m; counts != end;) {
+      const int32_t count = *counts++;
+      int32_t neglo = 0;
+      if (__builtin_expect(count == n, 0)) neglo = -((int32_t)x[off[0]] * (int32_t)val[0]);
       uint32_t range = 0;
       int32_t col = -1;
       for (int32_t g = count >> 3; g > 0; --g) {
@@ -204,8 +263,14 @@ void mam_sparse_s16_armv7em(const mam_csr *w, const mam_requant *q, const int64_
       }
       /* max + min = range + 2 min = range - 2 neglo */
       uint64_t acc = (uint64_t)(int64_t)(int32_t)(range - 2u * (uint32_t)neglo);
-      if (bias != NULL) acc += (uint64_t)bias[j];
-      y[j] = (int16_t)finish_s16(acc, q, j);
+      if (bp != NULL) acc += (uint64_t)*bp++;
+      rq_s16 r = r0;
+      if (__builtin_expect(per_row, 0)) {
+        const int32_t k = (int32_t)(counts - w->row_counts) - 1; /* this row */
+        r = rq_s16_make(q->multiplier[k], q->shift[k]);
+      }
+      *y++ = (int16_t)clamp_i32((int32_t)((uint32_t)rq_s16_apply(acc, &r) + (uint32_t)zy),
+                                act_min, act_max);
     }
   }
 }
@@ -246,13 +311,19 @@ void mam_sparse_s16_armv7em(const mam_csr *w, const mam_requant *q, const int64_
  * both are word-aligned and the 16-entry loop loads them with LDRD. */
 static inline __attribute__((always_inline)) void mam_s8_rows(
     const mam_csr *w, const mam_requant *q, const int32_t *bias, const int8_t *x,
-    int8_t *y, const int paired) {
+    int8_t *y, const rq_s8 *rq0, const int paired) {
   const int32_t n = w->n, m = w->m, zx = q->input_zero_point;
+  const int32_t zy = q->output_zero_point, act_min = q->act_min, act_max = q->act_max;
+  const int per_row = q->per_row;
+  const rq_s8 r0 = *rq0;
   const int8_t *val = w->values;
   const uint8_t *off = w->offsets;
-  for (int32_t j = 0; j < m; ++j) {
-    const int32_t count = w->row_counts[j];
-    int32_t neglo = count < n ? 0 : -(((int32_t)x[off[0]] - zx) * (int32_t)val[0]);
+  const int16_t *counts = w->row_counts;
+  const int32_t *bp = bias;
+  for (const int16_t *const end = counts + m; counts != end;) {
+    const int32_t count = *counts++;
+    int32_t neglo = 0;
+    if (__builtin_expect(count == n, 0)) neglo = -(((int32_t)x[off[0]] - zx) * (int32_t)val[0]);
     uint32_t range = 0;
     const int8_t *xp = x; /* x + col + 1 */
     int32_t head = paired ? (int32_t)((0u - (uintptr_t)off) & 3u) : 0;
@@ -288,21 +359,28 @@ static inline __attribute__((always_inline)) void mam_s8_rows(
       MAM_TRACK(((int32_t)*xp++ - zx) * (int32_t)*val++ + neglo);
     }
     uint32_t acc = range - 2u * (uint32_t)neglo;
-    if (bias != NULL) acc += (uint32_t)bias[j];
-    y[j] = (int8_t)finish_s8(acc, q, j);
+    if (bp != NULL) acc += (uint32_t)*bp++;
+    rq_s8 r = r0;
+    if (__builtin_expect(per_row, 0)) {
+      const int32_t k = (int32_t)(counts - w->row_counts) - 1; /* this row */
+      r = rq_s8_make(q->multiplier[k], q->shift[k]);
+    }
+    *y++ = (int8_t)clamp_i32((int32_t)((uint32_t)rq_s8_apply(acc, &r) + (uint32_t)zy),
+                             act_min, act_max);
   }
 }
 
 void mam_sparse_s8_armv7em(const mam_csr *w, const mam_requant *q, const int32_t *bias,
                            const int8_t *input, int32_t batches, int8_t *output) {
   const int paired = (((uintptr_t)w->offsets ^ (uintptr_t)w->values) & 3u) == 0;
+  const rq_s8 r0 = rq_s8_make(q->multiplier[0], q->shift[0]);
   for (int32_t b = 0; b < batches; ++b) {
     const int8_t *const x = input + (size_t)b * (size_t)w->n;
     int8_t *const y = output + (size_t)b * (size_t)w->m;
     if (paired) {
-      mam_s8_rows(w, q, bias, x, y, 1);
+      mam_s8_rows(w, q, bias, x, y, &r0, 1);
     } else {
-      mam_s8_rows(w, q, bias, x, y, 0);
+      mam_s8_rows(w, q, bias, x, y, &r0, 0);
     }
   }
 }
@@ -332,6 +410,7 @@ void mac_sparse_s8_armv7em(const mam_csr *w, const mam_requant *q, const int32_t
                            const int8_t *input, int32_t batches, int8_t *output) {
   const int32_t n = w->n, m = w->m, zx = q->input_zero_point;
   const int32_t nzx2 = (int32_t)(((uint32_t)-zx & 0xFFFFu) * 0x00010001u);
+  const rq_s8 r0 = rq_s8_make(q->multiplier[0], q->shift[0]);
   for (int32_t b = 0; b < batches; ++b) {
     const int8_t *const x = input + (size_t)b * (size_t)n;
     int8_t *const y = output + (size_t)b * (size_t)m;
@@ -354,7 +433,7 @@ void mac_sparse_s8_armv7em(const mam_csr *w, const mam_requant *q, const int32_t
       }
       uint32_t uacc = (uint32_t)acc;
       if (bias != NULL) uacc += (uint32_t)bias[j];
-      y[j] = (int8_t)finish_s8(uacc, q, j);
+      y[j] = (int8_t)finish_s8(uacc, q, &r0, j);
     }
   }
 }
@@ -384,6 +463,7 @@ void mac_sparse_s16_armv7em(const mam_csr *w, const mam_requant *q, const int64_
                             const int16_t *input, int32_t batches, int16_t *output) {
   const int32_t n = w->n, m = w->m;
   const uint32_t ones = 0x00010001u;
+  const rq_s16 r0 = rq_s16_make(q->multiplier[0], q->shift[0]);
   for (int32_t b = 0; b < batches; ++b) {
     const int16_t *const x = input + (size_t)b * (size_t)n;
     int16_t *const y = output + (size_t)b * (size_t)m;
@@ -406,7 +486,7 @@ void mac_sparse_s16_armv7em(const mam_csr *w, const mam_requant *q, const int64_
       }
       uint64_t uacc = (uint64_t)acc;
       if (bias != NULL) uacc += (uint64_t)bias[j];
-      y[j] = (int16_t)finish_s16(uacc, q, j);
+      y[j] = (int16_t)finish_s16(uacc, q, &r0, j);
     }
   }
 }
