@@ -21,7 +21,17 @@ _extras="${MAM_TF_EXTRAS:-}"
 _stamp="$MAM_TF_VENV/.mam-tf-stamp${_extras:+-$_extras}"
 _want="$(cat "$REPO_ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1) $REPO_ROOT"
 # MAM_TF_NO_INSTALL=1 uses the environment as it is (tests run the scripts in the test venv).
-if [ "${MAM_TF_NO_INSTALL:-0}" != 1 ] && { [ ! -f "$_stamp" ] || [ "$(cat "$_stamp")" != "$_want" ]; }; then
+# The stamp alone is not enough: another checkout may have installed itself into the same venv
+# since, so the installed package must also be found in this checkout.
+_installed_from() {
+    python - <<'PY' 2>/dev/null
+import importlib.util, os
+spec = importlib.util.find_spec("mam_tf")
+print(os.path.dirname(os.path.dirname(os.path.realpath(spec.origin))) if spec and spec.origin else "")
+PY
+}
+if [ "${MAM_TF_NO_INSTALL:-0}" != 1 ] && { [ ! -f "$_stamp" ] || [ "$(cat "$_stamp")" != "$_want" ] ||
+        [ "$(_installed_from)" != "$(realpath "$REPO_ROOT")" ]; }; then
     echo "[mam-tf] installing mam-tf${_extras:+[$_extras]} into $MAM_TF_VENV"
     python -m pip install -q -e "$REPO_ROOT${_extras:+[$_extras]}"
     echo "$_want" > "$_stamp"
