@@ -51,9 +51,11 @@ def test_outputs_are_written(tiny):
     saved = json.loads((out / "results.json").read_text())
     assert saved["scale"] == "tiny" and saved["seeds"] == [0]
     pts = saved["points"]
-    assert len(pts) == 2 * 2 * len(FRACS)
+    # two one-shot methods at every fraction; the fine-tuned curve at 100% and its fractions
+    assert len(pts) == 2 * (2 * len(FRACS) + 1 + len(cfg.fine_tune))
     assert {(p["kind"], p["method"]) for p in pts} == {
-        (k, m) for k in ("mac", "mam") for m in ("magnitude", "activation_rate")}
+        (k, m) for k in ("mac", "mam")
+        for m in ("magnitude", "activation_rate", "magnitude_fine_tuned")}
     for p in pts:
         assert {"kind", "method", "remaining", "arsnr_mean", "arsnr_min", "arsnr_max",
                 "fc1_bytes", "deployed_arsnr"} <= set(p)
@@ -64,6 +66,7 @@ def test_outputs_are_written(tiny):
     for kind in ("mac", "mam"):
         assert (out / "models" / f"{kind}_seed0.keras").is_file()
         assert (out / "models" / f"{kind}_seed0_qat.keras").is_file()
+        assert (out / "models" / f"{kind}_seed0_qat_fine_tuned_5pct.keras").is_file()
         assert (out / "tflite" / f"{kind}_seed0_magnitude_5pct_int16x8.tflite").read_bytes()[4:8] \
             == b"TFL3"
     for fig in ("fig2_arsnr_vs_weights", "fig4_arsnr_vs_memory", "fig6_reconstruction"):
@@ -105,6 +108,38 @@ def test_results_match_the_saved_models(tiny):
         m = k.shape[1]
         assert point["fc1_bytes"] == 2 * csr.num_entries + 2 * m + 4 * m
         assert point["fc1_values_bytes"] == keep
+
+
+def test_fine_tuned_model_keeps_the_magnitude_mask(tiny):
+    """The saved fine-tuned QAT tail at 5%: its FC1 nonzeros lie inside the 5% magnitude mask
+    of the unpruned QAT tail (made here in numpy), and its ARSNR is the reported point's."""
+    cfg, out, results = tiny
+    test = _data(cfg)["test"]
+    for kind in ("mac", "mam"):
+        def fc1_kernel(model):
+            wrapper = next(layer for layer in model.layers
+                           if getattr(layer, "layer", None) is not None
+                           and layer.layer.name == "fc1")
+            return wrapper._weight_vars[0][0].numpy()
+
+        base = fc1_kernel(keras.models.load_model(out / "models" / f"{kind}_seed0_qat.keras",
+                                                  compile=False))
+        tuned_model = keras.models.load_model(
+            out / "models" / f"{kind}_seed0_qat_fine_tuned_5pct.keras", compile=False)
+        tuned = fc1_kernel(tuned_model)
+        keep = int(round(0.05 * base.size))
+        mask = np.zeros(base.size, bool)
+        mask[np.argsort(-np.abs(base).ravel(), kind="stable")[:keep]] = True
+        mask = mask.reshape(base.shape)
+        assert not np.any(tuned[~mask]), "pruned FC1 weights grew back in the fine-tune"
+        assert np.count_nonzero(tuned) > 0.9 * keep
+        assert not np.array_equal(tuned[mask], base[mask]), "the fine-tune changed nothing"
+        _, head = split(keras.models.load_model(out / "models" / f"{kind}_seed0.keras",
+                                                compile=False))
+        db = ecg_data.arsnr(test, head.predict(tuned_model.predict(test, verbose=0), verbose=0))
+        point = next(p for p in results["points"] if p["kind"] == kind
+                     and p["method"] == "magnitude_fine_tuned" and p["remaining"] == 0.05)
+        assert db == pytest.approx(point["arsnr_mean"], abs=0.02)
 
 
 def test_deployed_tail_is_within_quantization_of_keras(tiny):

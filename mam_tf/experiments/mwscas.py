@@ -17,7 +17,8 @@ MAC (Dense) or a MAM first fully connected layer (FC1, 98.5% of the deployed tai
    receiver's float decoder (the head) held fixed.
 4. prune FC1 of the QAT model one-shot to {100, 50, 20, 10, 5, 2, 1}% of its weights, by
    magnitude (the paper's method) and by activation rate (how often a weight is the argmax or
-   argmin of its row over training windows).
+   argmin of its row over training windows); a third curve fine-tunes the magnitude-pruned
+   model for an epoch of QAT with the mask held (MAC and MAM alike; ``fine_tune`` fractions).
 5. evaluate: ARSNR on the test split (float and QAT), mean / min / max over seeds.
 6. footprint: FC1 offset-CSR bytes (8-bit values and offsets, 16-bit row counts, 32-bit
    bias: the paper's representation) and values-only bytes (the paper's dashed lines).
@@ -53,6 +54,8 @@ __all__ = ["Config", "SCALES", "run", "add_command", "FRACTIONS", "METHODS", "de
 NAME = "mwscas"
 FRACTIONS = (1.0, 0.5, 0.2, 0.1, 0.05, 0.02, 0.01)
 METHODS = ("magnitude", "activation_rate")
+#: The third curve: the magnitude mask, then a short QAT fine-tune with the mask held.
+FINE_TUNED = "magnitude_fine_tuned"
 KINDS = ("mac", "mam")
 SRAM_BYTES = 512 * 1024  # STM32F767ZI
 
@@ -74,6 +77,8 @@ class Config:
     snr_db: float = 35.0
     fractions: tuple = FRACTIONS
     methods: tuple = METHODS
+    fine_tune: tuple = (0.2, 0.1, 0.05, 0.02, 0.01)  # FC1 fractions fine-tuned after pruning
+    fine_tune_epochs: int = 1
     rate_windows: int = 1000    # training windows that count activation rates
     eval_windows: int | None = None  # test windows evaluated (None: the whole test split)
     deploy: tuple = (("mam", "magnitude", 0.05), ("mam", "magnitude", 0.02),
@@ -102,6 +107,11 @@ class Config:
         return {"scheme": "int16x8", "weight_range": [-1, 1], "input_range": [-1, 1],
                 "epochs": self.qat_epochs, "lr": self.qat_lr, "batch_size": self.batch_size}
 
+    def fine_tune_params(self):
+        return {"fractions": list(self.fine_tune), "mask": "magnitude",
+                "epochs": self.fine_tune_epochs, "lr": self.qat_lr,
+                "batch_size": self.batch_size, "eval_windows": self.eval_windows}
+
     def prune_params(self):
         return {"fractions": list(self.fractions), "methods": list(self.methods),
                 "rate_windows": self.rate_windows, "eval_windows": self.eval_windows}
@@ -110,16 +120,19 @@ class Config:
 SCALES = {
     # For tests: the real model, a few hundred windows, one seed, seconds of training.
     "tiny": dict(windows=600, epochs=2, vc_epochs=1, qat_epochs=1, seeds=(0,), rate_windows=64,
+                 fine_tune=(0.05,),
                  deploy=(("mam", "magnitude", 0.05), ("mac", "magnitude", 0.05)),
                  deploy_windows=8, record_windows=64),
     # The README's first command: one seed, minutes on a 2-core machine.
     "demo": dict(windows=20_000, epochs=15, vc_epochs=1, qat_epochs=2, seeds=(0,),
+                 fine_tune=(0.05,),
                  eval_windows=1000),
     # Three seeds, the README's table and figures.
     "small": dict(windows=20_000, epochs=15, vc_epochs=1, qat_epochs=2, seeds=(0, 1, 2)),
     # The paper's sizes: 100 000 windows, 200 float + 10 QAT epochs, 10 seeds. The blend's
     # length there is not measured; 10 epochs keeps 95% of the training in pure MAM.
     "paper": dict(windows=100_000, epochs=200, vc_epochs=10, qat_epochs=10,
+                  fine_tune=(0.5, 0.2, 0.1, 0.05, 0.02, 0.01), fine_tune_epochs=2,
                   seeds=tuple(range(10)), rate_windows=2000, deploy_windows=1000),
 }
 
@@ -130,6 +143,12 @@ def config_for(scale, **overrides) -> Config:
         raise ValueError(f"mwscas: scale must be one of {tuple(SCALES)}, got {scale!r}")
     fields = {**SCALES[scale], **{k: v for k, v in overrides.items() if v is not None}}
     cfg = Config(scale=scale, **fields)
+    bad = [f for f in cfg.fine_tune if f not in cfg.fractions or f >= 1.0]
+    if bad:
+        raise ValueError(f"mwscas: fine_tune fractions must be pruned fractions of "
+                         f"{tuple(cfg.fractions)} below 1, got {bad}")
+    if cfg.fine_tune and cfg.fine_tune_epochs < 1:
+        raise ValueError(f"mwscas: fine_tune_epochs must be at least 1, got {cfg.fine_tune_epochs}")
     if not 1 <= cfg.vc_epochs < cfg.epochs:
         raise ValueError(f"mwscas: vc_epochs must be at least 1 and below epochs ({cfg.epochs}) "
                          f"so that MAM trains on after the blend, got {cfg.vc_epochs}")
@@ -409,6 +428,54 @@ def _stage_prune(cfg, run, data_stage, train_stage, qat_stage, kind, seed):
                      label=f"prune+evaluate {kind.upper()} seed {seed}")
 
 
+def _stage_fine_tune(cfg, run, data_stage, train_stage, qat_stage, prune_stage, kind, seed):
+    """FC1 pruned by magnitude, then ``fine_tune_epochs`` of QAT with the mask held (the
+    sparsity-preserving quantizer keeps pruned weights at 0): one model per fraction, each
+    from the unpruned QAT model."""
+    def compute(work):
+        from mam_tf._compat import keras
+        from ecg_data import arsnr
+
+        d = _load_npz(data_stage)
+        test = d["test"] if cfg.eval_windows is None else d["test"][:cfg.eval_windows]
+        points, recon = [], {}
+        for fraction in run.progress(list(cfg.fine_tune), f"fine-tune {kind.upper()} seed {seed}"):
+            keras.utils.set_random_seed(int(seed))
+            float_model = _load(train_stage.file("model.keras"))
+            qat = _load(qat_stage.file("qat_tail.keras"))
+            mask = _mask_from(prune_stage, "magnitude", fraction)
+            kernel, sparsity = _qat_fc1(qat)
+            if sparsity is None:  # quantize_model's weight quantizers all hold a mask
+                raise ValueError(f"mwscas: QAT tail of {kind.upper()} seed {seed} has no "
+                                 "sparsity mask on FC1; fine-tuning would regrow pruned weights")
+            kernel.assign(kernel.numpy() * mask)
+            sparsity.assign(mask.astype(np.float32))
+            _, head = _float_twin(float_model, qat)
+            comp = _qat_composite(qat, head)
+            comp.compile(keras.optimizers.Adam(cfg.qat_lr), "mse")
+            comp.fit(d["train"], d["train"], epochs=cfg.fine_tune_epochs,
+                     batch_size=cfg.batch_size, shuffle=True, verbose=_fit_verbose(run))
+            kept = int(np.count_nonzero(kernel.numpy()))
+            y = comp.predict(test, verbose=0, batch_size=256)
+            twin, head = _float_twin(float_model, qat)
+            x = keras.Input((256,))
+            float_db = float(arsnr(test, keras.Model(x, head(twin(x))).predict(
+                test, verbose=0, batch_size=256)))
+            recon[f"{FINE_TUNED}_{fraction:g}"] = y[:4]
+            if fraction == 0.05:  # the paper's point: kept, to deploy or check
+                _save(qat, work / "qat_tail_5pct.keras")
+            points.append({"method": FINE_TUNED, "remaining": fraction,
+                           "arsnr": float(arsnr(test, y)), "float_arsnr": float_db,
+                           "fc1_nonzero_after": kept, **_fc1_footprint(twin, mask)})
+            keras.backend.clear_session()
+        np.savez_compressed(work / "recon.npz", x=test[:4], **recon)
+        return {"points": points, "test_windows": int(len(test))}
+
+    return run.stage("fine_tune", cfg.fine_tune_params(), compute,
+                     deps=[data_stage, train_stage, qat_stage, prune_stage],
+                     label=f"fine-tune {kind.upper()} seed {seed}")
+
+
 def _mask_from(prune_stage, method, fraction):
     tag = f"{method}_{fraction:g}" if fraction < 1.0 else None
     with np.load(prune_stage.file("masks.npz")) as f:
@@ -549,8 +616,10 @@ def run(cfg: Config, out_dir, *, progress=True, merge=None, print_fn=print) -> d
             tr = _stage_train(cfg, p, data, kind, seed)
             qa = _stage_qat(cfg, p, data, tr, kind, seed)
             pr = _stage_prune(cfg, p, data, tr, qa, kind, seed)
-            per[(kind, seed)] = {"train": tr, "qat": qa, "prune": pr, "deploy": [],
-                                 "records": None}
+            ft = (_stage_fine_tune(cfg, p, data, tr, qa, pr, kind, seed)
+                  if cfg.fine_tune else None)
+            per[(kind, seed)] = {"train": tr, "qat": qa, "prune": pr, "fine_tune": ft,
+                                 "deploy": [], "records": None}
     for seed in seeds:
         for kind, method, fraction in cfg.deploy:
             s = per[(kind, seed)]
@@ -578,13 +647,29 @@ def run(cfg: Config, out_dir, *, progress=True, merge=None, print_fn=print) -> d
     return results
 
 
+def _method_points(cfg, per, kind, seed, method):
+    """The per-seed point records of one method (the fine-tuned curve starts from the unpruned
+    QAT model, the 100% point every method shares)."""
+    pruned = per[(kind, seed)]["prune"].value["points"]
+    if method != FINE_TUNED:
+        return [q for q in pruned if q["method"] == method]
+    unpruned = next(q for q in pruned if q["remaining"] >= 1.0)
+    return [{**unpruned, "method": FINE_TUNED}] + per[(kind, seed)]["fine_tune"].value["points"]
+
+
+def _methods(cfg):
+    return tuple(cfg.methods) + ((FINE_TUNED,) if cfg.fine_tune else ())
+
+
 def _collect(cfg, per, data, with_mcu, mcu_why):
     points = []
     for kind in KINDS:
-        for method in cfg.methods:
-            for fraction in cfg.fractions:
-                rows = [next(q for q in per[(kind, s)]["prune"].value["points"]
-                             if q["method"] == method and q["remaining"] == fraction)
+        for method in _methods(cfg):
+            fractions = (cfg.fractions if method != FINE_TUNED
+                         else [f for f in cfg.fractions if f >= 1.0 or f in cfg.fine_tune])
+            for fraction in fractions:
+                rows = [next(q for q in _method_points(cfg, per, kind, s, method)
+                             if q["remaining"] == fraction)
                         for s in cfg.seeds]
                 deps = [d.value for s in cfg.seeds for d in per[(kind, s)]["deploy"]
                         if d.value["method"] == method and d.value["remaining"] == fraction]
@@ -632,6 +717,9 @@ def _write_outputs(cfg, out, per, results):
     for (kind, seed), s in per.items():
         _copy(s["train"].file("model.keras"), models / f"{kind}_seed{seed}.keras")
         _copy(s["qat"].file("qat_tail.keras"), models / f"{kind}_seed{seed}_qat.keras")
+        if s["fine_tune"] is not None and 0.05 in cfg.fine_tune:
+            _copy(s["fine_tune"].file("qat_tail_5pct.keras"),
+                  models / f"{kind}_seed{seed}_qat_fine_tuned_5pct.keras")
         for d in s["deploy"]:
             v = d.value
             tfl.mkdir(exist_ok=True)
@@ -649,8 +737,11 @@ def _copy(src, dest):
 _STYLE = {("mac", "magnitude"): dict(color="tab:blue"),
           ("mam", "magnitude"): dict(color="tab:red"),
           ("mac", "activation_rate"): dict(color="tab:blue", linestyle="--", marker="s"),
-          ("mam", "activation_rate"): dict(color="tab:red", linestyle="--", marker="s")}
-_METHOD_LABEL = {"magnitude": "magnitude", "activation_rate": "activation rate"}
+          ("mam", "activation_rate"): dict(color="tab:red", linestyle="--", marker="s"),
+          ("mac", FINE_TUNED): dict(color="tab:cyan", linestyle=":", marker="^"),
+          ("mam", FINE_TUNED): dict(color="tab:orange", linestyle=":", marker="^")}
+_METHOD_LABEL = {"magnitude": "magnitude", "activation_rate": "activation rate",
+                 FINE_TUNED: "magnitude + fine-tune"}
 
 
 def _pts(results, kind, method):
@@ -662,7 +753,7 @@ def _figures(cfg, out, per, results):
     n = len(results["seeds"])
     curves = []
     for kind in KINDS:
-        for method in cfg.methods:
+        for method in _methods(cfg):
             pts = _pts(results, kind, method)
             curves.append(rp.Curve(f"AE-{kind.upper()}, {_METHOD_LABEL[method]}",
                                    [100 * p["remaining"] for p in pts],
@@ -670,7 +761,7 @@ def _figures(cfg, out, per, results):
                                    [p["arsnr_max"] for p in pts], **_STYLE[(kind, method)]))
     rp.plot_curves(out / "fig2_arsnr_vs_weights.png", curves,
                    xlabel="FC1 weights kept (%)", ylabel="ARSNR (dB)", xscale="log",
-                   title=f"Seed 004 Fig. 2: QAT int16x8, one-shot pruning of FC1 "
+                   title=f"Seed 004 Fig. 2: QAT int16x8, pruning of FC1 "
                    f"(mean, min-max over {n} seed{'s' * (n > 1)})")
     curves = []
     for kind in KINDS:
@@ -846,7 +937,10 @@ def _report(cfg, results, table):
         f"{cfg.qat_epochs} QAT epochs).",
         "",
         f"ARSNR (dB) on {results['test_windows']} test windows of the QAT int16x8 autoencoder "
-        f"(8-bit weights in [-1, 1], 16-bit activations), FC1 pruned one-shot; mean [min, max] "
+        f"(8-bit weights in [-1, 1], 16-bit activations), FC1 pruned one-shot"
+        + (f" (magnitude + fine-tune: then {cfg.fine_tune_epochs} QAT epoch(s) with the mask "
+           f"held, at {', '.join(f'{100 * f:g}%' for f in cfg.fine_tune)})"
+           if cfg.fine_tune else "") + "; mean [min, max] "
         f"over {len(seeds)} seed(s). FC1 bytes: offset-CSR (8-bit values and offsets, 16-bit row "
         "counts, 32-bit bias) / values only.",
         "",
