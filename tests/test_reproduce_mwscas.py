@@ -264,6 +264,20 @@ def test_report_command_repeats_the_overrides():
     cfg = mwscas.config_for("small", epochs=20, vc_epochs=3, seeds=(1,))
     assert mwscas._command_overrides(cfg, [1]) == " --seeds 1 --epochs 20 --vc-epochs 3"
     assert mwscas._command_overrides(mwscas.config_for("small"), [0, 1, 2]) == ""
+    assert mwscas._command_overrides(mwscas.config_for("small", fine_tune=()), [0, 1, 2]) == \
+        " --fine-tune none"
+
+
+def test_fine_tune_option_takes_pruned_percentages():
+    import argparse
+
+    assert mwscas._fine_tune_arg("5,2") == (0.05, 0.02)
+    assert mwscas._fine_tune_arg("none") == ()
+    for bad in ("3", "100", "5,x", ""):
+        with pytest.raises(argparse.ArgumentTypeError, match="--fine-tune"):
+            mwscas._fine_tune_arg(bad)
+    with pytest.raises(ValueError, match=r"fine_tune fractions must be .* got \[0.03\]"):
+        mwscas.config_for("small", fine_tune=(0.03,))
 
 
 def test_cli_lists_the_experiment(capsys):
@@ -272,7 +286,8 @@ def test_cli_lists_the_experiment(capsys):
     with pytest.raises(SystemExit):
         main(["reproduce", "mwscas", "--help"])
     text = capsys.readouterr().out
-    for option in ("--scale", "--seeds", "--merge", "--records", "--train-records", "--vc-epochs"):
+    for option in ("--scale", "--seeds", "--merge", "--records", "--train-records", "--vc-epochs",
+                   "--fine-tune"):
         assert option in text
 
 

@@ -163,6 +163,8 @@ def _command_overrides(cfg, seeds):
                         ("windows", "--windows")):
         if getattr(cfg, field) != scale.get(field, getattr(Config, field)):
             opts += f" {flag} {getattr(cfg, field)}"
+    if tuple(cfg.fine_tune) != tuple(scale.get("fine_tune", Config.fine_tune)):
+        opts += " --fine-tune " + (",".join(f"{100 * f:g}" for f in cfg.fine_tune) or "none")
     return opts
 
 
@@ -991,7 +993,7 @@ def _cmd(args):
     tf.get_logger().setLevel("ERROR")  # retracing / AutoGraph notices drown the progress lines
     # With --merge and no --seeds, the merged runs' seeds are the run's seeds.
     seeds = tuple(args.seeds) if args.seeds else (() if args.merge else None)
-    cfg = config_for(args.scale, seeds=seeds,
+    cfg = config_for(args.scale, seeds=seeds, fine_tune=args.fine_tune,
                      epochs=args.epochs, vc_epochs=args.vc_epochs, windows=args.windows,
                      records=args.records,
                      train_records=args.train_records, deploy_windows=args.deploy_windows)
@@ -1002,6 +1004,25 @@ def _cmd(args):
     out = args.out or f"runs/{NAME}-{args.scale}"
     run(cfg, out, progress=not args.no_progress, merge=args.merge)
     return 0
+
+
+def _fine_tune_arg(text):
+    import argparse
+
+    if text.strip().lower() == "none":
+        return ()
+    try:
+        pcts = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--fine-tune takes percentages like 5,2 or 'none', "
+                                         f"got {text!r}") from None
+    fracs = {round(f, 6) for f in FRACTIONS}
+    bad = [p for p in pcts if round(p / 100, 6) not in fracs or p >= 100]
+    if bad or not pcts:
+        raise argparse.ArgumentTypeError(
+            f"--fine-tune: percentages must be among the pruned points "
+            f"{[f'{100 * f:g}' for f in FRACTIONS if f < 1]}, got {text!r}")
+    return tuple(next(f for f in FRACTIONS if round(f, 6) == round(p / 100, 6)) for p in pcts)
 
 
 def add_command(subparsers, common):
@@ -1025,6 +1046,10 @@ def add_command(subparsers, common):
     g.add_argument("--vc-epochs", type=int, default=None, metavar="N",
                    help="MAM: epochs of the MAC -> MAM blend, beta from 1 down to 0 in N "
                    "equal steps, one per epoch (default: the scale's, 1: the first epoch MAC)")
+    g.add_argument("--fine-tune", type=_fine_tune_arg, default=None, metavar="PCT,...|none",
+                   help="FC1 percentages kept at which the magnitude-pruned model is also "
+                   "fine-tuned (an epoch of QAT with the mask held), e.g. 5,2; 'none' for no "
+                   "fine-tuned curve (default: the scale's; small: 20,10,5,2,1)")
     g.add_argument("--windows", type=int, default=None,
                    help="synthetic windows in all (default: the scale's)")
     g.add_argument("--deploy-windows", type=int, default=None,
