@@ -495,17 +495,42 @@ static bool forward_block(const float* x, const float* w, int64_t N, int64_t M, 
 
 // Columns per piece of dw in the backward: 16 floats, one 64-byte line.
 constexpr int64_t kPiece = 16;
+// Up to this many inputs a piece of dw is accumulated in a local [N, kPiece] buffer (16 KiB):
+// in dw itself the piece's rows are M floats apart, which maps them onto a few L1 sets (at
+// M = 256 four sets hold all 48 lines of a 48-input piece: every add missed L1) and onto the
+// same 4 KiB offsets as the rows of g being read (false store-to-load dependencies).
+constexpr int64_t kLocalDwInputs = 256;
 
-// Adds the gradient of columns [j0, j1) into dw, zeroed here first if `zero` (else zero on
-// entry), in the documented order: every max term (rows ascending), then every min term (rows
-// ascending).
+// Adds the gradient of columns [j0, j1) (at most kPiece) into dw, zeroed here first if `zero`
+// (else zero on entry; ignored up to kLocalDwInputs inputs, where the piece is overwritten), in
+// the documented order: every max term (rows ascending), then every min term (rows ascending).
 static void backward_dw_cols(const float* g, const float* x, const int32_t* amax,
                              const int32_t* amin, int64_t B, int64_t N, int64_t M, int64_t j0,
                              int64_t j1, bool zero, float* dw) {
-  if (zero && j1 - j0 == kPiece) {  // a constant size: one or two vector stores
+  const int64_t ncols = j1 - j0;
+  if (N <= kLocalDwInputs) {
+    alignas(64) float acc[kLocalDwInputs * kPiece];
+    std::memset(acc, 0, N * kPiece * sizeof(float));
+    for (const int32_t* idx : {amax, amin}) {
+      for (int64_t b = 0; b < B; ++b) {
+        const float* gb = g + b * M + j0;
+        const float* xb = x + b * N;
+        const int32_t* ib = idx + b * M + j0;
+        if (ncols == kPiece) {  // a constant trip count: unrolled
+          for (int64_t c = 0; c < kPiece; ++c) acc[ib[c] * kPiece + c] += gb[c] * xb[ib[c]];
+        } else {
+          for (int64_t c = 0; c < ncols; ++c) acc[ib[c] * kPiece + c] += gb[c] * xb[ib[c]];
+        }
+      }
+    }
+    for (int64_t i = 0; i < N; ++i)
+      std::memcpy(dw + i * M + j0, acc + i * kPiece, ncols * sizeof(float));
+    return;
+  }
+  if (zero && ncols == kPiece) {  // a constant size: one or two vector stores
     for (int64_t i = 0; i < N; ++i) std::memset(dw + i * M + j0, 0, kPiece * sizeof(float));
   } else if (zero) {
-    for (int64_t i = 0; i < N; ++i) std::memset(dw + i * M + j0, 0, (j1 - j0) * sizeof(float));
+    for (int64_t i = 0; i < N; ++i) std::memset(dw + i * M + j0, 0, ncols * sizeof(float));
   }
   for (const int32_t* idx : {amax, amin}) {
     for (int64_t b = 0; b < B; ++b) {
@@ -518,10 +543,28 @@ static void backward_dw_cols(const float* g, const float* x, const int32_t* amax
 }
 
 // Writes dx for rows [b0, b1): zero, then every max term (units ascending), then every min term.
+// Two rows at a time, their terms interleaved: two independent chains of adds in flight (each
+// row's own order is unchanged).
 static void backward_dx_rows(const float* g, const float* w, const int32_t* amax,
                              const int32_t* amin, int64_t N, int64_t M, int64_t b0, int64_t b1,
                              float* dx) {
-  for (int64_t b = b0; b < b1; ++b) {
+  int64_t b = b0;
+  for (; b + 2 <= b1; b += 2) {
+    const float* g0 = g + b * M;
+    const float* g1 = g0 + M;
+    float* d0 = dx + b * N;
+    float* d1 = d0 + N;
+    std::memset(d0, 0, 2 * N * sizeof(float));
+    for (const int32_t* idx : {amax, amin}) {
+      const int32_t* i0 = idx + b * M;
+      const int32_t* i1 = i0 + M;
+      for (int64_t j = 0; j < M; ++j) {
+        d0[i0[j]] += g0[j] * w[i0[j] * M + j];
+        d1[i1[j]] += g1[j] * w[i1[j] * M + j];
+      }
+    }
+  }
+  for (; b < b1; ++b) {
     const float* gb = g + b * M;
     float* dxb = dx + b * N;
     std::memset(dxb, 0, N * sizeof(float));

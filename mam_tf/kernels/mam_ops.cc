@@ -201,11 +201,12 @@ class MamFusedBackwardOp : public OpKernel {
     // Items [0, dx_items) write rows of dx, the others columns of dw (pieces of kPiece columns:
     // a 64-byte line when M is a multiple of 16, little false sharing); each zeroes what it
     // owns first. A big dw is zeroed by contiguous rows in a first pass instead (zeroing a
-    // column piece strides through all of it).
+    // column piece strides through all of it), unless its pieces are written whole (up to
+    // kLocalDwInputs inputs).
     const int64_t dx_rows = 8;
     const int64_t dx_items = (B + dx_rows - 1) / dx_rows;
     const int64_t pieces = (M + mam::kPiece - 1) / mam::kPiece;
-    const bool zero_first = N * M > (int64_t{1} << 18);
+    const bool zero_first = N * M > (int64_t{1} << 18) && N > mam::kLocalDwInputs;
     const int64_t zero_rows = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(M, 1));
     const int64_t zero_items = zero_first ? (N + zero_rows - 1) / zero_rows : 0;
     auto dw_pieces = [&](int64_t p0, int64_t p1) {
