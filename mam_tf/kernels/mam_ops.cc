@@ -184,7 +184,8 @@ class MamFusedForwardOp : public OpKernel {
     const int64_t cost = group * N * mam::kBlock / 8;  // ~8 products per cycle
     std::atomic<bool> nonfinite{false};
     parallel_for(ctx, groups * blocks, cost, [&](int64_t begin, int64_t end) {
-      auto scratch = std::make_unique<mam::ForwardScratch>();
+      // Default-initialised (make_unique would zero the 16 KiB that packing overwrites anyway).
+      std::unique_ptr<mam::ForwardScratch> scratch(new mam::ForwardScratch);
       std::unique_ptr<mam::ForwardState[]> states(new mam::ForwardState[group]);
       for (int64_t item = begin; item < end; ++item) {
         const int64_t j0 = (item / groups) * mam::kBlock;
