@@ -162,7 +162,7 @@ static inline VF keep_min(VF p, VF a) {
 // running extremes (the first inputs of a row), where forward_tile would search nearly every
 // step. kInit: start from the empty state (-inf, +inf, index 0) instead of reading st.
 // out: when not null (the slice is the whole row, i0 == 0 and i1 == N, and the block has
-// kBlock columns), y, amax and amin of row r are written at out->y + r * ldo (and the same
+// kBlock columns), y, amax and amin of row r are written at out->y + r * out->ld (and the same
 // offset of amax and amin) instead of the state, which saves its round trip through memory.
 struct TileOut {
   float* y;
