@@ -301,6 +301,37 @@ def test_fused_equals_reference_exactly_around_the_register_tiles(rng, shape):
     _assert_identical(x, w, g)
 
 
+# Rows of at most one slice (N <= 128) go from the first product to the outputs in registers
+# when the block is whole (32 columns with AVX-512), else through the state; dw pieces of up to
+# 256 inputs accumulate in a local buffer (whole and partial 16-column pieces), dx rows run in
+# pairs (odd batches leave one). Ties (small integers) and zeros of both signs included.
+SMALL_ROW_SHAPES = [(1, 48, 32), (7, 48, 64), (33, 128, 96), (256, 48, 256), (5, 17, 33),
+                    (9, 100, 250), (4, 129, 16), (3, 256, 40)]
+
+
+@pytest.mark.parametrize("kind", ["normal", "ties", "relu"])
+@pytest.mark.parametrize("shape", SMALL_ROW_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_fused_equals_reference_exactly_on_small_rows(rng, shape, kind):
+    b, n, m = shape
+    if kind == "ties":
+        x = rng.integers(-3, 4, (b, n)).astype(np.float32)
+        w = rng.integers(-3, 4, (n, m)).astype(np.float32)
+    else:
+        x = rng.standard_normal((b, n)).astype(np.float32)
+        w = rng.standard_normal((n, m)).astype(np.float32)
+    if kind == "relu":  # and a row of zeros of both signs: every product is a zero
+        x = np.maximum(x, 0.0)
+        x[rng.random(x.shape) < 0.2] = -0.0
+        x[-1] = np.where(rng.random(n) < 0.5, -0.0, 0.0)
+    g = rng.standard_normal((b, m)).astype(np.float32)
+    _assert_identical(x, w, g)
+    # The value is the selected products' sum to the bit (the sign of a zero included).
+    y, amax, amin = (t.numpy() for t in fused.forward(x, w))
+    rows, cols = np.indices(y.shape)
+    want = x[rows, amax] * w[amax, cols] + x[rows, amin] * w[amin, cols]
+    np.testing.assert_array_equal(y.view(np.uint32), want.view(np.uint32))
+
+
 def test_relu_inputs_with_zero_products_keep_the_sign_of_zero(rng):
     # ReLU outputs: many x == 0, so products +0 and -0 tie with each other; rows where every
     # product is <= 0 keep a max of zero (the integer-max form must not run there).

@@ -133,21 +133,57 @@ static inline VF max_step(VF p, VF a) {
   return p > a ? p : a;
 }
 
+// The running max and min updated by one product p: p if p > a (strictly, so the earlier of
+// equal values stays; a NaN p never), else a; likewise for the min. On x86 one max/min
+// instruction, which is exactly this (it returns its second operand when the operands are equal
+// or unordered), where a compare-and-blend would take the same ports as the index updates.
+static inline VF keep_max(VF p, VF a) {
+#if defined(__AVX512F__)
+  return (VF)(_mm512_max_ps((__m512)(p), (__m512)(a)));
+#elif defined(__AVX__)
+  return (VF)(_mm256_max_ps((__m256)(p), (__m256)(a)));
+#else
+  return p > a ? p : a;
+#endif
+}
+static inline VF keep_min(VF p, VF a) {
+#if defined(__AVX512F__)
+  return (VF)(_mm512_min_ps((__m512)(p), (__m512)(a)));
+#elif defined(__AVX__)
+  return (VF)(_mm256_min_ps((__m256)(p), (__m256)(a)));
+#else
+  return p < a ? p : a;
+#endif
+}
+
 // R rows of x (row stride ldx) against one packed slice `w` ([i1 - i0, kBlock]) over inputs
-// [i0, i1), tracking the index of every candidate: a multiply, then a compare and two blends for
-// the max and again for the min. Used where most candidates still improve the running extremes
-// (the first inputs of a row), where forward_tile would search nearly every step.
-template <int R>
+// [i0, i1), tracking the index of every candidate: a multiply, then a compare, a max and an
+// index blend for the max and again for the min. Used where most candidates still improve the
+// running extremes (the first inputs of a row), where forward_tile would search nearly every
+// step. kInit: start from the empty state (-inf, +inf, index 0) instead of reading st.
+// out: when not null (the slice is the whole row, i0 == 0 and i1 == N, and the block has
+// kBlock columns), y, amax and amin of row r are written at out->y + r * out->ld (and the same
+// offset of amax and amin) instead of the state, which saves its round trip through memory.
+struct TileOut {
+  float* y;
+  int32_t* amax;
+  int32_t* amin;
+  int64_t ld;
+};
+
+template <int R, bool kInit>
 static inline void forward_tile_tracking(const float* x, int64_t ldx, const float* w, int64_t i0,
-                                         int64_t i1, ForwardState* st) {
+                                         int64_t i1, ForwardState* st,
+                                         const TileOut* out = nullptr) {
   VF mx[R][kVecs], mn[R][kVecs];
   VI ix[R][kVecs], in[R][kVecs];
+  const float inf = std::numeric_limits<float>::infinity();
   for (int r = 0; r < R; ++r)
     for (int v = 0; v < kVecs; ++v) {
-      mx[r][v] = st[r].mx[v];
-      mn[r][v] = st[r].mn[v];
-      ix[r][v] = st[r].ix[v];
-      in[r][v] = st[r].in[v];
+      mx[r][v] = kInit ? splat(-inf) : st[r].mx[v];
+      mn[r][v] = kInit ? splat(inf) : st[r].mn[v];
+      ix[r][v] = kInit ? VI{} : st[r].ix[v];
+      in[r][v] = kInit ? VI{} : st[r].in[v];
     }
   VI iv = VI{} + static_cast<int32_t>(i0);
   for (int64_t i = i0; i < i1; ++i) {
@@ -159,13 +195,24 @@ static inline void forward_tile_tracking(const float* x, int64_t ldx, const floa
         const VF p = xb * wv[v];
         const VI gt = p > mx[r][v];
         const VI lt = p < mn[r][v];
-        mx[r][v] = gt ? p : mx[r][v];
+        mx[r][v] = keep_max(p, mx[r][v]);
         ix[r][v] = gt ? iv : ix[r][v];
-        mn[r][v] = lt ? p : mn[r][v];
+        mn[r][v] = keep_min(p, mn[r][v]);
         in[r][v] = lt ? iv : in[r][v];
       }
     }
     iv += 1;
+  }
+  if (out != nullptr) {
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < kVecs; ++v) {
+        const int64_t o = r * out->ld + v * kLanes;
+        const VF yv = mx[r][v] + mn[r][v];
+        std::memcpy(out->y + o, &yv, sizeof yv);
+        std::memcpy(out->amax + o, &ix[r][v], sizeof(VI));
+        std::memcpy(out->amin + o, &in[r][v], sizeof(VI));
+      }
+    return;
   }
   for (int r = 0; r < R; ++r)
     for (int v = 0; v < kVecs; ++v) {
@@ -336,16 +383,17 @@ struct ForwardScratch {
 };
 
 // Runs R rows (their x at x, row stride N, state st) over one packed slice; the value loop in
-// the integer-max form where that is exact (finite inputs, running max >= +0). Returns false
-// when some x in the slice is not finite.
+// the integer-max form where that is exact (finite inputs, running max >= +0). The first slice
+// (i0 == 0) starts the state; with `out` (see forward_tile_tracking) it is also the last and
+// writes the outputs. Returns false when some x in the slice is not finite.
 template <int R>
 static inline bool forward_slice(const float* x, int64_t N, const float* w, int64_t i0,
                                  int64_t i1, bool w_finite, ForwardState* st,
-                                 const float* x_next) {
+                                 const float* x_next, const TileOut* out) {
   bool finite = w_finite;
   for (int r = 0; r < R; ++r) finite &= all_finite(x + r * N + i0, i1 - i0);
   if (i0 == 0) {  // the first slice: nearly every step would search
-    forward_tile_tracking<R>(x, N, w, i0, i1, st);
+    forward_tile_tracking<R, true>(x, N, w, i0, i1, st, out);
   } else if (finite && max_sign_clear<R>(st)) {
     forward_tile<R, true>(x, N, w, i0, i1, st, x_next);
   } else {
@@ -361,15 +409,10 @@ static inline bool forward_slice(const float* x, int64_t N, const float* w, int6
 static bool forward_block(const float* x, const float* w, int64_t N, int64_t M, int64_t b0,
                           int64_t b1, int64_t j0, int ncols, ForwardScratch* s,
                           ForwardState* st, float* y, int32_t* amax, int32_t* amin) {
-  const float inf = std::numeric_limits<float>::infinity();
   const int64_t rows = b1 - b0;
-  for (int64_t r = 0; r < rows; ++r)
-    for (int v = 0; v < kVecs; ++v) {
-      st[r].mx[v] = splat(-inf);
-      st[r].mn[v] = splat(inf);
-      st[r].ix[v] = VI{};
-      st[r].in[v] = VI{};
-    }
+  // A row that fits one slice of whole vectors goes from the first product to its outputs in
+  // registers (the state, started by the first slice, is not used).
+  const bool whole = N <= kChunk && ncols == kBlock;
   bool finite = true;
   for (int64_t i0 = 0; i0 < N; i0 += kChunk) {
     const int64_t i1 = std::min(N, i0 + kChunk);
@@ -400,20 +443,28 @@ static bool forward_block(const float* x, const float* w, int64_t N, int64_t M, 
     // x + i0 of row b: the next rows' inputs [i0, i1) are prefetched while these run; the last
     // rows prefetch the first rows' next slice (a hint: never read, so never out of bounds).
     auto at = [&](int64_t r) { return r < rows ? x + (b0 + r) * N + i0 : x + b0 * N + i1; };
+    TileOut out{nullptr, nullptr, nullptr, M};
+    auto out_of = [&](int64_t r) -> const TileOut* {
+      if (!whole) return nullptr;
+      const int64_t o = (b0 + r) * M + j0;
+      out = TileOut{y + o, amax + o, amin + o, M};
+      return &out;
+    };
     int64_t r = 0;
     if (i0 == 0) {
       for (; r + kTrackRows <= rows; r += kTrackRows)
         finite &= forward_slice<kTrackRows>(at(r) - i0, N, s->w, i0, i1, w_finite, st + r,
-                                            at(r + kTrackRows) - i0);
+                                            at(r + kTrackRows) - i0, out_of(r));
     } else {
       for (; r + kRows <= rows; r += kRows)
         finite &= forward_slice<kRows>(at(r) - i0, N, s->w, i0, i1, w_finite, st + r,
-                                       at(r + kRows) - i0);
+                                       at(r + kRows) - i0, nullptr);
     }
     for (; r < rows; ++r)
       finite &= forward_slice<1>(at(r) - i0, N, s->w, i0, i1, w_finite, st + r,
-                                 at(r + 1) - i0);
+                                 at(r + 1) - i0, i0 == 0 ? out_of(r) : nullptr);
   }
+  if (whole) return finite;
   if (ncols == kBlock) {  // whole vectors: one add and three stores per vector
     for (int64_t r = 0; r < rows; ++r)
       for (int v = 0; v < kVecs; ++v) {
@@ -444,17 +495,42 @@ static bool forward_block(const float* x, const float* w, int64_t N, int64_t M, 
 
 // Columns per piece of dw in the backward: 16 floats, one 64-byte line.
 constexpr int64_t kPiece = 16;
+// Up to this many inputs a piece of dw is accumulated in a local [N, kPiece] buffer (16 KiB):
+// in dw itself the piece's rows are M floats apart, which maps them onto a few L1 sets (at
+// M = 256 four sets hold all 48 lines of a 48-input piece: every add missed L1) and onto the
+// same 4 KiB offsets as the rows of g being read (false store-to-load dependencies).
+constexpr int64_t kLocalDwInputs = 256;
 
-// Adds the gradient of columns [j0, j1) into dw, zeroed here first if `zero` (else zero on
-// entry), in the documented order: every max term (rows ascending), then every min term (rows
-// ascending).
+// Adds the gradient of columns [j0, j1) (at most kPiece) into dw, zeroed here first if `zero`
+// (else zero on entry; ignored up to kLocalDwInputs inputs, where the piece is overwritten), in
+// the documented order: every max term (rows ascending), then every min term (rows ascending).
 static void backward_dw_cols(const float* g, const float* x, const int32_t* amax,
                              const int32_t* amin, int64_t B, int64_t N, int64_t M, int64_t j0,
                              int64_t j1, bool zero, float* dw) {
-  if (zero && j1 - j0 == kPiece) {  // a constant size: one or two vector stores
+  const int64_t ncols = j1 - j0;
+  if (N <= kLocalDwInputs) {
+    alignas(64) float acc[kLocalDwInputs * kPiece];
+    std::memset(acc, 0, N * kPiece * sizeof(float));
+    for (const int32_t* idx : {amax, amin}) {
+      for (int64_t b = 0; b < B; ++b) {
+        const float* gb = g + b * M + j0;
+        const float* xb = x + b * N;
+        const int32_t* ib = idx + b * M + j0;
+        if (ncols == kPiece) {  // a constant trip count: unrolled
+          for (int64_t c = 0; c < kPiece; ++c) acc[ib[c] * kPiece + c] += gb[c] * xb[ib[c]];
+        } else {
+          for (int64_t c = 0; c < ncols; ++c) acc[ib[c] * kPiece + c] += gb[c] * xb[ib[c]];
+        }
+      }
+    }
+    for (int64_t i = 0; i < N; ++i)
+      std::memcpy(dw + i * M + j0, acc + i * kPiece, ncols * sizeof(float));
+    return;
+  }
+  if (zero && ncols == kPiece) {  // a constant size: one or two vector stores
     for (int64_t i = 0; i < N; ++i) std::memset(dw + i * M + j0, 0, kPiece * sizeof(float));
   } else if (zero) {
-    for (int64_t i = 0; i < N; ++i) std::memset(dw + i * M + j0, 0, (j1 - j0) * sizeof(float));
+    for (int64_t i = 0; i < N; ++i) std::memset(dw + i * M + j0, 0, ncols * sizeof(float));
   }
   for (const int32_t* idx : {amax, amin}) {
     for (int64_t b = 0; b < B; ++b) {
@@ -467,10 +543,28 @@ static void backward_dw_cols(const float* g, const float* x, const int32_t* amax
 }
 
 // Writes dx for rows [b0, b1): zero, then every max term (units ascending), then every min term.
+// Two rows at a time, their terms interleaved: two independent chains of adds in flight (each
+// row's own order is unchanged).
 static void backward_dx_rows(const float* g, const float* w, const int32_t* amax,
                              const int32_t* amin, int64_t N, int64_t M, int64_t b0, int64_t b1,
                              float* dx) {
-  for (int64_t b = b0; b < b1; ++b) {
+  int64_t b = b0;
+  for (; b + 2 <= b1; b += 2) {
+    const float* g0 = g + b * M;
+    const float* g1 = g0 + M;
+    float* d0 = dx + b * N;
+    float* d1 = d0 + N;
+    std::memset(d0, 0, 2 * N * sizeof(float));
+    for (const int32_t* idx : {amax, amin}) {
+      const int32_t* i0 = idx + b * M;
+      const int32_t* i1 = i0 + M;
+      for (int64_t j = 0; j < M; ++j) {
+        d0[i0[j]] += g0[j] * w[i0[j] * M + j];
+        d1[i1[j]] += g1[j] * w[i1[j] * M + j];
+      }
+    }
+  }
+  for (; b < b1; ++b) {
     const float* gb = g + b * M;
     float* dxb = dx + b * N;
     std::memset(dxb, 0, N * sizeof(float));
