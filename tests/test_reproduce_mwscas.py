@@ -278,6 +278,8 @@ def test_fine_tune_option_takes_pruned_percentages():
             mwscas._fine_tune_arg(bad)
     with pytest.raises(ValueError, match=r"fine_tune fractions must be .* got \[0.03\]"):
         mwscas.config_for("small", fine_tune=(0.03,))
+    with pytest.raises(ValueError, match="fine_tune starts from the magnitude masks"):
+        mwscas.config_for("small", methods=("activation_rate",))
 
 
 def test_cli_lists_the_experiment(capsys):

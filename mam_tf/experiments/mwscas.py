@@ -146,6 +146,9 @@ def config_for(scale, **overrides) -> Config:
     if bad:
         raise ValueError(f"mwscas: fine_tune fractions must be pruned fractions of "
                          f"{tuple(cfg.fractions)} below 1, got {bad}")
+    if cfg.fine_tune and "magnitude" not in cfg.methods:
+        raise ValueError(f"mwscas: fine_tune starts from the magnitude masks; methods "
+                         f"{tuple(cfg.methods)} leave them out")
     if cfg.fine_tune and cfg.fine_tune_epochs < 1:
         raise ValueError(f"mwscas: fine_tune_epochs must be at least 1, got {cfg.fine_tune_epochs}")
     if not 1 <= cfg.vc_epochs < cfg.epochs:
@@ -648,7 +651,7 @@ def run(cfg: Config, out_dir, *, progress=True, merge=None, print_fn=print) -> d
     return results
 
 
-def _method_points(cfg, per, kind, seed, method):
+def _method_points(per, kind, seed, method):
     """The per-seed point records of one method (the fine-tuned curve starts from the unpruned
     QAT model, the 100% point every method shares)."""
     pruned = per[(kind, seed)]["prune"].value["points"]
@@ -669,7 +672,7 @@ def _collect(cfg, per, data, with_mcu, mcu_why):
             fractions = (cfg.fractions if method != FINE_TUNED
                          else [f for f in cfg.fractions if f >= 1.0 or f in cfg.fine_tune])
             for fraction in fractions:
-                rows = [next(q for q in _method_points(cfg, per, kind, s, method)
+                rows = [next(q for q in _method_points(per, kind, s, method)
                              if q["remaining"] == fraction)
                         for s in cfg.seeds]
                 deps = [d.value for s in cfg.seeds for d in per[(kind, s)]["deploy"]
