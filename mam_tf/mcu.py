@@ -36,7 +36,7 @@ from mam_tf.sparse import OffsetCSR
 from mam_tf._cache import cache_root
 
 __all__ = [
-    "McuBuild", "McuError", "KernelCall", "KERNEL_IDS", "toolchain_available", "build",
+    "McuBuild", "McuError", "KernelCall", "KERNEL_IDS", "toolchain_available", "build", "build_key",
     "run_calls", "run_kernel", "count_loop", "count_by_trace", "run_model",
 ]
 
@@ -253,6 +253,15 @@ def _do_build(dest: Path, cmsis_lib, cmsis_include, tflm=None):
                 raise
 
 
+def build_key(cmsis_nn_lib=None, cmsis_nn_include=None, tflm_lib=None, tflm_root=None,
+              flatbuffers_include=None) -> str:
+    """The key of the build :func:`build` would use with these arguments now: a hash of the
+    kernel and firmware sources and of the libraries given. Results counted on the firmware
+    that are cached elsewhere hold it, so that a kernel change redoes them."""
+    lib, inc = _cmsis_paths(cmsis_nn_lib, cmsis_nn_include)
+    return _build_key(lib, inc, _tflm_paths(tflm_lib, tflm_root, flatbuffers_include))
+
+
 def build(cmsis_nn_lib=None, cmsis_nn_include=None, tflm_lib=None, tflm_root=None,
           flatbuffers_include=None) -> McuBuild:
     """Build (once per source state) the firmware and the plugin; returns the build.
@@ -266,7 +275,7 @@ def build(cmsis_nn_lib=None, cmsis_nn_include=None, tflm_lib=None, tflm_root=Non
     lib, inc = _cmsis_paths(cmsis_nn_lib, cmsis_nn_include)
     tflm = _tflm_paths(tflm_lib, tflm_root, flatbuffers_include)
     root = cache_root()
-    dest = root / f"mcu-{_build_key(lib, inc, tflm)}"
+    dest = root / f"mcu-{_build_key(lib, inc, tflm)}"  # build_key() with these arguments
     if (dest / "build.json").is_file():
         return _load_build(dest)
     root.mkdir(parents=True, exist_ok=True)

@@ -32,6 +32,24 @@ def test_missing_tools_are_named(monkeypatch, tmp_path, capsys):
     assert "arm-none-eabi-gcc is not on PATH" in capsys.readouterr().out
 
 
+def test_build_key_follows_the_kernel_sources(monkeypatch, tmp_path):
+    """A cached result keyed by build_key() is redone when a kernel source changes."""
+    import shutil
+
+    from mam_tf import mcu
+
+    ops = tmp_path / "tflm_ops"
+    shutil.copytree(mcu._OPS, ops, ignore=shutil.ignore_patterns("build*"))
+    monkeypatch.setattr(mcu, "_OPS", ops)
+    for var in ("MAM_TF_CMSIS_NN_LIB", "MAM_TF_CMSIS_NN_INCLUDE", "MAM_TF_TFLM_LIB"):
+        monkeypatch.delenv(var, raising=False)
+    before = mcu.build_key()
+    assert mcu.build_key() == before
+    kernel = ops / "src" / "cortex_m" / "sparse_kernels.c"
+    kernel.write_text(kernel.read_text() + "\n/* changed */\n")
+    assert mcu.build_key() != before
+
+
 @pytest.fixture(scope="module")
 def fw():
     return bm.build()

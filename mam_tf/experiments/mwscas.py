@@ -555,8 +555,13 @@ def _stage_deploy(cfg, run, data_stage, train_stage, qat_stage, prune_stage, kin
             value["mcu"] = bench_mcu.bench_model(work / "tail.tflite")
         return value
 
+    firmware = False
+    if with_mcu:
+        from mam_tf import mcu
+
+        firmware = mcu.build_key()  # the firmware's sources: a kernel change redoes the counts
     params = {"method": method, "remaining": fraction, "windows": cfg.deploy_windows,
-              "mode": "int16x8", "mcu": bool(with_mcu)}
+              "mode": "int16x8", "mcu": firmware}
     return run.stage("deploy", params, compute,
                      deps=[data_stage, train_stage, qat_stage, prune_stage],
                      label=f"deploy {kind.upper()} seed {seed} {method} {fraction:.0%}")
