@@ -47,6 +47,12 @@ def _fused(x, w, g):
     return [t.numpy() for t in (y, amax, amin, dx, dw)]
 
 
+def _normal_case(rng, shape):
+    """Standard-normal x [B, N], w [N, M] and upstream gradient g [B, M] for shape (B, N, M)."""
+    b, n, m = shape
+    return tuple(rng.standard_normal(dims).astype(np.float32) for dims in ((b, n), (n, m), (b, m)))
+
+
 def _assert_identical(x, w, g):
     names = ("y", "amax", "amin", "dx", "dw")
     for name, f, r in zip(names, _fused(x, w, g), _ref(x, w, g)):
@@ -56,12 +62,9 @@ def _assert_identical(x, w, g):
 
 @pytest.mark.parametrize("shape", EDGE_SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_fused_equals_reference_exactly_on_tile_edges(rng, shape):
-    b, n, m = shape
-    x = rng.standard_normal((b, n)).astype(np.float32)
-    w = rng.standard_normal((n, m)).astype(np.float32)
-    g = rng.standard_normal((b, m)).astype(np.float32)
+    x, w, g = _normal_case(rng, shape)
     _assert_identical(x, w, g)
-    if b * n * m <= 2_000_000:  # and the numpy statement of the semantics, where it fits
+    if np.prod(shape) <= 2_000_000:  # and the numpy statement of the semantics, where it fits
         y, amax, amin = (t.numpy() for t in fused.forward(x, w))
         ny, namax, namin = npref.mam_forward(x, w)
         np.testing.assert_array_equal(y, ny)
@@ -294,10 +297,7 @@ TILE_SHAPES = [(b, 300, 40) for b in range(1, 10)] + [(130, 257, 20), (6, 4099, 
 
 @pytest.mark.parametrize("shape", TILE_SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_fused_equals_reference_exactly_around_the_register_tiles(rng, shape):
-    b, n, m = shape
-    x = rng.standard_normal((b, n)).astype(np.float32)
-    w = rng.standard_normal((n, m)).astype(np.float32)
-    g = rng.standard_normal((b, m)).astype(np.float32)
+    x, w, g = _normal_case(rng, shape)
     _assert_identical(x, w, g)
 
 
@@ -317,8 +317,7 @@ def test_fused_equals_reference_exactly_on_small_rows(rng, shape, kind):
         x = rng.integers(-3, 4, (b, n)).astype(np.float32)
         w = rng.integers(-3, 4, (n, m)).astype(np.float32)
     else:
-        x = rng.standard_normal((b, n)).astype(np.float32)
-        w = rng.standard_normal((n, m)).astype(np.float32)
+        x, w, _ = _normal_case(rng, shape)
     if kind == "relu":  # and a row of zeros of both signs: every product is a zero
         x = np.maximum(x, 0.0)
         x[rng.random(x.shape) < 0.2] = -0.0

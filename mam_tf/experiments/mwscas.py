@@ -438,6 +438,7 @@ def _stage_fine_tune(cfg, run, data_stage, train_stage, qat_stage, prune_stage, 
     from the unpruned QAT model."""
     def compute(work):
         from mam_tf._compat import keras
+        from mam_tf.models import split
         from ecg_data import arsnr
 
         d = _load_npz(data_stage)
@@ -454,8 +455,7 @@ def _stage_fine_tune(cfg, run, data_stage, train_stage, qat_stage, prune_stage, 
                                  "sparsity mask on FC1; fine-tuning would regrow pruned weights")
             kernel.assign(kernel.numpy() * mask)
             sparsity.assign(mask.astype(np.float32))
-            _, head = _float_twin(float_model, qat)
-            comp = _qat_composite(qat, head)
+            comp = _qat_composite(qat, split(float_model)[1])
             comp.compile(keras.optimizers.Adam(cfg.qat_lr), "mse")
             comp.fit(d["train"], d["train"], epochs=cfg.fine_tune_epochs,
                      batch_size=cfg.batch_size, shuffle=True, verbose=_fit_verbose(run))
