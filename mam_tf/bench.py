@@ -22,8 +22,11 @@ __all__ = ["StepRunner", "Worker", "measure_step", "VARIANTS", "LAYER_VARIANTS",
            "MODEL_VARIANTS", "parse_shape"]
 
 LAYER_VARIANTS = ("dense", "mam", "mam-reference")
-#: The seed-004 ECG autoencoder (mam_tf.models), FC1 a Dense or a pure MAMDense (beta = 0).
-MODEL_VARIANTS = ("ecg-mac", "ecg-mam")
+#: Whole models (mam_tf.models), MAC or pure MAM (beta = 0): the seed-004 ECG autoencoder (FC1 a
+#: Dense or a MAMDense) and the seed-000 compressed-sensing oracle with the sizes of `mam-tf
+#: reproduce biocas` (m = 32 measurements of n = 128 samples: hidden layers 32 -> 256 -> 256,
+#: Dense or MAMDense, then a Dense 256 -> 128).
+MODEL_VARIANTS = ("ecg-mac", "ecg-mam", "cs-mac", "cs-mam")
 VARIANTS = LAYER_VARIANTS + MODEL_VARIANTS
 
 
@@ -32,10 +35,12 @@ class StepRunner:
 
     Layer variants (``dense``, ``mam``: MAMDense as shipped, ``mam-reference``: the pure-
     TensorFlow path) time forward + backward w.r.t. input and kernel of one layer on a fixed
-    [batch, n_in] input, loss = sum(y^2). Model variants (``ecg-mac``, ``ecg-mam``) time one
-    optimizer step (Adam, mean squared reconstruction error) of the seed's autoencoder on a
-    [batch, 256] batch; n_in and units are ignored there (the model fixes FC1 at 16384 -> 128)
-    and ``ecg-mam`` runs FC1 as pure MAM (beta = 0, the state after the vanishing-contributions
+    [batch, n_in] input, loss = sum(y^2). Model variants time one optimizer step (Adam) of a
+    whole model on a fixed batch; n_in and units are ignored there (the model fixes its layers):
+    ``ecg-mac`` / ``ecg-mam``, the seed's autoencoder (mean squared reconstruction error on a
+    [batch, 256] batch, FC1 16384 -> 128), and ``cs-mac`` / ``cs-mam``, the compressed-sensing
+    oracle (binary cross-entropy of [batch, 128] support labels from [batch, 32] measurements).
+    The ``-mam`` models run pure MAM (beta = 0, the state after the vanishing-contributions
     schedule; with beta > 0 a step also computes the MAC product).
     """
 
@@ -50,20 +55,31 @@ class StepRunner:
         self.variant, self.batch, self.jit = variant, batch, jit
         rng = np.random.default_rng(seed)
         if variant in MODEL_VARIANTS:
-            from mam_tf.models import ecg_autoencoder
+            from mam_tf.models import cs_oracle, ecg_autoencoder
 
-            kind = variant.split("-")[1]
-            model = ecg_autoencoder(kind, beta=0.0, seed=seed)
-            length = model.input_shape[-1]
-            self.n_in, self.units = 16384, 128
-            x = tf.constant(rng.standard_normal((batch, length)).astype(np.float32))
+            name, kind = variant.split("-")
+            if name == "ecg":
+                model = ecg_autoencoder(kind, beta=0.0, seed=seed)
+                self.n_in, self.units = 16384, 128
+                x = tf.constant(rng.standard_normal((batch, model.input_shape[-1]))
+                                .astype(np.float32))
+                target, loss_fn = x, lambda t, y: tf.reduce_mean(tf.square(y - t))
+            else:  # the sizes of `mam-tf reproduce biocas`
+                from mam_tf.experiments.biocas import SETUP
+
+                m, n = SETUP["m"], SETUP["n"]
+                model = cs_oracle(m, n, kind, beta=0.0, seed=seed)
+                self.n_in, self.units = m, 2 * n
+                x = tf.constant(rng.standard_normal((batch, m)).astype(np.float32))
+                target = tf.constant((rng.random((batch, n)) < 0.2).astype(np.float32))
+                loss_fn = keras.losses.BinaryCrossentropy()
             optimizer = keras.optimizers.Adam(1e-3)
             optimizer.build(model.trainable_variables)
 
             @tf.function(jit_compile=jit)
             def step(x):
                 with tf.GradientTape() as tape:
-                    loss = tf.reduce_mean(tf.square(model(x, training=True) - x))
+                    loss = loss_fn(target, model(x, training=True))
                 grads = tape.gradient(loss, model.trainable_variables)
                 optimizer.apply_gradients(zip(grads, model.trainable_variables))
                 return [loss]

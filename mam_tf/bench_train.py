@@ -9,9 +9,13 @@ w.r.t. input and kernel, in a tf.function) of:
 - mam-reference, mam-reference-xla (with --all): the pure-TensorFlow chunked reference path,
   plain and under XLA (jit_compile=True), the alternatives to a custom op.
 
-With --model ecg it also times one optimizer step (Adam) of the seed's convolutional ECG
-autoencoder at batch 128 with FC1 a Dense (ecg-mac, the baseline) and a pure MAMDense
-(ecg-mam, beta = 0); an epoch is that many steps, so its ratio is the epoch's.
+With --model it also times one optimizer step (Adam) of a whole model, MAC (the baseline) vs
+pure MAM (beta = 0); an epoch is that many steps, so its ratio is the epoch's:
+- ecg: the seed's convolutional ECG autoencoder at batch 128, FC1 16384 -> 128 a Dense
+  (ecg-mac) or a MAMDense (ecg-mam);
+- cs: the compressed-sensing oracle of `mam-tf reproduce biocas` at its batch 64, hidden layers
+  32 -> 256 -> 256 Dense (cs-mac) or MAMDense (cs-mam), small layers where fixed per-step costs
+  weigh most.
 
 Each variant runs in its own long-lived process (its peak RSS is its own). The processes are
 driven in rounds: every round runs a few steps of each variant, in a rotating order, so that a
@@ -41,9 +45,20 @@ LAYER_VARIANTS = (
     ("mam-reference-xla", "mam-reference", True),
 )
 DEFAULT_LAYER_VARIANTS = ("dense", "mam-fused")
-MODEL_VARIANTS = (("ecg-mac", "ecg-mac", False), ("ecg-mam", "ecg-mam", False))
+#: Per --model: batch, default steps per round, the first MAM layer's (inputs, units) (the
+#: JSON rows' n_in and units), the variants [(label, mam_tf.bench variant, jit)], what it is.
+MODELS = {
+    "ecg": dict(batch=128, steps=3, layer=(16384, 128),
+                variants=[("ecg-mac", "ecg-mac", False), ("ecg-mam", "ecg-mam", False)],
+                what="the seed's ECG autoencoder (ecg), one optimizer step (Adam, MSE); FC1 "
+                     "16384 -> 128 a Dense (ecg-mac) or a pure MAMDense (ecg-mam, beta 0)"),
+    "cs": dict(batch=64, steps=40, layer=(32, 256),
+               variants=[("cs-mac", "cs-mac", False), ("cs-mam", "cs-mam", False)],
+               what="the compressed-sensing oracle of `mam-tf reproduce biocas` (cs), one "
+                    "optimizer step (Adam, binary cross-entropy); hidden layers 32 -> 256 -> 256 "
+                    "Dense (cs-mac) or pure MAMDense (cs-mam, beta 0)"),
+}
 DEFAULT_SHAPES = [(128, 16384, 128), (256, 48, 256)]
-MODEL_BATCH = 128
 
 
 def default_steps(batch, n_in, units):
@@ -93,6 +108,10 @@ def run_train_bench(shapes=None, steps=None, rounds=7, threads=None, variants=No
     rows (one dict per variant and shape, with every step's wall and CPU time)."""
     from mam_tf import bench, fused
 
+    models = [model] if isinstance(model, str) else list(model or [])
+    for name in models:
+        if name not in MODELS:
+            raise ValueError(f"bench train: unknown model {name!r}; choose from {sorted(MODELS)}")
     env = {"TF_NUM_INTRAOP_THREADS": str(threads)} if threads else {}
     shapes = DEFAULT_SHAPES if shapes is None else shapes
     chosen = [v for v in LAYER_VARIANTS
@@ -110,16 +129,17 @@ def run_train_bench(shapes=None, steps=None, rounds=7, threads=None, variants=No
         + f" (1, 5, 15 min; {cores} cores)")
 
     blocks = [((b, n, m), chosen) for b, n, m in shapes]
-    if model:
-        blocks.append(((MODEL_BATCH, 16384, 128, model), list(MODEL_VARIANTS)))
+    for name in models:
+        spec = MODELS[name]
+        blocks.append(((spec["batch"], *spec["layer"], name), list(spec["variants"])))
     rows = []
     for key, block_variants in blocks:
         batch, n_in, units = key[:3]
-        n_steps = steps or default_steps(batch, n_in, units)
+        n_steps = steps or (MODELS[key[3]]["steps"] if len(key) == 4 else
+                            default_steps(batch, n_in, units))
         if len(key) == 4:
-            out(f"\nmodel: the seed's ECG autoencoder ({key[3]}), batch {batch}, one optimizer "
-                f"step (Adam, MSE); FC1 16384 -> 128 a Dense (ecg-mac) or a pure MAMDense "
-                f"(ecg-mam, beta 0); {rounds} rounds x {n_steps} steps after a warm-up")
+            out(f"\nmodel: {MODELS[key[3]]['what']}; batch {batch}; {rounds} rounds x {n_steps} "
+                "steps after a warm-up")
         else:
             out(f"\nshape: batch {batch}, {n_in} inputs -> {units} units; one training step = "
                 f"forward + backward (input and kernel); {rounds} rounds x {n_steps} steps after "
@@ -215,8 +235,9 @@ def add_bench_command(subparsers):
     )
     p.add_argument("--shape", type=parse_shape, action="append",
                    help="BATCHxINPUTSxUNITS, repeatable (default: 128x16384x128 and 256x48x256)")
-    p.add_argument("--model", choices=["ecg"], default=None,
-                   help="also time the seed's ECG autoencoder, MAC vs MAM FC1, at batch 128")
+    p.add_argument("--model", choices=sorted(MODELS), action="append", default=None,
+                   help="also time a whole model, MAC vs MAM, repeatable: ecg (the seed's "
+                        "autoencoder, batch 128) or cs (the compressed-sensing oracle, batch 64)")
     p.add_argument("--rounds", type=int, default=7,
                    help="rounds; each runs every variant once, in a rotating order (default 7)")
     p.add_argument("--steps", type=int, default=None,

@@ -2,6 +2,7 @@
 warning, each variant in its own process."""
 import json
 
+import numpy as np
 import pytest
 
 from mam_tf import bench, bench_train, cli
@@ -12,7 +13,7 @@ class FakeWorker:
 
     calls = []
     seconds = {"dense": 0.010, "mam": 0.020, "mam-reference": 0.500, "ecg-mac": 0.100,
-               "ecg-mam": 0.110}
+               "ecg-mam": 0.110, "cs-mac": 0.002, "cs-mam": 0.003}
 
     def __init__(self, variant, batch, n_in, units, jit=False, env=None):
         self.variant, self.jit = variant, jit
@@ -82,7 +83,26 @@ def test_model_block_compares_the_autoencoders(fake):
     model_rows = [r for r in rows if r["label"].startswith("ecg")]
     assert [r["label"] for r in model_rows] == ["ecg-mac", "ecg-mam"]
     assert model_rows[0]["batch"] == 128 and model_rows[1]["ratio"] == pytest.approx(1.1)
+    assert (model_rows[0]["n_in"], model_rows[0]["units"]) == (16384, 128)
     assert "the seed's ECG autoencoder" in text and "x ecg-mac" in text
+
+
+def test_models_repeat_each_in_its_own_block_at_its_own_batch(fake):
+    rows, text = _run(["--shape", "4x8x2", "--rounds", "2", "--model", "cs", "--model", "ecg"])
+    assert [r["label"] for r in rows] == ["dense", "mam-fused", "cs-mac", "cs-mam", "ecg-mac",
+                                          "ecg-mam"]
+    cs = rows[2:4]
+    assert [r["batch"] for r in cs] == [64, 64] and cs[1]["ratio"] == pytest.approx(1.5)
+    assert cs[0]["steps_per_round"] == 40 and rows[4]["steps_per_round"] == 3
+    inits = [c for c in fake.calls if c[0] == "init" and c[1].startswith("cs")]
+    assert [c[3][0] for c in inits] == [64, 64]
+    assert "compressed-sensing oracle" in text and "x cs-mac" in text
+
+
+def test_an_unknown_model_is_refused_before_any_work(fake):
+    with pytest.raises(ValueError, match="unknown model 'nope'"):
+        bench_train.run_train_bench([(4, 8, 2)], model=["nope"], out=lambda line: None)
+    assert fake.calls == []
 
 
 @pytest.mark.slow
@@ -98,6 +118,21 @@ def test_real_workers_time_each_variant_in_its_own_process(tmp_path):
         assert len(r["wall_s"]) == 4 and all(t > 0 for t in r["wall_s"])
         assert r["q1_s"] <= r["median_s"] <= r["q3_s"] and r["peak_rss_mib"] > 100
         assert len(r["load_before"]) == 3
+
+
+@pytest.mark.slow
+def test_the_oracle_steps_really_train_both_kinds():
+    for variant in ("cs-mac", "cs-mam"):
+        runner = bench.StepRunner(variant, 8, 0, 0)
+        model = runner._keep[0]
+        before = [w.numpy().copy() for w in model.trainable_weights]
+        steps = runner.run(2)
+        assert len(steps) == 2 and all(t > 0 for t, _ in steps)
+        kinds = {type(layer).__name__ for layer in model.layers}
+        assert ("MAMDense" in kinds) == (variant == "cs-mam")
+        # Every layer's kernel moved: the loss reaches the whole model.
+        assert all(not np.array_equal(a, w.numpy())
+                   for a, w in zip(before, model.trainable_weights) if a.ndim == 2)
 
 
 def test_a_failing_worker_names_its_variant():
