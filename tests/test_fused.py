@@ -289,10 +289,11 @@ def test_savedmodel_holds_standard_ops_only(tmp_path, rng):
 
 
 # Shapes around the forward's register tiles (4 rows x 2 vectors with AVX-512, 2 rows with AVX2;
-# 2 or 1 rows while the first slice tracks indices), its row groups (two items per thread) and
-# slices: batch 1..9 and 130 (groups with a remainder), N past the first slice so the value
-# loop, its integer-max form and both searches (lane by lane, whole vectors) all run.
-TILE_SHAPES = [(b, 300, 40) for b in range(1, 10)] + [(130, 257, 20), (6, 4099, 70)]
+# 2 or 1 rows while slices track indices), its row groups (two items per thread) and slices:
+# batch 1..9 and 130 (groups with a remainder), N past the slices that track indices on random
+# data (about the first 900 inputs) so the value loop, its integer-max form and both searches
+# (lane by lane, whole vectors) all run.
+TILE_SHAPES = [(b, 1100, 40) for b in range(1, 10)] + [(130, 257, 20), (6, 4099, 70)]
 
 
 @pytest.mark.parametrize("shape", TILE_SHAPES, ids=lambda s: "x".join(map(str, s)))
@@ -352,10 +353,13 @@ def test_relu_inputs_with_zero_products_keep_the_sign_of_zero(rng):
 
 def test_rising_products_search_every_step_and_stay_exact(rng):
     # Products that grow along the inputs improve the running max in every step (every lane:
-    # the vector search) or in few lanes (the lane-by-lane search).
-    n = 1000
-    x = np.tile(np.linspace(0.1, 5.0, n, dtype=np.float32), (5, 1))
-    x[1] = x[1][::-1]
+    # the vector search) or in few lanes (the lane-by-lane search). The first 256 inputs are
+    # zero, so their first product is every extreme and the slices after the first stop
+    # tracking indices: the value loop meets the rising products.
+    n = 1256
+    x = np.zeros((5, n), np.float32)
+    x[:, 256:] = np.linspace(0.1, 5.0, n - 256, dtype=np.float32)
+    x[1, 256:] = x[1, 256:][::-1]
     w = rng.standard_normal((n, 33)).astype(np.float32)
     w[:, :3] = np.abs(w[:, :3]) + 1.0
     w[:, 3] = np.linspace(-1.0, 1.0, n)
