@@ -610,6 +610,35 @@ static void backward_dx_rows(const float* g, const float* w, const int32_t* amax
   }
 }
 
+// Writes dx and dw in one pass over the indices, on one thread: for the max indices, then the
+// min indices, rows ascending, units ascending, the term of dw[i, j] and of dx[b, i]. That pass
+// order is the documented order of both sums (dw: every max term, rows ascending, then every
+// min term; dx: within a row, every max term, units ascending, then every min term), so the
+// results are the same bits as backward_dw_cols and backward_dx_rows give. For small layers
+// (dw in L2), where the split into dx rows and dw pieces would read g and the indices twice.
+static void backward_serial(const float* g, const float* x, const float* w, const int32_t* amax,
+                            const int32_t* amin, int64_t B, int64_t N, int64_t M, float* dx,
+                            float* dw) {
+  std::memset(dx, 0, B * N * sizeof(float));
+  std::memset(dw, 0, N * M * sizeof(float));
+  for (const int32_t* idx : {amax, amin}) {
+    for (int64_t b = 0; b < B; ++b) {
+      const float* gb = g + b * M;
+      const float* xb = x + b * N;
+      const int32_t* ib = idx + b * M;
+      float* dxb = dx + b * N;
+#pragma GCC unroll 4
+      for (int64_t j = 0; j < M; ++j) {
+        const int32_t i = ib[j];
+        const float to_w = gb[j] * xb[i];
+        const float to_x = gb[j] * w[i * M + j];
+        dw[i * M + j] += to_w;
+        dxb[i] += to_x;
+      }
+    }
+  }
+}
+
 // Sets y[b, j] = NaN for rows [b0, b1) where some product x[b,i] * w[i,j] is NaN. The main
 // pass skips NaN products; max and min of TensorFlow propagate them, and so must a MAM output
 // (a NaN input must not train on silently). Only run when the inputs hold a NaN or an infinity.
