@@ -260,20 +260,21 @@ class MamFusedBackwardOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, wt.shape(), &dwt));
     float* dx = dxt->flat<float>().data();
     float* dw = dwt->flat<float>().data();
-    // A small layer on one thread: one pass writes both (mam_core.h: backward_serial).
-    const int64_t dx_rows = 8;
-    const int64_t dx_items = (B + dx_rows - 1) / dx_rows;
-    const int64_t dx_cost = dx_rows * (N + 8 * M);
-    if (N * M <= kSerialDwFloats && helper_count(ctx, dx_items, dx_cost) == 0) {
-      mam::backward_serial(g, x, w, amax, amin, B, N, M, dx, dw);
-      return;
-    }
     // Items [0, dx_items) write rows of dx, the others columns of dw (pieces of kPiece columns:
     // a 64-byte line when M is a multiple of 16, little false sharing); each zeroes what it
     // owns first. A big dw is zeroed by contiguous rows in a first pass instead (zeroing a
     // column piece strides through all of it), unless its pieces are written whole (up to
     // kLocalDwInputs inputs).
+    const int64_t dx_rows = 8;
+    const int64_t dx_items = (B + dx_rows - 1) / dx_rows;
+    const int64_t dx_cost = dx_rows * (N + 8 * M);
     const int64_t pieces = (M + mam::kPiece - 1) / mam::kPiece;
+    // A small layer whose items would all run on this thread: one pass writes both
+    // (mam_core.h: backward_serial). (Its dw is below zero_first's size: the items are these.)
+    if (N * M <= kSerialDwFloats && helper_count(ctx, dx_items + pieces, dx_cost) == 0) {
+      mam::backward_serial(g, x, w, amax, amin, B, N, M, dx, dw);
+      return;
+    }
     const bool zero_first = N * M > (int64_t{1} << 18) && N > mam::kLocalDwInputs;
     const int64_t zero_rows = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(M, 1));
     const int64_t zero_items = zero_first ? (N + zero_rows - 1) / zero_rows : 0;
