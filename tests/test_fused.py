@@ -108,17 +108,25 @@ def test_zero_input_selects_index_zero_and_counts_twice(rng):
 
 
 def test_nan_input_gives_nan_like_the_reference_and_indices_stay_in_range(rng):
-    x = rng.standard_normal((4, 300)).astype(np.float32)
-    w = rng.standard_normal((300, 20)).astype(np.float32)
+    # NaN and inf in a slice that tracks indices (input 250 of random data) and in one that
+    # runs the value loop (input 1200).
+    n = 1300
+    x = rng.standard_normal((5, n)).astype(np.float32)
+    w = rng.standard_normal((n, 20)).astype(np.float32)
     x[1, 250] = np.nan
     x[2, 7] = np.inf  # inf * w is finite-signed, but inf - inf can make y NaN
+    x[3, 1200] = np.nan
+    x[4, 1201] = -np.inf
     w[5, 3] = np.nan
     y, amax, amin = (t.numpy() for t in fused.forward(x, w))
-    ry = ops.mam_forward_reference(x, w)[0].numpy()
+    ry, rmax, rmin = (t.numpy() for t in ops.mam_forward_reference(x, w))
     np.testing.assert_array_equal(np.isnan(y), np.isnan(ry))
     np.testing.assert_array_equal(y[~np.isnan(y)], ry[~np.isnan(ry)])
-    assert np.isnan(y[1]).all() and np.isnan(y[:, 3]).all()
-    assert ((0 <= amax) & (amax < 300) & (0 <= amin) & (amin < 300)).all()
+    kept = ~np.isnan(ry)  # the extremes of the outputs without a NaN product: the same inputs
+    np.testing.assert_array_equal(amax[kept], rmax[kept])
+    np.testing.assert_array_equal(amin[kept], rmin[kept])
+    assert np.isnan(y[1]).all() and np.isnan(y[3]).all() and np.isnan(y[:, 3]).all()
+    assert ((0 <= amax) & (amax < n) & (0 <= amin) & (amin < n)).all()
 
 
 def test_out_of_range_indices_are_refused(rng):
