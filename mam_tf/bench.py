@@ -19,7 +19,7 @@ import tempfile
 import time
 
 __all__ = ["StepRunner", "Worker", "measure_step", "VARIANTS", "LAYER_VARIANTS",
-           "MODEL_VARIANTS", "parse_shape"]
+           "MODEL_VARIANTS", "OP_VARIANTS", "parse_shape"]
 
 LAYER_VARIANTS = ("dense", "mam", "mam-reference")
 #: Whole models (mam_tf.models), MAC or pure MAM (beta = 0): the seed-004 ECG autoencoder (FC1 a
@@ -27,7 +27,10 @@ LAYER_VARIANTS = ("dense", "mam", "mam-reference")
 #: reproduce biocas` (m = 32 measurements of n = 128 samples: hidden layers 32 -> 256 -> 256,
 #: Dense or MAMDense, then a Dense 256 -> 128).
 MODEL_VARIANTS = ("ecg-mac", "ecg-mam", "cs-mac", "cs-mam")
-VARIANTS = LAYER_VARIANTS + MODEL_VARIANTS
+#: The kernels alone, called eagerly: the fused forward op, the fused backward op (on the
+#: forward's indices) and the three GEMMs of a Dense training step (y, dX, dW).
+OP_VARIANTS = ("op-mam-forward", "op-mam-backward", "op-gemms")
+VARIANTS = LAYER_VARIANTS + MODEL_VARIANTS + OP_VARIANTS
 
 
 class StepRunner:
@@ -41,7 +44,10 @@ class StepRunner:
     [batch, 256] batch, FC1 16384 -> 128), and ``cs-mac`` / ``cs-mam``, the compressed-sensing
     oracle (binary cross-entropy of [batch, 128] support labels from [batch, 32] measurements).
     The ``-mam`` models run pure MAM (beta = 0, the state after the vanishing-contributions
-    schedule; with beta > 0 a step also computes the MAC product).
+    schedule; with beta > 0 a step also computes the MAC product). Op variants time the kernels
+    alone, one eager call a step: ``op-mam-forward`` (the fused forward of [batch, n_in] by
+    [n_in, units]), ``op-mam-backward`` (the fused backward on that forward's indices) and
+    ``op-gemms`` (x @ w, g @ w^T and x^T @ g: the GEMMs of a Dense training step).
     """
 
     def __init__(self, variant, batch, n_in, units, jit=False, seed=0):
@@ -54,7 +60,32 @@ class StepRunner:
             raise ValueError(f"bench: unknown variant {variant!r}; choose from {VARIANTS}")
         self.variant, self.batch, self.jit = variant, batch, jit
         rng = np.random.default_rng(seed)
-        if variant in MODEL_VARIANTS:
+        self._fetch = variant not in OP_VARIANTS  # eager ops on the CPU have run on return
+        if variant in OP_VARIANTS:
+            from mam_tf import fused
+
+            if variant != "op-gemms" and not fused.available():
+                raise RuntimeError(f"bench: {variant} needs the fused kernel, which is "
+                                   f"unavailable ({fused.unavailable_reason()})")
+            self.n_in, self.units = n_in, units
+            x = tf.constant(rng.standard_normal((batch, n_in)).astype(np.float32))
+            w = tf.constant((rng.standard_normal((n_in, units)) / np.sqrt(n_in))
+                            .astype(np.float32))
+            g = tf.constant(rng.standard_normal((batch, units)).astype(np.float32))
+            if variant == "op-mam-forward":
+                def step(x):
+                    return fused.forward(x, w)
+            elif variant == "op-mam-backward":
+                _, amax, amin = fused.forward(x, w)
+
+                def step(x):
+                    return fused.backward(g, x, w, amax, amin)
+            else:
+                def step(x):
+                    return (tf.matmul(x, w), tf.matmul(g, w, transpose_b=True),
+                            tf.matmul(x, g, transpose_a=True))
+            self._keep = (w, g)
+        elif variant in MODEL_VARIANTS:
             from mam_tf.models import cs_oracle, ecg_autoencoder
 
             name, kind = variant.split("-")
@@ -124,7 +155,9 @@ class StepRunner:
         out = []
         for _ in range(steps):
             c0, t0 = _cpu_s(), time.perf_counter()
-            [t.numpy() for t in self._step(self._x)]
+            result = self._step(self._x)
+            if self._fetch:
+                [t.numpy() for t in result]
             out.append((time.perf_counter() - t0, _cpu_s() - c0))
         return out
 

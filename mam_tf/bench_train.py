@@ -17,6 +17,12 @@ pure MAM (beta = 0); an epoch is that many steps, so its ratio is the epoch's:
   32 -> 256 -> 256 Dense (cs-mac) or MAMDense (cs-mam), small layers where fixed per-step costs
   weigh most.
 
+With --ops it also times the kernels alone per shape, one eager call a step: Dense's three GEMMs
+(x @ w, g @ w^T, x^T @ g: the baseline), the fused MAM forward and the fused MAM backward. With
+--kernel-dir DIR the two fused ops are also timed as built from the sources in DIR (another
+checkout's mam_tf/kernels), interleaved with this checkout's: an A/B of two kernel versions
+measured in one run.
+
 Each variant runs in its own long-lived process (its peak RSS is its own). The processes are
 driven in rounds: every round runs a few steps of each variant, in a rotating order, so that a
 change in the machine's load reaches every variant alike. Reported: the median step time with
@@ -45,6 +51,12 @@ LAYER_VARIANTS = (
     ("mam-reference-xla", "mam-reference", True),
 )
 DEFAULT_LAYER_VARIANTS = ("dense", "mam-fused")
+#: --ops: (label, mam_tf.bench variant, jit); Dense's GEMMs first, the baseline.
+OP_VARIANTS = (
+    ("dense-gemms", "op-gemms", False),
+    ("mam-forward", "op-mam-forward", False),
+    ("mam-backward", "op-mam-backward", False),
+)
 #: Per --model: batch, default steps per round, the first MAM layer's (inputs, units) (the
 #: JSON rows' n_in and units), the variants [(label, mam_tf.bench variant, jit)], what it is.
 MODELS = {
@@ -102,16 +114,24 @@ def _quartiles(values):
 
 
 def run_train_bench(shapes=None, steps=None, rounds=7, threads=None, variants=None, model=None,
-                    out=print):
-    """Prints the machine and load, then per shape (and for --model) a table of median step time
-    with spread, ratio to the baseline and peak RSS, measured in interleaved rounds; returns the
-    rows (one dict per variant and shape, with every step's wall and CPU time)."""
+                    ops=False, kernel_dir=None, out=print):
+    """Prints the machine and load, then per shape (and for --model, --ops) a table of median
+    step time with spread, ratio to the baseline and peak RSS, measured in interleaved rounds;
+    returns the rows (one dict per variant and shape, with every step's wall and CPU time)."""
     from mam_tf import bench, fused
 
     models = [model] if isinstance(model, str) else list(model or [])
     for name in models:
         if name not in MODELS:
             raise ValueError(f"bench train: unknown model {name!r}; choose from {sorted(MODELS)}")
+    if kernel_dir is not None:
+        if not ops:
+            raise ValueError("bench train: --kernel-dir compares the kernels alone; add --ops")
+        kernel_dir = Path(kernel_dir).expanduser().resolve()
+        missing = [name for name in fused.SOURCES if not (kernel_dir / name).is_file()]
+        if missing:
+            raise ValueError(f"bench train: --kernel-dir {kernel_dir} lacks {', '.join(missing)} "
+                             "(give another checkout's mam_tf/kernels)")
     env = {"TF_NUM_INTRAOP_THREADS": str(threads)} if threads else {}
     shapes = DEFAULT_SHAPES if shapes is None else shapes
     chosen = [v for v in LAYER_VARIANTS
@@ -128,23 +148,32 @@ def run_train_bench(shapes=None, steps=None, rounds=7, threads=None, variants=No
     out("load average before: " + " ".join(f"{v:.2f}" for v in load_before)
         + f" (1, 5, 15 min; {cores} cores)")
 
-    blocks = [((b, n, m), chosen) for b, n, m in shapes]
+    blocks = []  # (title, batch, n_in, units, steps, [(label, variant, jit[, env])])
+    for b, n, m in shapes:
+        n_steps = steps or default_steps(b, n, m)
+        blocks.append((f"shape: batch {b}, {n} inputs -> {m} units; one training step = forward + "
+                       f"backward (input and kernel); {rounds} rounds x {n_steps} steps after a "
+                       f"warm-up; the B*N*M product tensor would be {b * n * m * 4 / 2**20:.0f} "
+                       "MiB", b, n, m, n_steps, chosen))
+        if ops:
+            other = [] if kernel_dir is None else [
+                (f"{label}@dir", variant, False, {fused.KERNEL_DIR_ENV: str(kernel_dir)})
+                for label, variant, _ in OP_VARIANTS[1:]]
+            where = "" if kernel_dir is None else f"; @dir: the same ops built from {kernel_dir}"
+            blocks.append((f"kernels alone: batch {b}, {n} inputs -> {m} units; one eager call "
+                           "a step: Dense's three GEMMs (x @ w, g @ w^T, x^T @ g), the fused MAM "
+                           f"forward, the fused MAM backward on its indices{where}; {rounds} "
+                           f"rounds x {n_steps} steps", b, n, m, n_steps,
+                           list(OP_VARIANTS) + other))
     for name in models:
         spec = MODELS[name]
-        blocks.append(((spec["batch"], *spec["layer"], name), list(spec["variants"])))
+        n_steps = steps or spec["steps"]
+        blocks.append((f"model: {spec['what']}; batch {spec['batch']}; {rounds} rounds x "
+                       f"{n_steps} steps after a warm-up", spec["batch"], *spec["layer"], n_steps,
+                       list(spec["variants"])))
     rows = []
-    for key, block_variants in blocks:
-        batch, n_in, units = key[:3]
-        n_steps = steps or (MODELS[key[3]]["steps"] if len(key) == 4 else
-                            default_steps(batch, n_in, units))
-        if len(key) == 4:
-            out(f"\nmodel: {MODELS[key[3]]['what']}; batch {batch}; {rounds} rounds x {n_steps} "
-                "steps after a warm-up")
-        else:
-            out(f"\nshape: batch {batch}, {n_in} inputs -> {units} units; one training step = "
-                f"forward + backward (input and kernel); {rounds} rounds x {n_steps} steps after "
-                f"a warm-up; the B*N*M product tensor would be "
-                f"{batch * n_in * units * 4 / 2**20:.0f} MiB")
+    for title, batch, n_in, units, n_steps, block_variants in blocks:
+        out("\n" + title)
         rows.extend(_run_block(bench, block_variants, batch, n_in, units, n_steps, rounds, env,
                                out))
     load_after = _load()
@@ -162,8 +191,9 @@ def run_train_bench(shapes=None, steps=None, rounds=7, threads=None, variants=No
 def _run_block(bench, variants, batch, n_in, units, n_steps, rounds, env, out):
     workers = {}
     try:
-        for label, variant, jit in variants:
-            workers[label] = bench.Worker(variant, batch, n_in, units, jit, env=env)
+        for label, variant, jit, *extra in variants:
+            workers[label] = bench.Worker(variant, batch, n_in, units, jit,
+                                          env={**env, **(extra[0] if extra else {})})
             workers[label].run(2)  # warm-up: tracing, first-call allocations, the kernel build
         times = {label: [] for label in workers}
         per_round = {label: [] for label in workers}
@@ -183,11 +213,12 @@ def _run_block(bench, variants, batch, n_in, units, n_steps, rounds, env, out):
         for w in workers.values():
             w.close()
     base = labels[0]
-    out(f"{'variant':<19}{'median ms':>10}{'IQR ms':>16}{'x ' + base:>10}{'rounds':>13}"
+    wide = max(10, len(base) + 3)  # the ratio column fits "x <baseline>"
+    out(f"{'variant':<19}{'median ms':>10}{'IQR ms':>16}{'x ' + base:>{wide}}{'rounds':>13}"
         f"{'CPU ms':>9}{'peak RSS MiB':>14}{'step growth':>13}")
     base_median = statistics.median(t for t, _ in times[base])
     rows = []
-    for (label, variant, jit) in variants:
+    for label, variant, jit, *_ in variants:
         wall = [t for t, _ in times[label]]
         cpu = [c for _, c in times[label]]
         median = statistics.median(wall)
@@ -202,7 +233,7 @@ def _run_block(bench, variants, batch, n_in, units, n_steps, rounds, env, out):
         rows.append(row)
         iqr = f"{q1 * 1e3:.2f}-{q3 * 1e3:.2f}"
         spread = f"{min(ratios):.2f}-{max(ratios):.2f}"
-        out(f"{label:<19}{median * 1e3:>10.2f}{iqr:>16}{row['ratio']:>10.2f}{spread:>13}"
+        out(f"{label:<19}{median * 1e3:>10.2f}{iqr:>16}{row['ratio']:>{wide}.2f}{spread:>13}"
             f"{row['cpu_median_s'] * 1e3:>9.2f}{row['peak_rss_mib']:>14.0f}"
             f"{row['step_rss_growth_mib']:>13.0f}")
     return rows
@@ -213,7 +244,8 @@ def _cmd_train(args):
     if args.all:
         variants = [v[0] for v in LAYER_VARIANTS]
     rows = run_train_bench(args.shape, steps=args.steps, rounds=args.rounds,
-                           threads=args.threads, variants=variants, model=args.model)
+                           threads=args.threads, variants=variants, model=args.model,
+                           ops=args.ops, kernel_dir=args.kernel_dir)
     if args.json:
         import json
 
@@ -238,6 +270,13 @@ def add_bench_command(subparsers):
     p.add_argument("--model", choices=sorted(MODELS), action="append", default=None,
                    help="also time a whole model, MAC vs MAM, repeatable: ecg (the seed's "
                         "autoencoder, batch 128) or cs (the compressed-sensing oracle, batch 64)")
+    p.add_argument("--ops", action="store_true",
+                   help="also time the kernels alone per shape: the fused forward and backward "
+                        "ops against Dense's three GEMMs, one eager call a step")
+    p.add_argument("--kernel-dir", metavar="DIR", default=None,
+                   help="with --ops: also time the fused ops built from the sources in DIR "
+                        "(another checkout's mam_tf/kernels, e.g. a `git worktree` of an older "
+                        "commit), interleaved with this checkout's: two kernel versions in one run")
     p.add_argument("--rounds", type=int, default=7,
                    help="rounds; each runs every variant once, in a rotating order (default 7)")
     p.add_argument("--steps", type=int, default=None,

@@ -12,9 +12,11 @@ How it is built: the C++ sources in ``mam_tf/kernels`` are compiled on first use
 compiler call against the installed TensorFlow (``tf.sysconfig`` flags, ``-march=native``) into
 ``~/.cache/mam-tf/ops-<tf version>-<hash>/`` (``$MAM_TF_CACHE`` overrides the root). The hash
 covers the sources, the compiler, every flag and the CPU's feature flags, so a changed source,
-TensorFlow or machine gets its own build. A file lock keeps parallel processes from compiling
-twice, and the finished directory appears by an atomic rename, so no process ever loads a
-half-written library. When any of this fails, ``available()`` is False, one
+TensorFlow or machine gets its own build. ``$MAM_TF_KERNEL_DIR`` builds from another directory
+of the same two sources instead (another checkout's ``mam_tf/kernels``: ``mam-tf bench train
+--ops --kernel-dir`` times two kernel versions side by side). A file lock keeps parallel
+processes from compiling twice, and the finished directory appears by an atomic rename, so no
+process ever loads a half-written library. When any of this fails, ``available()`` is False, one
 ``FusedKernelWarning`` says why, and mam-tf uses the reference path. ``MAM_TF_FUSED=0`` turns
 the fast path off without a warning.
 """
@@ -48,6 +50,7 @@ __all__ = [
 ]
 
 KERNEL_DIR = Path(__file__).resolve().parent / "kernels"
+KERNEL_DIR_ENV = "MAM_TF_KERNEL_DIR"
 SOURCES = ("mam_core.h", "mam_ops.cc")
 LIBRARY_NAME = "mam_ops.so"
 # -ffp-contract=off: a product must stay a rounded multiply (no FMA into the backward's sums),
@@ -91,11 +94,23 @@ def _build_command(cxx: str, source: Path, output: Path) -> list[str]:
     ]
 
 
+def kernel_dir() -> Path:
+    """Where the sources are: this package's ``kernels``, or ``$MAM_TF_KERNEL_DIR``."""
+    override = os.environ.get(KERNEL_DIR_ENV)
+    if not override:
+        return KERNEL_DIR
+    path = Path(override).expanduser().resolve()
+    missing = [name for name in SOURCES if not (path / name).is_file()]
+    if missing:
+        raise RuntimeError(f"${KERNEL_DIR_ENV} is {override!r}, which lacks {', '.join(missing)}")
+    return path
+
+
 def library_dir(cxx: str) -> Path:
     """The cache directory of the library for this TensorFlow, compiler, sources and CPU."""
     h = hashlib.sha256()
     for name in SOURCES:
-        h.update(name.encode() + b"\0" + (KERNEL_DIR / name).read_bytes() + b"\0")
+        h.update(name.encode() + b"\0" + (kernel_dir() / name).read_bytes() + b"\0")
     h.update(" ".join(_build_command(cxx, Path("src"), Path("out"))).encode())
     h.update(_cpu_signature().encode())
     return cache_root() / f"ops-{tf.__version__}-{h.hexdigest()[:16]}"
@@ -132,7 +147,7 @@ def build() -> Path:
         print(f"[mam-tf] compiling the fused CPU kernel (once): {final}", file=sys.stderr)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
         try:
-            command = _build_command(cxx, KERNEL_DIR / "mam_ops.cc", tmp / LIBRARY_NAME)
+            command = _build_command(cxx, kernel_dir() / "mam_ops.cc", tmp / LIBRARY_NAME)
             proc = subprocess.run(command, capture_output=True, text=True,
                                   timeout=BUILD_TIMEOUT_S)
             (tmp / "build.log").write_text(" ".join(command) + "\n\n" + proc.stdout + proc.stderr)

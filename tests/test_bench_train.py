@@ -13,7 +13,8 @@ class FakeWorker:
 
     calls = []
     seconds = {"dense": 0.010, "mam": 0.020, "mam-reference": 0.500, "ecg-mac": 0.100,
-               "ecg-mam": 0.110, "cs-mac": 0.002, "cs-mam": 0.003}
+               "ecg-mam": 0.110, "cs-mac": 0.002, "cs-mam": 0.003, "op-gemms": 0.004,
+               "op-mam-forward": 0.006, "op-mam-backward": 0.002}
 
     def __init__(self, variant, batch, n_in, units, jit=False, env=None):
         self.variant, self.jit = variant, jit
@@ -46,7 +47,8 @@ def _run(argv):
     variants = [v[0] for v in bench_train.LAYER_VARIANTS] if args.all else args.variants
     rows = bench_train.run_train_bench(args.shape, steps=args.steps, rounds=args.rounds,
                                        threads=args.threads, variants=variants,
-                                       model=args.model, out=lines.append)
+                                       model=args.model, ops=args.ops,
+                                       kernel_dir=args.kernel_dir, out=lines.append)
     return rows, "\n".join(lines)
 
 
@@ -97,6 +99,53 @@ def test_models_repeat_each_in_its_own_block_at_its_own_batch(fake):
     inits = [c for c in fake.calls if c[0] == "init" and c[1].startswith("cs")]
     assert [c[3][0] for c in inits] == [64, 64]
     assert "compressed-sensing oracle" in text and "x cs-mac" in text
+
+
+def test_ops_time_the_kernels_after_each_shape_and_another_kernel_dir_beside_them(fake,
+                                                                                  tmp_path):
+    rows, text = _run(["--shape", "4x8x2", "--shape", "3x5x7", "--rounds", "2", "--ops"])
+    assert [r["label"] for r in rows] == ["dense", "mam-fused", "dense-gemms", "mam-forward",
+                                          "mam-backward"] * 2
+    assert [r["ratio"] for r in rows[2:5]] == pytest.approx([1.0, 1.5, 0.5])
+    assert (rows[7]["batch"], rows[7]["n_in"], rows[7]["units"]) == (3, 5, 7)
+    assert "kernels alone: batch 4, 8 inputs -> 2 units" in text and "x dense-gemms" in text
+    kernels = tmp_path / "kernels"
+    kernels.mkdir()
+    for name in ("mam_core.h", "mam_ops.cc"):
+        (kernels / name).write_text("// another version\n")
+    FakeWorker.calls = []
+    rows, text = _run(["--shape", "4x8x2", "--rounds", "2", "--ops", "--kernel-dir",
+                       str(kernels)])
+    assert [r["label"] for r in rows][2:] == ["dense-gemms", "mam-forward", "mam-backward",
+                                              "mam-forward@dir", "mam-backward@dir"]
+    envs = {c[1] + ("@" if c[4] else ""): c[4] for c in FakeWorker.calls if c[0] == "init"}
+    assert envs["op-mam-forward@"] == {"MAM_TF_KERNEL_DIR": str(kernels.resolve())}
+    assert f"@dir: the same ops built from {kernels.resolve()}" in text
+
+
+def test_a_kernel_dir_needs_ops_and_both_sources(fake, tmp_path):
+    with pytest.raises(ValueError, match="add --ops"):
+        bench_train.run_train_bench([(4, 8, 2)], kernel_dir=str(tmp_path), out=lambda line: None)
+    (tmp_path / "mam_core.h").write_text("")
+    with pytest.raises(ValueError, match="lacks mam_ops.cc"):
+        bench_train.run_train_bench([(4, 8, 2)], ops=True, kernel_dir=str(tmp_path),
+                                    out=lambda line: None)
+    assert fake.calls == []
+
+
+@pytest.mark.slow
+def test_op_steps_run_the_fused_ops_and_the_gemms():
+    from mam_tf import fused
+
+    if not fused.available():
+        pytest.skip(f"fused kernel unavailable: {fused.unavailable_reason()}")
+    for variant in bench.OP_VARIANTS:
+        runner = bench.StepRunner(variant, 6, 40, 9)
+        outputs = runner._step(runner._x)
+        shapes = [tuple(t.shape) for t in outputs]
+        assert shapes == {"op-mam-forward": [(6, 9)] * 3, "op-mam-backward": [(6, 40), (40, 9)],
+                          "op-gemms": [(6, 9), (6, 40), (40, 9)]}[variant]
+        assert all(t > 0 for t, _ in runner.run(3))
 
 
 def test_an_unknown_model_is_refused_before_any_work(fake):

@@ -276,6 +276,25 @@ def test_cache_key_follows_sources_and_flags(monkeypatch, tmp_path):
     assert fused.library_dir("c++") != a
 
 
+def test_another_kernel_directory_gets_its_own_build_and_a_bad_one_is_named(monkeypatch,
+                                                                            tmp_path):
+    monkeypatch.setenv("MAM_TF_CACHE", str(tmp_path / "cache"))
+    here = fused.library_dir("c++")
+    other = tmp_path / "kernels"
+    other.mkdir()
+    for name in fused.SOURCES:
+        (other / name).write_bytes((fused.KERNEL_DIR / name).read_bytes())
+    monkeypatch.setenv(fused.KERNEL_DIR_ENV, str(other))
+    assert fused.kernel_dir() == other.resolve()
+    assert fused.library_dir("c++") == here  # the same sources: the same build
+    with open(other / "mam_core.h", "a") as f:
+        f.write("// another version\n")
+    assert fused.library_dir("c++") != here
+    (other / "mam_ops.cc").unlink()
+    with pytest.raises(RuntimeError, match="MAM_TF_KERNEL_DIR.*lacks mam_ops.cc"):
+        fused.kernel_dir()
+
+
 def test_first_check_inside_a_graph_trace_still_loads(fresh_state):
     # Keras calls the layer symbolically first: loading and self-testing must run eagerly.
     @tf.function

@@ -44,9 +44,9 @@ using ThreadPool = tensorflow::thread::ThreadPool;
 // claimed touches nothing but the shared counters, which it keeps alive itself.
 constexpr int64_t kCyclesPerHelper = 1000000;
 // The backward writes dx and dw in one serial pass (mam_core.h: backward_serial) when no helper
-// would run and dw has at most this many floats (256 KiB: its scattered adds stay in L2). Measured
-// at batch 256, 48 -> 256 on the forward's indices of random data: 0.18-0.26 ms an op call against
-// 0.31 ms for the dx rows, then the dw pieces (eager, 3 runs each); 197 against 235 us in C++.
+// would run and dw has at most this many floats (256 KiB: its scattered adds stay in L2). At
+// batch 256, 48 -> 256: 0.22 ms against 0.26 for the dx rows, then the dw pieces (`mam-tf bench
+// train --ops --kernel-dir`, README).
 constexpr int64_t kSerialDwFloats = int64_t{1} << 16;
 
 struct SharedItems {
