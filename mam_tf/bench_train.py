@@ -128,7 +128,7 @@ def run_train_bench(shapes=None, steps=None, rounds=7, threads=None, variants=No
         if not ops:
             raise ValueError("bench train: --kernel-dir compares the kernels alone; add --ops")
         kernel_dir = Path(kernel_dir).expanduser().resolve()
-        missing = [name for name in fused.SOURCES if not (kernel_dir / name).is_file()]
+        missing = fused.missing_sources(kernel_dir)
         if missing:
             raise ValueError(f"bench train: --kernel-dir {kernel_dir} lacks {', '.join(missing)} "
                              "(give another checkout's mam_tf/kernels)")

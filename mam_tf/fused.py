@@ -94,13 +94,18 @@ def _build_command(cxx: str, source: Path, output: Path) -> list[str]:
     ]
 
 
+def missing_sources(path) -> list[str]:
+    """The kernel sources (``SOURCES``) that directory ``path`` lacks."""
+    return [name for name in SOURCES if not (Path(path) / name).is_file()]
+
+
 def kernel_dir() -> Path:
     """Where the sources are: this package's ``kernels``, or ``$MAM_TF_KERNEL_DIR``."""
     override = os.environ.get(KERNEL_DIR_ENV)
     if not override:
         return KERNEL_DIR
     path = Path(override).expanduser().resolve()
-    missing = [name for name in SOURCES if not (path / name).is_file()]
+    missing = missing_sources(path)
     if missing:
         raise RuntimeError(f"${KERNEL_DIR_ENV} is {override!r}, which lacks {', '.join(missing)}")
     return path
