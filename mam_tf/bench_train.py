@@ -18,10 +18,12 @@ pure MAM (beta = 0); an epoch is that many steps, so its ratio is the epoch's:
   weigh most.
 
 With --ops it also times the kernels alone per shape, one eager call a step: Dense's three GEMMs
-(x @ w, g @ w^T, x^T @ g: the baseline), the fused MAM forward and the fused MAM backward. With
---kernel-dir DIR the two fused ops are also timed as built from the sources in DIR (another
-checkout's mam_tf/kernels), interleaved with this checkout's: an A/B of two kernel versions
-measured in one run.
+(x @ w, g @ w^T, x^T @ g: the baseline), the fused MAM forward and the fused MAM backward.
+
+With --kernel-dir DIR every variant that runs the fused kernel (mam-fused, the -mam models, the
+two fused ops) is also timed as built from the sources in DIR (another checkout's
+mam_tf/kernels), as `<variant>@dir`, interleaved with this checkout's: an A/B of two kernel
+versions measured in one run, on the layer step, the model step and the ops alone.
 
 Each variant runs in its own long-lived process (its peak RSS is its own). The processes are
 driven in rounds: every round runs a few steps of each variant, in a rotating order, so that a
@@ -125,8 +127,6 @@ def run_train_bench(shapes=None, steps=None, rounds=7, threads=None, variants=No
         if name not in MODELS:
             raise ValueError(f"bench train: unknown model {name!r}; choose from {sorted(MODELS)}")
     if kernel_dir is not None:
-        if not ops:
-            raise ValueError("bench train: --kernel-dir compares the kernels alone; add --ops")
         kernel_dir = Path(kernel_dir).expanduser().resolve()
         missing = fused.missing_sources(kernel_dir)
         if missing:
@@ -136,6 +136,17 @@ def run_train_bench(shapes=None, steps=None, rounds=7, threads=None, variants=No
     shapes = DEFAULT_SHAPES if shapes is None else shapes
     chosen = [v for v in LAYER_VARIANTS
               if (v[0] in variants if variants else v[0] in DEFAULT_LAYER_VARIANTS)]
+
+    def with_dir(block_variants, fused_labels):
+        """The block's variants, then those in fused_labels again, built from kernel_dir."""
+        if kernel_dir is None:
+            return list(block_variants)
+        env_dir = {fused.KERNEL_DIR_ENV: str(kernel_dir)}
+        return list(block_variants) + [(f"{label}@dir", variant, jit, env_dir)
+                                       for label, variant, jit in block_variants
+                                       if label in fused_labels]
+
+    where = "" if kernel_dir is None else f"; @dir: built from {kernel_dir}"
     cores = os.cpu_count() or 1
     out(machine_line() + "; intra-op threads: "
         + (str(threads) if threads else f"TensorFlow's default ({cores})"))
@@ -154,23 +165,19 @@ def run_train_bench(shapes=None, steps=None, rounds=7, threads=None, variants=No
         blocks.append((f"shape: batch {b}, {n} inputs -> {m} units; one training step = forward + "
                        f"backward (input and kernel); {rounds} rounds x {n_steps} steps after a "
                        f"warm-up; the B*N*M product tensor would be {b * n * m * 4 / 2**20:.0f} "
-                       "MiB", b, n, m, n_steps, chosen))
+                       f"MiB{where}", b, n, m, n_steps, with_dir(chosen, ("mam-fused",))))
         if ops:
-            other = [] if kernel_dir is None else [
-                (f"{label}@dir", variant, False, {fused.KERNEL_DIR_ENV: str(kernel_dir)})
-                for label, variant, _ in OP_VARIANTS[1:]]
-            where = "" if kernel_dir is None else f"; @dir: the same ops built from {kernel_dir}"
             blocks.append((f"kernels alone: batch {b}, {n} inputs -> {m} units; one eager call "
                            "a step: Dense's three GEMMs (x @ w, g @ w^T, x^T @ g), the fused MAM "
                            f"forward, the fused MAM backward on its indices{where}; {rounds} "
                            f"rounds x {n_steps} steps", b, n, m, n_steps,
-                           list(OP_VARIANTS) + other))
+                           with_dir(OP_VARIANTS, ("mam-forward", "mam-backward"))))
     for name in models:
         spec = MODELS[name]
         n_steps = steps or spec["steps"]
         blocks.append((f"model: {spec['what']}; batch {spec['batch']}; {rounds} rounds x "
-                       f"{n_steps} steps after a warm-up", spec["batch"], *spec["layer"], n_steps,
-                       list(spec["variants"])))
+                       f"{n_steps} steps after a warm-up{where}", spec["batch"], *spec["layer"],
+                       n_steps, with_dir(spec["variants"], (f"{name}-mam",))))
     rows = []
     for title, batch, n_in, units, n_steps, block_variants in blocks:
         out("\n" + title)
@@ -274,9 +281,11 @@ def add_bench_command(subparsers):
                    help="also time the kernels alone per shape: the fused forward and backward "
                         "ops against Dense's three GEMMs, one eager call a step")
     p.add_argument("--kernel-dir", metavar="DIR", default=None,
-                   help="with --ops: also time the fused ops built from the sources in DIR "
+                   help="also time every variant that runs the fused kernel (mam-fused, the -mam "
+                        "models, with --ops the fused ops) as built from the sources in DIR "
                         "(another checkout's mam_tf/kernels, e.g. a `git worktree` of an older "
-                        "commit), interleaved with this checkout's: two kernel versions in one run")
+                        "commit), as <variant>@dir, interleaved with this checkout's: two kernel "
+                        "versions in one run")
     p.add_argument("--rounds", type=int, default=7,
                    help="rounds; each runs every variant once, in a rotating order (default 7)")
     p.add_argument("--steps", type=int, default=None,

@@ -114,21 +114,32 @@ def test_ops_time_the_kernels_after_each_shape_and_another_kernel_dir_beside_the
     for name in ("mam_core.h", "mam_ops.cc"):
         (kernels / name).write_text("// another version\n")
     FakeWorker.calls = []
-    rows, text = _run(["--shape", "4x8x2", "--rounds", "2", "--ops", "--kernel-dir",
-                       str(kernels)])
-    assert [r["label"] for r in rows][2:] == ["dense-gemms", "mam-forward", "mam-backward",
-                                              "mam-forward@dir", "mam-backward@dir"]
-    envs = {c[1] + ("@" if c[4] else ""): c[4] for c in FakeWorker.calls if c[0] == "init"}
-    assert envs["op-mam-forward@"] == {"MAM_TF_KERNEL_DIR": str(kernels.resolve())}
-    assert f"@dir: the same ops built from {kernels.resolve()}" in text
+    rows, text = _run(["--shape", "4x8x2", "--rounds", "2", "--ops", "--model", "cs",
+                       "--kernel-dir", str(kernels)])
+    # Every variant that runs the fused kernel again, built from the other sources; the
+    # baselines (Dense, its GEMMs, the MAC model) once.
+    assert [r["label"] for r in rows] == [
+        "dense", "mam-fused", "mam-fused@dir", "dense-gemms", "mam-forward", "mam-backward",
+        "mam-forward@dir", "mam-backward@dir", "cs-mac", "cs-mam", "cs-mam@dir"]
+    envs = {}
+    for c in FakeWorker.calls:
+        if c[0] == "init":
+            envs.setdefault(c[1], []).append(c[4])
+    other = {"MAM_TF_KERNEL_DIR": str(kernels.resolve())}
+    for variant in ("mam", "op-mam-forward", "op-mam-backward", "cs-mam"):
+        assert envs[variant] == [{}, other], variant
+    for variant in ("dense", "op-gemms", "cs-mac"):
+        assert envs[variant] == [{}], variant
+    # Interleaved in the same rounds as the rest of its block.
+    runs = [c[1] for c in FakeWorker.calls if c[0] == "run" and c[3] != 2]
+    assert runs[:6] == ["dense", "mam", "mam", "mam", "mam", "dense"]  # round 2 starts later
+    assert text.count(f"@dir: built from {kernels.resolve()}") == 3
 
 
-def test_a_kernel_dir_needs_ops_and_both_sources(fake, tmp_path):
-    with pytest.raises(ValueError, match="add --ops"):
-        bench_train.run_train_bench([(4, 8, 2)], kernel_dir=str(tmp_path), out=lambda line: None)
+def test_a_kernel_dir_needs_both_sources(fake, tmp_path):
     (tmp_path / "mam_core.h").write_text("")
     with pytest.raises(ValueError, match="lacks mam_ops.cc"):
-        bench_train.run_train_bench([(4, 8, 2)], ops=True, kernel_dir=str(tmp_path),
+        bench_train.run_train_bench([(4, 8, 2)], kernel_dir=str(tmp_path),
                                     out=lambda line: None)
     assert fake.calls == []
 
