@@ -394,6 +394,74 @@ def test_rising_products_search_every_step_and_stay_exact(rng):
     _assert_identical(x, w, g)
 
 
+# Work items of 16 rows or more run the value loop's bound test after the tracked slices (AVX-512
+# builds; others run the plain value loop, same bits): a group of 4 inputs is skipped where
+# max|x| * max|w| over it stays below every running extreme of its row. Random and ReLU data skip
+# most groups; ties (small integers) and rising products skip few, which rests the test for some
+# slices. Included: 8 and 4 valid columns in the last block (the floor takes valid lanes only),
+# a row of positive products only (its floor is negative: it never skips), groups of zeros
+# (bound 0), a partial last step, and rows that do not fill a tile of 4.
+BOUND_SHAPES = [(32, 3000, 40), (42, 2100, 36), (64, 5000, 100)]
+
+
+@pytest.mark.parametrize("kind", ["normal", "relu", "ties", "rising"])
+@pytest.mark.parametrize("shape", BOUND_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_fused_equals_reference_exactly_where_the_bound_test_skips_groups(rng, shape, kind):
+    b, n, m = shape
+    x, w, g = _normal_case(rng, shape)
+    if kind == "relu":
+        x = np.maximum(x, 0.0)
+    elif kind == "ties":
+        x = rng.integers(-3, 4, (b, n)).astype(np.float32)
+        w = rng.integers(-3, 4, (n, m)).astype(np.float32)
+    elif kind == "rising":  # every step raises the extremes of most rows
+        x = x * np.linspace(0.01, 10.0, n, dtype=np.float32)
+    x[1] = np.abs(x[1])
+    w[:, 2] = np.abs(w[:, 2]) + 0.5  # row 1, column 2: positive products only
+    _assert_identical(x, w, g)
+    if kind == "normal":  # and the numpy statement of the semantics
+        y, amax, amin = (t.numpy() for t in fused.forward(x, w))
+        ny, namax, namin = npref.mam_forward(x, w)
+        np.testing.assert_array_equal(y, ny)
+        np.testing.assert_array_equal(amax, namax)
+        np.testing.assert_array_equal(amin, namin)
+
+
+def test_ties_and_the_least_rise_beside_skipped_groups_are_found(rng):
+    # Powers of two make every product and bound exact. Inputs 100 and 101 set every row's
+    # extremes to +-0.5, far above the other products (at most 1/16), whose groups are skipped.
+    # Late in each row one input ties the max and one the min (the earlier index stays), and
+    # one raises one column's max, another lowers one column's min, by the least float step:
+    # their groups' bounds reach the floor, so they run.
+    b, n, m = 64, 4096, 32
+
+    def small(shape):
+        sign = np.where(rng.random(shape) < 0.5, -1.0, 1.0)
+        return (np.ldexp(1.0, rng.integers(-5, -1, shape)) * sign).astype(np.float32)
+
+    x, w = small((b, n)), small((n, m))
+    x[:, 100:102] = 1.0
+    w[100], w[101] = 0.5, -0.5
+    step = np.nextafter(np.float32(0.5), np.float32(1.0))
+    for r in range(b):
+        tie_max, tie_min, up, down = 1000 + 8 * r, 1003 + 8 * r, 2000 + 8 * r, 3001 + 8 * r
+        x[r, [tie_max, tie_min, up, down]] = 1.0
+        w[tie_max], w[tie_min] = 0.5, -0.5
+        w[up, r % m], w[down, (r + 5) % m] = step, -step
+    g = rng.standard_normal((b, m)).astype(np.float32)
+    _assert_identical(x, w, g)
+    y, amax, amin = (t.numpy() for t in fused.forward(x, w))
+    ny, namax, namin = npref.mam_forward(x, w)
+    np.testing.assert_array_equal(amax, namax)
+    np.testing.assert_array_equal(amin, namin)
+    np.testing.assert_array_equal(y, ny)
+    rows = np.arange(b)
+    assert (amax[rows, rows % m] == 2000 + 8 * rows).all()  # the least rise is the max
+    assert (amin[rows, (rows + 5) % m] == 3001 + 8 * rows).all()
+    assert (amax[:, 7][rows % m != 7] == 100).all()  # a tie keeps the earlier index
+    assert (amin[:, 7][(rows + 5) % m != 7] == 101).all()
+
+
 def test_big_dw_is_zeroed_first_and_stays_exact(rng):
     # N * M above the backward's threshold: dw zeroed by rows in a first pass, ties included.
     x = rng.integers(-2, 3, (33, 9000)).astype(np.float32)

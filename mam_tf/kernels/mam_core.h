@@ -62,6 +62,8 @@ constexpr int kTrackRows = 1;
 constexpr int64_t kChunk = 128;
 // Inputs per step of the value-only loop; see forward_tile.
 constexpr int64_t kStep = 16;
+// Inputs per group of the value loop's bound test; see forward_tile_bounded.
+constexpr int64_t kGroup = 4;
 
 struct ForwardState {  // running max/min and their indices for one row and one column block
   VF mx[kVecs], mn[kVecs];
@@ -207,12 +209,23 @@ static inline void forward_tile_tracking(const float* x, int64_t ldx, const floa
       const VF xb = splat(x[r * ldx + i]);
       for (int v = 0; v < kVecs; ++v) {
         const VF p = xb * wv[v];
+#if defined(__AVX512F__)
+        // The compares straight into mask registers: the generic form below makes GCC copy
+        // both extremes every product.
+        const __mmask16 gt = _mm512_cmp_ps_mask((__m512)(p), (__m512)(mx[r][v]), _CMP_GT_OQ);
+        const __mmask16 lt = _mm512_cmp_ps_mask((__m512)(p), (__m512)(mn[r][v]), _CMP_LT_OQ);
+        mx[r][v] = keep_max(p, mx[r][v]);
+        ix[r][v] = (VI)(_mm512_mask_mov_epi32((__m512i)(ix[r][v]), gt, (__m512i)(iv)));
+        mn[r][v] = keep_min(p, mn[r][v]);
+        in[r][v] = (VI)(_mm512_mask_mov_epi32((__m512i)(in[r][v]), lt, (__m512i)(iv)));
+#else
         const VI gt = p > mx[r][v];
         const VI lt = p < mn[r][v];
         mx[r][v] = keep_max(p, mx[r][v]);
         ix[r][v] = gt ? iv : ix[r][v];
         mn[r][v] = keep_min(p, mn[r][v]);
         in[r][v] = lt ? iv : in[r][v];
+#endif
       }
     }
     iv += 1;
@@ -363,6 +376,135 @@ static inline void forward_tile(const float* x, int64_t ldx, const float* w, int
   }
 }
 
+#if defined(__AVX512F__)
+// Rows of a bounded tile: the (row, group) pairs of a step fill one test vector.
+constexpr int kBoundRows = kLanes / (kStep / kGroup);
+static_assert(kBoundRows == kRows, "a bounded tile replaces a value-loop tile");
+// After a slice where the bound test saved too little, this many slices run forward_tile.
+constexpr int64_t kBoundRest = 4;
+
+// forward_tile<kRows, true> (the integer-max form: finite inputs, running max >= +0) that skips
+// the groups of kGroup inputs whose products cannot change the running extremes.
+//
+// For row r and group g of a step, X = max |x| over the group's inputs and W = wgroup's max |w|
+// over its kGroup x kBlock weights bound every product: |x * w| <= X * W, and rounding to float
+// is monotone, so |fl(x * w)| <= fl(X * W). The row's floor F is the least of max and -min over
+// its valid columns (ncols). If fl(X * W) < F, every product of the group is strictly below
+// every running max and strictly above every running min: no extreme and no index changes (a
+// tie would not either: the earlier index wins), and the group is skipped. Random and trained
+// data let a test skip most groups once a row's extremes have grown (past the tracked slices);
+// one vector multiply and compare test all (row, group) pairs of a step. The groups left run
+// one after another, their row's extremes in memory (a loop per row would mispredict once per
+// row), then the usual check and search of the rows that ran. A row's floor is recomputed when
+// its extremes changed; an older, lower floor only skips less. A NaN or infinite bound never
+// skips (the compare is "not less than", true when unordered). Adds the number of groups that
+// ran to *ran.
+static inline void forward_tile_bounded(const float* x, int64_t ldx, const float* w,
+                                        const VF* wgroup, int ncols, int64_t i0, int64_t i1,
+                                        ForwardState* st, const float* x_next, int64_t* ran) {
+  constexpr int R = kBoundRows;
+  constexpr int G = kStep / kGroup;
+  alignas(64) VF cmx[R][kVecs], cmn[R][kVecs];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < kVecs; ++v) {
+      cmx[r][v] = st[r].mx[v];
+      cmn[r][v] = st[r].mn[v];
+    }
+  const float inf = std::numeric_limits<float>::infinity();
+  auto row_floor = [&](int r) {
+    __m512 f = _mm512_set1_ps(inf);
+    for (int v = 0; v < kVecs; ++v) {
+      const int valid = std::max(0, std::min(kLanes, ncols - v * kLanes));
+      const __mmask16 lanes = static_cast<__mmask16>((1u << valid) - 1u);
+      const VF m = keep_min(cmx[r][v], -cmn[r][v]);
+      f = _mm512_mask_min_ps(f, lanes, f, (__m512)(m));
+    }
+    return _mm512_set1_ps(_mm512_reduce_min_ps(f));
+  };
+  auto row_lanes = [](int r) { return static_cast<__mmask16>(((1u << G) - 1u) << (r * G)); };
+  __m512 floor = _mm512_setzero_ps();
+  for (int r = 0; r < R; ++r) floor = _mm512_mask_mov_ps(floor, row_lanes(r), row_floor(r));
+  const __m512 abs_bits = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
+  // Lane r * G + g of the test vector <- lane g * kGroup of row r's group maxima.
+  const __m512i pick_pairs =
+      _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 0, 0, 0, 0, 0, 0, 0);
+  const __m512i pick_halves =
+      _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23);
+  for (int64_t s0 = i0; s0 < i1; s0 += kStep) {
+    const int64_t s1 = std::min(i1, s0 + kStep);
+    const float* ws = w + (s0 - i0) * kBlock;
+    for (int r = 0; r < R; ++r) __builtin_prefetch(x_next + r * ldx + s0);
+    uint32_t left = 0;  // bit r * G + g: group g of row r runs
+    uint32_t rows = 0;  // bit r: row r ran some group
+    if (s1 - s0 == kStep) {
+      __m512 gx[R];
+      for (int r = 0; r < R; ++r) {
+        __m512 a = _mm512_and_ps(_mm512_loadu_ps(x + r * ldx + s0), abs_bits);
+        a = _mm512_max_ps(a, _mm512_permute_ps(a, 0xb1));  // lanes k and k ^ 1
+        gx[r] = _mm512_max_ps(a, _mm512_permute_ps(a, 0x4e));  // and k ^ 2: the group's max
+      }
+      const __m512 lo = _mm512_permutex2var_ps(gx[0], pick_pairs, gx[1]);
+      const __m512 hi = _mm512_permutex2var_ps(gx[2], pick_pairs, gx[3]);
+      const __m512 bound = _mm512_mul_ps(_mm512_permutex2var_ps(lo, pick_halves, hi),
+                                         (__m512)(wgroup[(s0 - i0) / kStep]));
+      left = _mm512_cmp_ps_mask(bound, floor, _CMP_NLT_UQ);
+      *ran += __builtin_popcount(left);
+      if (left == 0) continue;
+    } else {  // a partial step, the slice's last: every product
+      rows = (1u << R) - 1u;
+      *ran += R * G;
+      for (int64_t i = s0; i < s1; ++i)
+        for (int r = 0; r < R; ++r) {
+          const VF xb = splat(x[r * ldx + i]);
+          for (int v = 0; v < kVecs; ++v) {
+            const VF p = xb * load(ws + (i - s0) * kBlock + v * kLanes);
+            cmx[r][v] = max_step<true>(p, cmx[r][v]);
+            cmn[r][v] = p < cmn[r][v] ? p : cmn[r][v];
+          }
+        }
+    }
+    for (; left != 0; left &= left - 1) {
+      const int k = __builtin_ctz(left);
+      const int r = k / G;
+      rows |= 1u << r;
+      const int64_t g0 = s0 + (k % G) * kGroup;
+      VF mx[kVecs], mn[kVecs];
+      for (int v = 0; v < kVecs; ++v) {
+        mx[v] = cmx[r][v];
+        mn[v] = cmn[r][v];
+      }
+      for (int64_t i = g0; i < g0 + kGroup; ++i) {
+        const VF xb = splat(x[r * ldx + i]);
+        for (int v = 0; v < kVecs; ++v) {
+          const VF p = xb * load(ws + (i - s0) * kBlock + v * kLanes);
+          mx[v] = max_step<true>(p, mx[v]);
+          mn[v] = p < mn[v] ? p : mn[v];
+        }
+      }
+      for (int v = 0; v < kVecs; ++v) {
+        cmx[r][v] = mx[v];
+        cmn[r][v] = mn[v];
+      }
+    }
+    for (; rows != 0; rows &= rows - 1) {
+      const int r = __builtin_ctz(rows);
+      uint32_t ub[kVecs], db[kVecs], changed = 0;
+      for (int v = 0; v < kVecs; ++v) {
+        ub[v] = gt_bits(cmx[r][v], st[r].mx[v]);
+        db[v] = gt_bits(st[r].mn[v], cmn[r][v]);
+        changed |= ub[v] | db[v];
+      }
+      if (__builtin_expect(changed == 0, 1)) continue;
+      for (int v = 0; v < kVecs; ++v)
+        if (ub[v] | db[v])
+          search_step(x + r * ldx, ws + v * kLanes, s0, s1, cmx[r][v], cmn[r][v], ub[v], db[v],
+                      &st[r].mx[v], &st[r].ix[v], &st[r].mn[v], &st[r].in[v]);
+      floor = _mm512_mask_mov_ps(floor, row_lanes(r), row_floor(r));
+    }
+  }
+}
+#endif
+
 // Whether the n floats at v are all finite: v * 0 is 0 for finite v and NaN otherwise, so the
 // sum of those is 0 or NaN. (Four sums: one would be a chain of dependent adds.)
 static inline bool all_finite(const float* v, int64_t n) {
@@ -394,17 +536,23 @@ static inline bool max_sign_clear(const ForwardState* st) {
 // Scratch for forward_block: the packed slice of w.
 struct ForwardScratch {
   alignas(64) float w[kChunk * kBlock];
+  // Per step of the slice, for forward_tile_bounded: lane r * (kStep / kGroup) + g (every r)
+  // holds the largest |w| of the step's group g (kGroup inputs x kBlock columns).
+  VF wgroup[kChunk / kStep];
 };
 
 // Runs R rows (their x at x, row stride N, state st) over one packed slice: with index
 // tracking if `track` (always for the first slice, i0 == 0, which starts the state; with `out`
 // (see forward_tile_tracking) it is also the last and writes the outputs), else the value loop,
-// in the integer-max form where that is exact (finite inputs, running max >= +0). Returns false
-// when some x in the slice is not finite.
+// in the integer-max form where that is exact (finite inputs, running max >= +0), with the
+// bound test where `wgroup` is given (then *ran counts the groups that ran). Returns false when
+// some x in the slice is not finite.
 template <int R>
 static inline bool forward_slice(const float* x, int64_t N, const float* w, int64_t i0,
                                  int64_t i1, bool w_finite, bool track, ForwardState* st,
-                                 const float* x_next, const TileOut* out) {
+                                 const float* x_next, const TileOut* out,
+                                 const VF* wgroup = nullptr, int ncols = 0,
+                                 int64_t* ran = nullptr) {
   bool finite = w_finite;
   for (int r = 0; r < R; ++r) finite &= all_finite(x + r * N + i0, i1 - i0);
   if (i0 == 0) {
@@ -412,6 +560,14 @@ static inline bool forward_slice(const float* x, int64_t N, const float* w, int6
   } else if (track) {
     forward_tile_tracking<R, false>(x, N, w, i0, i1, st, nullptr);
   } else if (finite && max_sign_clear<R>(st)) {
+#if defined(__AVX512F__)
+    if constexpr (R == kBoundRows) {
+      if (wgroup != nullptr) {
+        forward_tile_bounded(x, N, w, wgroup, ncols, i0, i1, st, x_next, ran);
+        return finite;
+      }
+    }
+#endif
     forward_tile<R, true>(x, N, w, i0, i1, st, x_next);
   } else {
     forward_tile<R, false>(x, N, w, i0, i1, st, x_next);
@@ -448,6 +604,13 @@ static bool forward_block(const float* x, const float* w, int64_t N, int64_t M, 
   const bool whole = N <= kChunk && ncols == kBlock;
   bool finite = true;
   bool track = true;  // the first slice always tracks; later ones while records stay frequent
+#if defined(__AVX512F__)
+  // The bound test where it pays: rows enough to share the cost of wgroup (per slice), and
+  // while it lets most groups skip. After a slice that ran more than 40% of its groups (ties,
+  // monotone data: the plain loop is faster there) the next kBoundRest slices do without it.
+  const bool bound_rows = rows >= 4 * kBoundRows;
+  int64_t bound_rest = 0;
+#endif
   for (int64_t i0 = 0; i0 < N; i0 += kChunk) {
     const int64_t i1 = std::min(N, i0 + kChunk);
     // Packing makes the slice contiguous (w's rows are M floats apart, which maps a column
@@ -474,6 +637,27 @@ static bool forward_block(const float* x, const float* w, int64_t N, int64_t M, 
       }
     }
     const bool w_finite = all_finite(s->w, (i1 - i0) * kBlock);
+    const VF* wgroup = nullptr;
+    int64_t ran = 0;
+#if defined(__AVX512F__)
+    if (!track && w_finite && bound_rows && bound_rest-- <= 0) {
+      constexpr int64_t G = kStep / kGroup;
+      const VI abs_bits = VI{} + static_cast<int32_t>(0x7fffffff);
+      for (int64_t k = 0; k * kStep < i1 - i0; ++k) {
+        float most[G];
+        for (int64_t g = 0; g < G; ++g) {
+          VF m = VF{};
+          for (int64_t i = k * kStep + g * kGroup;
+               i < std::min(i1 - i0, k * kStep + (g + 1) * kGroup); ++i)
+            for (int v = 0; v < kVecs; ++v)
+              m = keep_max((VF)((VI)(load(s->w + i * kBlock + v * kLanes)) & abs_bits), m);
+          most[g] = _mm512_reduce_max_ps((__m512)(m));
+        }
+        for (int l = 0; l < kLanes; ++l) s->wgroup[k][l] = most[l % G];
+      }
+      wgroup = s->wgroup;
+    }
+#endif
     // x + i0 of row b: the next rows' inputs [i0, i1) are prefetched while these run; the last
     // rows prefetch the first rows' next slice (a hint: never read, so never out of bounds).
     auto at = [&](int64_t r) { return r < rows ? x + (b0 + r) * N + i0 : x + b0 * N + i1; };
@@ -492,8 +676,15 @@ static bool forward_block(const float* x, const float* w, int64_t N, int64_t M, 
     } else {
       for (; r + kRows <= rows; r += kRows)
         finite &= forward_slice<kRows>(at(r) - i0, N, s->w, i0, i1, w_finite, false, st + r,
-                                       at(r + kRows) - i0, nullptr);
+                                       at(r + kRows) - i0, nullptr, wgroup, ncols, &ran);
     }
+#if defined(__AVX512F__)
+    if (wgroup != nullptr) {
+      const int64_t groups = (rows / kRows) * kRows * ((i1 - i0 + kStep - 1) / kStep) *
+                             (kStep / kGroup);
+      bound_rest = ran * 10 > groups * 4 ? kBoundRest : 0;
+    }
+#endif
     for (; r < rows; ++r)
       finite &= forward_slice<1>(at(r) - i0, N, s->w, i0, i1, w_finite, track, st + r,
                                  at(r + 1) - i0, i0 == 0 ? out_of(r) : nullptr);
