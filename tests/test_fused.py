@@ -394,8 +394,8 @@ def test_rising_products_search_every_step_and_stay_exact(rng):
     _assert_identical(x, w, g)
 
 
-# Work items of 16 rows or more run the value loop's bound test after the tracked slices (AVX-512
-# builds; others run the plain value loop, same bits): a group of 4 inputs is skipped where
+# Tiles of 4 rows run the value loop's bound test after the tracked slices (AVX-512 builds;
+# others run the plain value loop, same bits): a group of 4 inputs is skipped where
 # max|x| * max|w| over it stays below every running extreme of its row. Random and ReLU data skip
 # most groups; ties (small integers) and rising products skip few, which rests the test for some
 # slices. Included: 8 and 4 valid columns in the last block (the floor takes valid lanes only),

@@ -380,8 +380,10 @@ static inline void forward_tile(const float* x, int64_t ldx, const float* w, int
 // Rows of a bounded tile: the (row, group) pairs of a step fill one test vector.
 constexpr int kBoundRows = kLanes / (kStep / kGroup);
 static_assert(kBoundRows == kRows, "a bounded tile replaces a value-loop tile");
-// After a slice where the bound test saved too little, this many slices run forward_tile.
+// After a slice where the bound test saved too little, the next kBoundRest slices run
+// forward_tile, twice as many after each further such slice, at most kBoundRestMax.
 constexpr int64_t kBoundRest = 4;
+constexpr int64_t kBoundRestMax = 64;
 
 // forward_tile<kRows, true> (the integer-max form: finite inputs, running max >= +0) that skips
 // the groups of kGroup inputs whose products cannot change the running extremes.
@@ -533,7 +535,7 @@ static inline bool max_sign_clear(const ForwardState* st) {
   return !any_lane(neg);
 }
 
-// Scratch for forward_block: the packed slice of w.
+// Scratch for forward_block: the packed slice of w and its group maxima.
 struct ForwardScratch {
   alignas(64) float w[kChunk * kBlock];
   // Per step of the slice, for forward_tile_bounded: lane r * (kStep / kGroup) + g (every r)
@@ -605,11 +607,12 @@ static bool forward_block(const float* x, const float* w, int64_t N, int64_t M, 
   bool finite = true;
   bool track = true;  // the first slice always tracks; later ones while records stay frequent
 #if defined(__AVX512F__)
-  // The bound test where it pays: rows enough to share the cost of wgroup (per slice), and
-  // while it lets most groups skip. After a slice that ran more than 40% of its groups (ties,
-  // monotone data: the plain loop is faster there) the next kBoundRest slices do without it.
-  const bool bound_rows = rows >= 4 * kBoundRows;
-  int64_t bound_rest = 0;
+  // The bound test where it pays: on whole tiles of rows (their wgroup is computed once per
+  // slice), while it lets most groups skip. After a slice that ran more than 40% of its groups
+  // (ties, monotone data: the plain loop is faster there) the next slices do without it, more
+  // of them each time it fails again.
+  const bool bound_rows = rows >= kBoundRows;
+  int64_t bound_rest = 0, bound_rest_next = kBoundRest;
 #endif
   for (int64_t i0 = 0; i0 < N; i0 += kChunk) {
     const int64_t i1 = std::min(N, i0 + kChunk);
@@ -682,7 +685,12 @@ static bool forward_block(const float* x, const float* w, int64_t N, int64_t M, 
     if (wgroup != nullptr) {
       const int64_t groups = (rows / kRows) * kRows * ((i1 - i0 + kStep - 1) / kStep) *
                              (kStep / kGroup);
-      bound_rest = ran * 10 > groups * 4 ? kBoundRest : 0;
+      if (ran * 10 > groups * 4) {
+        bound_rest = bound_rest_next;
+        bound_rest_next = std::min(kBoundRestMax, 2 * bound_rest_next);
+      } else {
+        bound_rest_next = kBoundRest;
+      }
     }
 #endif
     for (; r < rows; ++r)
