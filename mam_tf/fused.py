@@ -14,7 +14,8 @@ compiler call against the installed TensorFlow (``tf.sysconfig`` flags, ``-march
 covers the sources, the compiler, every flag and the CPU's feature flags, so a changed source,
 TensorFlow or machine gets its own build. ``$MAM_TF_KERNEL_DIR`` builds from another directory
 of the same two sources instead (another checkout's ``mam_tf/kernels``: ``mam-tf bench train
---ops --kernel-dir`` times two kernel versions side by side). A file lock keeps parallel
+--kernel-dir`` times two kernel versions side by side), and ``$MAM_TF_MARCH`` replaces
+``-march=native`` (``MARCH_ENV``: the code paths of older CPUs, on this one). A file lock keeps parallel
 processes from compiling twice, and the finished directory appears by an atomic rename, so no
 process ever loads a half-written library. When any of this fails, ``available()`` is False, one
 ``FusedKernelWarning`` says why, and mam-tf uses the reference path. ``MAM_TF_FUSED=0`` turns
@@ -26,6 +27,7 @@ import contextlib
 import hashlib
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -56,6 +58,10 @@ LIBRARY_NAME = "mam_ops.so"
 # -ffp-contract=off: a product must stay a rounded multiply (no FMA into the backward's sums),
 # so that fused and reference agree bit for bit. -march=native: the cache key holds the CPU.
 CXXFLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-shared", "-fPIC", "-w")
+#: Another -march than native for the build (e.g. x86-64-v3: AVX2, x86-64-v2: SSE4.2), to run
+#: the code paths of other CPUs on this one. A level this CPU cannot execute kills the process
+#: with an illegal instruction when the library loads: a knob for testing, not for speed.
+MARCH_ENV = "MAM_TF_MARCH"
 BUILD_TIMEOUT_S = 600
 
 
@@ -87,9 +93,18 @@ def _cpu_signature() -> str:
     return f"{platform.machine()} {platform.processor()} {flags}"
 
 
+def _cxxflags() -> tuple:
+    march = os.environ.get(MARCH_ENV, "").strip()
+    if not march:
+        return CXXFLAGS
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", march):
+        raise RuntimeError(f"${MARCH_ENV} is {march!r}; give a -march value such as x86-64-v3")
+    return tuple(f"-march={march}" if flag == "-march=native" else flag for flag in CXXFLAGS)
+
+
 def _build_command(cxx: str, source: Path, output: Path) -> list[str]:
     return [
-        cxx, *CXXFLAGS, *tf.sysconfig.get_compile_flags(), str(source), "-o", str(output),
+        cxx, *_cxxflags(), *tf.sysconfig.get_compile_flags(), str(source), "-o", str(output),
         *tf.sysconfig.get_link_flags(),
     ]
 

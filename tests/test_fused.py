@@ -480,29 +480,68 @@ np.savez(sys.argv[2], **out)
 """
 
 
-def test_one_and_three_threads_give_the_same_bits_as_this_process(rng, tmp_path):
-    import subprocess
-    import sys
-
-    shapes = [(130, 700, 70), (9, 5000, 33), (256, 48, 256)]
+def _mixed_cases(rng, shapes):
+    """Half-integer x (ties) with a normal column in every 7, normal w and g, per shape."""
     data = {}
     for k, (b, n, m) in enumerate(shapes):
         data[f"x{k}"] = rng.integers(-3, 4, (b, n)).astype(np.float32) * 0.5
         data[f"x{k}"][:, ::7] = rng.standard_normal((b, len(range(0, n, 7))))
         data[f"w{k}"] = rng.standard_normal((n, m)).astype(np.float32)
         data[f"g{k}"] = rng.standard_normal((b, m)).astype(np.float32)
+    return data
+
+
+def _assert_subprocess_gives_these_bits(data, tmp_path, env, what):
+    """Runs the fused ops on `data` in a fresh process with `env` added: the same bytes here."""
+    import subprocess
+    import sys
+
     np.savez(tmp_path / "in.npz", **data)
-    here = {}
-    for k in range(len(shapes)):
-        here.update({f"{name}{k}": v for name, v in zip(
-            ("y", "amax", "amin", "dx", "dw"),
-            _fused(data[f"x{k}"], data[f"w{k}"], data[f"g{k}"]))})
+    out = tmp_path / "out.npz"
+    proc = subprocess.run([sys.executable, "-c", _THREADS_SCRIPT, str(tmp_path / "in.npz"),
+                           str(out)], env={**os.environ, **env}, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = np.load(out)
+    for k in range(len(data) // 3):
+        here = _fused(data[f"x{k}"], data[f"w{k}"], data[f"g{k}"])
+        for name, want in zip(("y", "amax", "amin", "dx", "dw"), here):
+            assert got[f"{name}{k}"].tobytes() == want.tobytes(), f"{name}{k} differs {what}"
+
+
+def test_one_and_three_threads_give_the_same_bits_as_this_process(rng, tmp_path):
+    data = _mixed_cases(rng, [(130, 700, 70), (9, 5000, 33), (256, 48, 256)])
     for threads in (1, 3):
-        out = tmp_path / f"out{threads}.npz"
-        env = {**os.environ, "TF_NUM_INTRAOP_THREADS": str(threads)}
-        proc = subprocess.run([sys.executable, "-c", _THREADS_SCRIPT, str(tmp_path / "in.npz"),
-                               str(out)], env=env, capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        got = np.load(out)
-        for key, want in here.items():
-            assert got[key].tobytes() == want.tobytes(), f"{key} differs with {threads} threads"
+        _assert_subprocess_gives_these_bits(data, tmp_path, {"TF_NUM_INTRAOP_THREADS":
+                                                             str(threads)},
+                                            f"with {threads} threads")
+
+
+def _cpu_has(flag):
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and flag in line.split() for line in f)
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _cpu_has("avx2"), reason="needs an x86-64 CPU with AVX2 (reads "
+                                                  "/proc/cpuinfo) to run the older builds")
+def test_avx2_and_sse_builds_give_the_same_bits_as_the_native_one(rng, tmp_path):
+    # The same source built for AVX2 (8 lanes, 2-row tiles, no bound test) and SSE4.2 (4 lanes)
+    # through $MAM_TF_MARCH: the code paths of those CPUs, and the same bytes as this build
+    # (on an AVX-512 machine: 16 lanes, and the bound test on the 64 x 5000 rows).
+    data = _mixed_cases(rng, [(130, 700, 70), (9, 5000, 33), (256, 48, 256)])
+    data["x3"], data["w3"], data["g3"] = _normal_case(rng, (64, 5000, 100))
+    for march in ("x86-64-v3", "x86-64-v2"):
+        _assert_subprocess_gives_these_bits(data, tmp_path, {fused.MARCH_ENV: march},
+                                            f"when built with -march={march}")
+
+
+def test_a_bad_march_is_named_and_the_reference_path_works(monkeypatch, fresh_state, rng):
+    monkeypatch.setenv(fused.MARCH_ENV, "native; rm -rf ~")
+    with pytest.warns(fused.FusedKernelWarning, match=r"MAM_TF_MARCH is 'native; rm -rf ~'"):
+        assert not fused.available()
+    x, w, _ = _normal_case(rng, (3, 40, 5))
+    y, _, _ = ops.mam_forward(x, w)
+    np.testing.assert_array_equal(y.numpy(), npref.mam_forward(x, w)[0])
