@@ -15,11 +15,11 @@ covers the sources, the compiler, every flag and the CPU's feature flags, so a c
 TensorFlow or machine gets its own build. ``$MAM_TF_KERNEL_DIR`` builds from another directory
 of the same two sources instead (another checkout's ``mam_tf/kernels``: ``mam-tf bench train
 --kernel-dir`` times two kernel versions side by side), and ``$MAM_TF_MARCH`` replaces
-``-march=native`` (``MARCH_ENV``: the code paths of older CPUs, on this one). A file lock keeps parallel
-processes from compiling twice, and the finished directory appears by an atomic rename, so no
-process ever loads a half-written library. When any of this fails, ``available()`` is False, one
-``FusedKernelWarning`` says why, and mam-tf uses the reference path. ``MAM_TF_FUSED=0`` turns
-the fast path off without a warning.
+``-march=native`` (``MARCH_ENV``: the code paths of older CPUs, on this one). A file lock keeps
+parallel processes from compiling twice, and the finished directory appears by an atomic
+rename, so no process ever loads a half-written library. When any of this fails,
+``available()`` is False, one ``FusedKernelWarning`` says why, and mam-tf uses the reference
+path. ``MAM_TF_FUSED=0`` turns the fast path off without a warning.
 """
 from __future__ import annotations
 
