@@ -1,5 +1,5 @@
 // TensorFlow CPU ops around the fused MAM core (mam_core.h): shape and index validation, output
-// allocation, and the split of the work over TensorFlow's intra-op thread pool. Pieces never
+// allocation, and the split of the work over helper threads (see parallel_for). Pieces never
 // write to the same element, and every element's sum order is fixed by the core, so results are
 // identical for any thread count. Kernels hold no state: concurrent calls are safe.
 #include <algorithm>
@@ -29,19 +29,31 @@ using tensorflow::shape_inference::ShapeHandle;
 using ThreadPool = tensorflow::thread::ThreadPool;
 
 // Runs fn(k, k + 1) for every item k of [0, total), shared out dynamically: the calling thread
-// and up to (intra-op threads - 1) helpers from TensorFlow's intra-op pool (tf.config.threading's
-// setting) claim items one at a time from a counter until none is left. cost is an estimate in
-// cycles of one item; a helper is woken per kCyclesPerHelper of work (about 0.3 ms), less work
-// runs on the caller alone. Measured on a 2-core machine: a helper starts 50-300 us after it is
-// scheduled (100 us at a load average of 1.4), and the items it does leave their outputs in
-// the other core's cache for the next op; at batch 256, 48 -> 256 (a 0.2 ms forward, a 0.2 ms
-// backward on one core) a training step with a helper took 0.86-0.89 ms, without 0.75 ms.
+// and up to (intra-op threads - 1) helpers (tf.config.threading's intra-op setting caps them)
+// claim items one at a time from a counter until none is left. cost is an estimate in cycles of
+// one item; a helper is woken per cycles_per_helper of work, less work runs on the caller alone.
+//
+// Helpers go to the executor's runner (ctx->runner(): the inter-op pool that runs the step's
+// ops, in graphs, tf.function and eager alike) where there is one, else to the intra-op pool.
+// The runner's threads have just run the ops before this one and are still awake: measured on a
+// 2-core machine (`mam-tf bench train`-style interleaved rounds of a MAMDense step in a
+// tf.function, x Dense), at batch 256, 48 -> 256 the step went from 1.60x to 1.35x with a runner
+// helper and to 1.70x with an intra-op helper (its threads sleep at these sizes and started
+// 50-300 us late); at 256 x 768 -> 256 1.42x -> 1.34x, at the seed's 128 x 16384 -> 128
+// 0.71x -> 0.70x against intra-op helpers.
 //
 // The caller never waits for a helper to start: on a machine whose cores are busy with other
-// jobs a helper may run milliseconds late, and then the caller has done the items itself (a
-// static split, like ThreadPool::ParallelFor's, would wait for the late thread's share). It
+// jobs or ops a helper may run milliseconds late, and then the caller has done the items itself
+// (a static split, like ThreadPool::ParallelFor's, would wait for the late thread's share). It
 // waits only for items a helper has claimed. A helper that starts after the last item was
 // claimed touches nothing but the shared counters, which it keeps alive itself.
+//
+// The forward's threshold: at 128 x 48 -> 256 (~200k cycles by its estimate) and 32 x 256 -> 256
+// a helper changed nothing, at 64 x 48 -> 256 (~100k) it cost 1%, from ~400k it gains.
+constexpr int64_t kForwardCyclesPerHelper = 300000;
+// The backward's: its small layers run one serial pass over dx and dw (backward_serial), faster
+// than the split into dx rows and dw pieces that a helper needs; a helper there gained nothing
+// at batch 256, 48 -> 256 and lost 3% at 64 x 256 -> 256.
 constexpr int64_t kCyclesPerHelper = 1000000;
 // The backward writes dx and dw in one serial pass (mam_core.h: backward_serial) when no helper
 // would run and dw has at most this many floats (256 KiB: its scattered adds stay in L2). At
@@ -71,25 +83,33 @@ struct SharedItems {
 };
 
 // How many helpers parallel_for wakes for `total` items of `cost` cycles each.
-int64_t helper_count(OpKernelContext* ctx, int64_t total, int64_t cost) {
+int64_t helper_count(OpKernelContext* ctx, int64_t total, int64_t cost,
+                     int64_t cycles_per_helper) {
   ThreadPool* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
   const double work = static_cast<double>(total) * static_cast<double>(std::max<int64_t>(cost, 1));
   return std::max<int64_t>(0, std::min<int64_t>(
       {static_cast<int64_t>(pool->NumThreads()) - 1, total - 1,
-       static_cast<int64_t>(work / kCyclesPerHelper)}));
+       static_cast<int64_t>(work / static_cast<double>(cycles_per_helper))}));
 }
 
-void parallel_for(OpKernelContext* ctx, int64_t total, int64_t cost,
+void parallel_for(OpKernelContext* ctx, int64_t total, int64_t cost, int64_t cycles_per_helper,
                   const std::function<void(int64_t, int64_t)>& fn) {
   if (total <= 0) return;
-  ThreadPool* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
-  const int64_t helpers = helper_count(ctx, total, cost);
+  const int64_t helpers = helper_count(ctx, total, cost, cycles_per_helper);
   if (helpers <= 0) {
     fn(0, total);
     return;
   }
   auto shared = std::make_shared<SharedItems>(total, fn);
-  for (int64_t h = 0; h < helpers; ++h) pool->Schedule([shared] { shared->work(); });
+  std::function<void(std::function<void()>)>* runner = ctx->runner();
+  ThreadPool* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
+  for (int64_t h = 0; h < helpers; ++h) {
+    if (runner != nullptr && *runner) {
+      (*runner)([shared] { shared->work(); });
+    } else {
+      pool->Schedule([shared] { shared->work(); });
+    }
+  }
   shared->work();
   std::unique_lock<std::mutex> lock(shared->mutex);
   shared->all_done.wait(lock, [&] { return shared->done.load() == total; });
@@ -198,7 +218,8 @@ class MamFusedForwardOp : public OpKernel {
     const int64_t groups = (B + group - 1) / group;
     const int64_t cost = group * N * mam::kBlock / 8;  // ~8 products per cycle
     std::atomic<bool> nonfinite{false};
-    parallel_for(ctx, groups * blocks, cost, [&](int64_t begin, int64_t end) {
+    parallel_for(ctx, groups * blocks, cost, kForwardCyclesPerHelper,
+                 [&](int64_t begin, int64_t end) {
       // Default-initialised (make_unique would zero the 16 KiB that packing overwrites anyway).
       std::unique_ptr<mam::ForwardScratch> scratch(new mam::ForwardScratch);
       std::unique_ptr<mam::ForwardState[]> states(new mam::ForwardState[group]);
@@ -215,7 +236,7 @@ class MamFusedForwardOp : public OpKernel {
     // A NaN or infinite input can make NaN products, which the main pass skips: find the
     // outputs they reach (a slow pass, for this exceptional case only).
     if (nonfinite.load()) {
-      parallel_for(ctx, B, N * M, [&](int64_t b0, int64_t b1) {
+      parallel_for(ctx, B, N * M, kForwardCyclesPerHelper, [&](int64_t b0, int64_t b1) {
         mam::propagate_nan_rows(x, w, N, M, b0, b1, y);
       });
     }
@@ -271,7 +292,8 @@ class MamFusedBackwardOp : public OpKernel {
     const int64_t pieces = (M + mam::kPiece - 1) / mam::kPiece;
     // A small layer whose items would all run on this thread: one pass writes both
     // (mam_core.h: backward_serial). (Its dw is below zero_first's size: the items are these.)
-    if (N * M <= kSerialDwFloats && helper_count(ctx, dx_items + pieces, dx_cost) == 0) {
+    if (N * M <= kSerialDwFloats &&
+        helper_count(ctx, dx_items + pieces, dx_cost, kCyclesPerHelper) == 0) {
       mam::backward_serial(g, x, w, amax, amin, B, N, M, dx, dw);
       return;
     }
@@ -286,7 +308,7 @@ class MamFusedBackwardOp : public OpKernel {
       }
     };
     parallel_for(ctx, dx_items + zero_items + (zero_first ? 0 : pieces), dx_cost,
-                 [&](int64_t begin, int64_t end) {
+                 kCyclesPerHelper, [&](int64_t begin, int64_t end) {
       for (int64_t item = begin; item < end; ++item) {
         if (item < dx_items) {
           const int64_t b0 = item * dx_rows;
@@ -300,7 +322,7 @@ class MamFusedBackwardOp : public OpKernel {
       }
     });
     // A piece of a dw this big misses the cache on most adds: ~32 cycles a term.
-    if (zero_first) parallel_for(ctx, pieces, 64 * B * mam::kPiece, dw_pieces);
+    if (zero_first) parallel_for(ctx, pieces, 64 * B * mam::kPiece, kCyclesPerHelper, dw_pieces);
   }
 };
 
