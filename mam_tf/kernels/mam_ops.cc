@@ -35,12 +35,11 @@ using ThreadPool = tensorflow::thread::ThreadPool;
 //
 // Helpers go to the executor's runner (ctx->runner(): the inter-op pool that runs the step's
 // ops, in graphs, tf.function and eager alike) where there is one, else to the intra-op pool.
-// The runner's threads have just run the ops before this one and are still awake: measured on a
-// 2-core machine (`mam-tf bench train`-style interleaved rounds of a MAMDense step in a
-// tf.function, x Dense), at batch 256, 48 -> 256 the step went from 1.60x to 1.35x with a runner
-// helper and to 1.70x with an intra-op helper (its threads sleep at these sizes and started
-// 50-300 us late); at 256 x 768 -> 256 1.42x -> 1.34x, at the seed's 128 x 16384 -> 128
-// 0.71x -> 0.70x against intra-op helpers.
+// The runner's threads have just run the ops before this one and are still awake. On a 2-core
+// machine, a MAMDense training step in a tf.function, x Dense: at batch 256, 48 -> 256 ~1.6x on
+// one thread, ~1.35x with a runner helper, ~1.7x with an intra-op helper (those threads sleep at
+// these sizes and started 50-300 us late); at 256 x 768 -> 256 1.33x -> 1.24x against
+// intra-op helpers (`mam-tf bench train --kernel-dir`, README).
 //
 // The caller never waits for a helper to start: on a machine whose cores are busy with other
 // jobs or ops a helper may run milliseconds late, and then the caller has done the items itself
