@@ -17,11 +17,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    from mam_tf.convert import add_convert_command
+    from mam_tf.deploy.convert import add_convert_command
 
     add_convert_command(sub)
 
-    from mam_tf.runtime import add_run_command
+    from mam_tf.deploy.runtime import add_run_command
 
     add_run_command(sub)
 
@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_reproduce_command(sub)
 
-    from mam_tf.check import add_check_command
+    from mam_tf.deploy.check import add_check_command
 
     add_check_command(sub)
 
@@ -43,9 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
         "baseline measured in the same run.",
     )
     bench_sub = bench.add_subparsers(dest="bench_command", metavar="BENCHMARK")
-    from ecg_data.bench import add_bench_command as add_data_bench
-    from mam_tf.bench_mcu import add_bench_command as add_mcu_bench
-    from mam_tf.bench_train import add_bench_command as add_train_bench
+    from mam_tf.bench.data import add_bench_command as add_data_bench
+    from mam_tf.bench.mcu import add_bench_command as add_mcu_bench
+    from mam_tf.bench.train import add_bench_command as add_train_bench
 
     add_train_bench(bench_sub)
     add_mcu_bench(bench_sub)

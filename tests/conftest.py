@@ -10,7 +10,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from mam_tf._compat import tf  # noqa: E402
+from mam_tf.train.compat import tf  # noqa: E402
 
 _cpus = tf.config.list_physical_devices("CPU")
 try:
@@ -28,7 +28,7 @@ def rng():
 
 @pytest.fixture(autouse=True)
 def _fresh_keras_session():
-    from mam_tf._compat import keras
+    from mam_tf.train.compat import keras
 
     keras.backend.clear_session()
     tf.random.set_seed(0)

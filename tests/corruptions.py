@@ -2,9 +2,10 @@
 Prepare) and the host runtime test (the host refuses them with the same words)."""
 import numpy as np
 
-from mam_tf import flatbuffer as fb
-from mam_tf import MAMDense, options
-from mam_tf._compat import keras
+from mam_tf.deploy import flatbuffer as fb
+from mam_tf import MAMDense
+from mam_tf.deploy import options
+from mam_tf.train.compat import keras
 
 
 def prune(layer, rng, frac, gap=None):
@@ -28,7 +29,7 @@ def model_a():
 
 def converted_a(mode):
     """model_a converted (per-row scales), as the glue test converts it."""
-    from mam_tf.convert import convert
+    from mam_tf.deploy.convert import convert
 
     keras.backend.clear_session()
     model, n = model_a()

@@ -5,11 +5,13 @@ import json
 import numpy as np
 import pytest
 
-from mam_tf import bench, bench_train, cli
+from mam_tf import cli
+from mam_tf.bench import steps
+from mam_tf.bench import train
 
 
 class FakeWorker:
-    """Stands in for bench.Worker: a fixed step time per variant, every call recorded."""
+    """Stands in for steps.Worker: a fixed step time per variant, every call recorded."""
 
     calls = []
     seconds = {"dense": 0.010, "mam": 0.020, "mam-reference": 0.500, "ecg-mac": 0.100,
@@ -35,17 +37,17 @@ class FakeWorker:
 @pytest.fixture
 def fake(monkeypatch):
     FakeWorker.calls = []
-    monkeypatch.setattr(bench, "Worker", FakeWorker)
-    monkeypatch.setattr(bench_train, "_load", lambda: (0.5, 0.4, 0.3))
+    monkeypatch.setattr(steps, "Worker", FakeWorker)
+    monkeypatch.setattr(train, "_load", lambda: (0.5, 0.4, 0.3))
     return FakeWorker
 
 
 def _run(argv):
     lines = []
     args = cli.build_parser().parse_args(["bench", "train", *argv])
-    assert args.func is bench_train._cmd_train
-    variants = [v[0] for v in bench_train.LAYER_VARIANTS] if args.all else args.variants
-    rows = bench_train.run_train_bench(args.shape, steps=args.steps, rounds=args.rounds,
+    assert args.func is train._cmd_train
+    variants = [v[0] for v in train.LAYER_VARIANTS] if args.all else args.variants
+    rows = train.run_train_bench(args.shape, steps=args.steps, rounds=args.rounds,
                                        threads=args.threads, variants=variants,
                                        model=args.model, ops=args.ops,
                                        kernel_dir=args.kernel_dir, out=lines.append)
@@ -71,8 +73,8 @@ def test_rounds_interleave_the_variants_in_rotating_order(fake):
 
 
 def test_default_is_dense_and_fused_and_a_busy_machine_is_flagged(fake, monkeypatch):
-    monkeypatch.setattr(bench_train, "_load", lambda: (9.0, 8.0, 7.0))
-    monkeypatch.setattr(bench_train.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(train, "_load", lambda: (9.0, 8.0, 7.0))
+    monkeypatch.setattr(train.os, "cpu_count", lambda: 2)
     rows, text = _run(["--shape", "4x8x2", "--rounds", "2", "--threads", "1"])
     assert [r["label"] for r in rows] == ["dense", "mam-fused"]
     inits = [c for c in fake.calls if c[0] == "init"]
@@ -111,7 +113,7 @@ def test_ops_time_the_kernels_after_each_shape_and_another_kernel_dir_beside_the
     assert "kernels alone: batch 4, 8 inputs -> 2 units" in text and "x dense-gemms" in text
     kernels = tmp_path / "kernels"
     kernels.mkdir()
-    for name in ("mam_core.h", "mam_ops.cc"):
+    for name in ("mam_fused.h", "mam_fused_op.cc"):
         (kernels / name).write_text("// another version\n")
     FakeWorker.calls = []
     rows, text = _run(["--shape", "4x8x2", "--rounds", "2", "--ops", "--model", "cs",
@@ -137,21 +139,21 @@ def test_ops_time_the_kernels_after_each_shape_and_another_kernel_dir_beside_the
 
 
 def test_a_kernel_dir_needs_both_sources(fake, tmp_path):
-    (tmp_path / "mam_core.h").write_text("")
-    with pytest.raises(ValueError, match="lacks mam_ops.cc"):
-        bench_train.run_train_bench([(4, 8, 2)], kernel_dir=str(tmp_path),
+    (tmp_path / "mam_fused.h").write_text("")
+    with pytest.raises(ValueError, match="lacks mam_fused_op.cc"):
+        train.run_train_bench([(4, 8, 2)], kernel_dir=str(tmp_path),
                                     out=lambda line: None)
     assert fake.calls == []
 
 
 @pytest.mark.slow
 def test_op_steps_run_the_fused_ops_and_the_gemms():
-    from mam_tf import fused
+    from mam_tf.train import fused
 
     if not fused.available():
         pytest.skip(f"fused kernel unavailable: {fused.unavailable_reason()}")
-    for variant in bench.OP_VARIANTS:
-        runner = bench.StepRunner(variant, 6, 40, 9)
+    for variant in steps.OP_VARIANTS:
+        runner = steps.StepRunner(variant, 6, 40, 9)
         outputs = runner._step(runner._x)
         shapes = [tuple(t.shape) for t in outputs]
         assert shapes == {"op-mam-forward": [(6, 9)] * 3, "op-mam-backward": [(6, 40), (40, 9)],
@@ -161,7 +163,7 @@ def test_op_steps_run_the_fused_ops_and_the_gemms():
 
 def test_an_unknown_model_is_refused_before_any_work(fake):
     with pytest.raises(ValueError, match="unknown model 'nope'"):
-        bench_train.run_train_bench([(4, 8, 2)], model=["nope"], out=lambda line: None)
+        train.run_train_bench([(4, 8, 2)], model=["nope"], out=lambda line: None)
     assert fake.calls == []
 
 
@@ -183,11 +185,11 @@ def test_real_workers_time_each_variant_in_its_own_process(tmp_path):
 @pytest.mark.slow
 def test_the_oracle_steps_really_train_both_kinds():
     for variant in ("cs-mac", "cs-mam"):
-        runner = bench.StepRunner(variant, 8, 0, 0)
+        runner = steps.StepRunner(variant, 8, 0, 0)
         model = runner._keep[0]
         before = [w.numpy().copy() for w in model.trainable_weights]
-        steps = runner.run(2)
-        assert len(steps) == 2 and all(t > 0 for t, _ in steps)
+        times = runner.run(2)
+        assert len(times) == 2 and all(t > 0 for t, _ in times)
         kinds = {type(layer).__name__ for layer in model.layers}
         assert ("MAMDense" in kinds) == (variant == "cs-mam")
         # Every layer's kernel moved: the loss reaches the whole model.
@@ -197,6 +199,6 @@ def test_the_oracle_steps_really_train_both_kinds():
 
 def test_a_failing_worker_names_its_variant():
     with pytest.raises(ValueError, match="unknown variant 'nope'"):
-        bench.StepRunner("nope", 2, 3, 4)
+        steps.StepRunner("nope", 2, 3, 4)
     with pytest.raises(RuntimeError, match="worker for nope at \\(2, 3, 4\\) failed"):
-        bench.Worker("nope", 2, 3, 4)
+        steps.Worker("nope", 2, 3, 4)

@@ -1,6 +1,6 @@
 """A corrupted model is an error, never a crash.
 
-- the model checker (mam_tf.check) on hand-made corruptions: each named problem is found;
+- the model checker (mam_tf.deploy.check) on hand-made corruptions: each named problem is found;
 - the host runtime refuses the corrupted MAM_SPARSE models the TFLM glue refuses, with the
   glue's words (tests/corruptions.py; no TFLM tree needed here);
 - `mam-tf check` / `mam-tf run` / `mam-tf convert`: one line and exit status 2 (1 for check);
@@ -10,10 +10,12 @@
 import numpy as np
 import pytest
 
-from mam_tf import check, fuzz, options
-from mam_tf import flatbuffer as fb
+from mam_tf.deploy import check
+from mam_tf.deploy import fuzz
+from mam_tf.deploy import options
+from mam_tf.deploy import flatbuffer as fb
 from mam_tf.cli import main
-from mam_tf.runtime import Interpreter
+from mam_tf.deploy.runtime import Interpreter
 
 from corruptions import CORRUPTIONS, converted_a, corrupt
 
@@ -124,7 +126,7 @@ def test_checker_names_each_problem(models, edit, message):
     bad = _edit(models["int8-fc-mam-mac"], edit)
     _, problems = check.check_model(bad)
     assert any(message in p for p in problems), problems
-    with pytest.raises(ValueError, match="mam_tf.runtime: the model: "):
+    with pytest.raises(ValueError, match="mam_tf.deploy.runtime: the model: "):
         Interpreter(bad, backend="core")
 
 
@@ -209,30 +211,31 @@ def test_non_finite_input_is_refused_naming_the_input(models):
 
 
 def test_core_refuses_values_that_do_not_fit_its_c_fields():
-    from mam_tf import core
-    from mam_tf.sparse import encode
+    from mam_tf.deploy import native
+    from mam_tf.deploy.offset_csr import encode
 
     csr = encode(np.array([[1, 0, 2], [0, 3, 0]], np.int8))
     x = np.zeros((1, 3), np.int8)
     with pytest.raises(ValueError, match=r"input_zero_point is 4294967296; it must lie in"):
-        core.mam_sparse(x, csr, None, [1 << 30], [0], input_zero_point=2**32)
+        native.mam_sparse(x, csr, None, [1 << 30], [0], input_zero_point=2**32)
     with pytest.raises(ValueError, match="act_max is 2147483648"):
-        core.mam_sparse(x, csr, None, [1 << 30], [0], act_max=2**31)
+        native.mam_sparse(x, csr, None, [1 << 30], [0], act_max=2**31)
     with pytest.raises(ValueError, match="shift holds 31..31; it must lie in -31..30"):
-        core.multiply_by_quantized_multiplier(5, 1 << 30, 31)
+        native.multiply_by_quantized_multiplier(5, 1 << 30, 31)
     with pytest.raises(ValueError, match="shift holds 8..8; it must lie in -31..7"):
-        core.multiply_by_quantized_multiplier_64(5, 1 << 30, 8)
+        native.multiply_by_quantized_multiplier_64(5, 1 << 30, 8)
     with pytest.raises(ValueError, match="exponent holds 32..32"):
-        core.rounding_divide_by_pot(5, 32)
+        native.rounding_divide_by_pot(5, 32)
     with pytest.raises(ValueError, match="multiplier must hold integers"):
-        core.mam_sparse(x, csr, None, [0.5], [0])
+        native.mam_sparse(x, csr, None, [0.5], [0])
 
 
 def test_core_runs_the_arrays_it_validated():
     """A strided offsets view set on the layout after construction: the call uses the same
     contiguous arrays for validation and kernel, so the result is the decoded matrix's."""
-    from mam_tf import core, reference
-    from mam_tf.sparse import encode
+    from mam_tf.deploy import native
+    from mam_tf.deploy import reference
+    from mam_tf.deploy.offset_csr import encode
 
     w = np.array([[1, 0, 2, 0], [0, 3, 0, 4]], np.int8)
     csr = encode(w)
@@ -241,7 +244,7 @@ def test_core_runs_the_arrays_it_validated():
     csr.offsets = wide[::2]  # a non-contiguous view holding the right values
     x = np.array([[5, -6, 7, -8]], np.int8)
     args = (x, csr, None, [1 << 30], [0])
-    np.testing.assert_array_equal(core.mam_sparse(*args), reference.mam_sparse(*args))
+    np.testing.assert_array_equal(native.mam_sparse(*args), reference.mam_sparse(*args))
 
 
 # ------------------------------------------------------------------------------------------
@@ -263,7 +266,7 @@ def test_check_command(tmp_path, models, capsys):
 @pytest.fixture(scope="module")
 def cli_files(tmp_path_factory, models):
     from mam_tf import MAMDense
-    from mam_tf._compat import keras
+    from mam_tf.train.compat import keras
 
     d = tmp_path_factory.mktemp("cli")
     (d / "m.tflite").write_bytes(models["int8-mam"])
@@ -306,7 +309,7 @@ def test_cli_user_errors_are_one_line_and_status_2(cli_files, capsys, argv, mess
 
 
 def test_internal_error_still_shows_its_traceback(monkeypatch, tmp_path):
-    import mam_tf.check as chk
+    import mam_tf.deploy.check as chk
 
     def boom(path):
         raise KeyError("a bug")
@@ -349,16 +352,16 @@ def test_without_the_c_core_the_reference_checks_stand_in(monkeypatch):
     the reference's own; corrupted layouts are still refused, good models still run."""
     import warnings
 
-    from mam_tf import core
+    from mam_tf.deploy import native
 
     good = _model_a("int8")
     want = Interpreter(good, backend="core").run_raw(np.arange(-60, 60, 3, dtype=np.int8)
                                                     .reshape(2, 20))
 
     def no_core():
-        raise core.CoreBuildError("no compiler (test)")
+        raise native.CoreBuildError("no compiler (test)")
 
-    monkeypatch.setattr(core, "load", no_core)
+    monkeypatch.setattr(native, "load", no_core)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         interp = Interpreter(good)

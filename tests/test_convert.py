@@ -3,10 +3,12 @@ import numpy as np
 import pytest
 
 from ecg_data import arsnr, synthetic_windows
-from mam_tf import MAMDense, VanishingContributions, keras, options, reference
-from mam_tf import flatbuffer as fb
-from mam_tf.convert import convert, write_header
-from mam_tf.runtime import Interpreter
+from mam_tf import MAMDense, VanishingContributions, keras
+from mam_tf.deploy import options
+from mam_tf.deploy import reference
+from mam_tf.deploy import flatbuffer as fb
+from mam_tf.deploy.convert import convert, write_header
+from mam_tf.deploy.runtime import Interpreter
 
 
 def _small_model(seed=0, prune_below=0.3, activation="relu"):
@@ -70,7 +72,7 @@ def test_weights_stored_are_the_kernel_quantized_and_pruned(converted):
     tfl, sg, _ = _ops(conv.tflite)
     op = sg.operators[1]
     values = fb.constant(tfl, sg, op.inputs[1])
-    from mam_tf.sparse import OffsetCSR
+    from mam_tf.deploy.offset_csr import OffsetCSR
 
     csr = OffsetCSR(values, fb.constant(tfl, sg, op.inputs[2]), fb.constant(tfl, sg, op.inputs[3]),
                     (8, 16))
@@ -137,7 +139,7 @@ def test_converted_model_tracks_keras(converted, data):
 
 def test_splicing_leaves_other_ops_untouched(data):
     """The ops before and after the MAM layer are the builtin ops TFLite made, unchanged."""
-    from mam_tf.convert import _tflite_builtin
+    from mam_tf.deploy.convert import _tflite_builtin
 
     model = _small_model()
     spliced = fb.load(convert(model, data, mode="int8"))
@@ -254,7 +256,7 @@ def test_converted_autoencoder_keeps_its_arsnr(ecg_autoencoder, mode, budget_db)
 # -- quantization-aware models ---------------------------------------------------------------
 @pytest.mark.parametrize("mode", ["int8", "int16x8"])
 def test_qat_model_converts_with_its_own_ranges_and_weights(data, mode):
-    from mam_tf.quantization import layer_quant_params, quantize_model
+    from mam_tf.train.quantization import layer_quant_params, quantize_model
 
     big = np.random.default_rng(1).standard_normal((256, 20)).astype(np.float32)
     qat = quantize_model(_small_model(), mode, calibration_data=big)
@@ -267,7 +269,7 @@ def test_qat_model_converts_with_its_own_ranges_and_weights(data, mode):
     for tensor, p in ((x_t, params["enc"]["input"]), (y_t, params["enc"]["output"])):
         scales, zps = fb.quantization(tensor)
         assert scales[0] == np.float32(p["scale"]) and zps[0] == p["zero_point"]
-    from mam_tf.sparse import OffsetCSR
+    from mam_tf.deploy.offset_csr import OffsetCSR
 
     csr = OffsetCSR(*(fb.constant(tfl, sg, op.inputs[k]) for k in (1, 2, 3)), (8, 16))
     np.testing.assert_array_equal(csr.decode(), params["enc"]["weights"]["values"].T)
@@ -284,7 +286,7 @@ def test_qat_model_converts_with_its_own_ranges_and_weights(data, mode):
 
 
 def test_qat_model_must_be_converted_in_its_own_scheme(data):
-    from mam_tf.quantization import quantize_model
+    from mam_tf.train.quantization import quantize_model
 
     qat = quantize_model(_small_model(), "int16x8", calibration_data=data)
     with pytest.raises(ValueError, match=r"trained quantization-aware for \['int16x8'\]"):
@@ -378,7 +380,7 @@ def test_shared_mam_layer_is_refused(data):
 
 
 def test_export_applies_held_pruning_masks(data):
-    from mam_tf.pruning import prune_magnitude
+    from mam_tf.train.pruning import prune_magnitude
 
     pruned = prune_magnitude(_small_model(prune_below=0.0), 0.75, layers=["enc"])
     wrapper = next(l for l in pruned.layers if getattr(l, "layer", None) is not None
@@ -394,7 +396,7 @@ def tf_ones_like(v):
 
 
 def test_converter_failure_is_a_value_error_naming_the_model(data, monkeypatch):
-    from mam_tf._compat import tf
+    from mam_tf.train.compat import tf
 
     def fail(self):
         raise RuntimeError("'tfl.transpose' op has mismatched quantized axes\n<long MLIR dump>")
@@ -407,7 +409,7 @@ def test_converter_failure_is_a_value_error_naming_the_model(data, monkeypatch):
 
 @pytest.mark.parametrize("mode", ["int8", "int16x8"])
 def test_per_channel_qat_model_with_dense_layers_converts(data, mode):
-    from mam_tf.quantization import layer_quant_params, quantize_model
+    from mam_tf.train.quantization import layer_quant_params, quantize_model
 
     with pytest.warns(UserWarning, match=r"Dense/Conv layers \['pre', 'dec'\] keep one weight scale"):
         qat = quantize_model(_small_model(), mode, per_channel=True, calibration_data=data)

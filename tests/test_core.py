@@ -4,8 +4,9 @@ import itertools
 import numpy as np
 import pytest
 
-from mam_tf import core, reference
-from mam_tf.sparse import OffsetCSR, encode
+from mam_tf.deploy import native
+from mam_tf.deploy import reference
+from mam_tf.deploy.offset_csr import OffsetCSR, encode
 
 I32_MIN, I32_MAX = -(2**31), 2**31 - 1
 OPS = ("mam_sparse", "mac_sparse", "mam_dense", "mac_dense")
@@ -51,7 +52,7 @@ def _compare(x, w, bias, mult, shift, **kw):
     for op in OPS:
         arg = csr if op.endswith("sparse") else w
         want = getattr(reference, op)(x, arg, bias, mult, shift, **kw)
-        got = getattr(core, op)(x, arg, bias, mult, shift, **kw)
+        got = getattr(native, op)(x, arg, bias, mult, shift, **kw)
         assert got.dtype == want.dtype == x.dtype
         assert got.shape == want.shape == x.shape[:-1] + (w.shape[0],)
         np.testing.assert_array_equal(got, want, err_msg=f"{op}: core != reference")
@@ -115,7 +116,7 @@ def test_core_matches_reference_big_layer(dtype):
         mult, shift = _spread_requant(rng, _accumulators(x, w, zx, op), dtype, True, m)
         kw = dict(input_zero_point=zx)
         want = getattr(reference, op)(x, csr, bias, mult, shift, **kw)
-        got = getattr(core, op)(x, csr, bias, mult, shift, **kw)
+        got = getattr(native, op)(x, csr, bias, mult, shift, **kw)
         np.testing.assert_array_equal(got, want)
         assert len(np.unique(got)) > 20
 
@@ -167,7 +168,7 @@ def test_zero_batch_and_one_by_one():
         outs = _compare(x, w, None, [2**30], [1])
         assert outs["mam_sparse"].tolist() == [[35 + 35]]  # the only product is both max and min
         assert outs["mac_sparse"].tolist() == [[35]]
-        empty = core.mam_sparse(np.zeros((0, 1), dtype), encode(w), None, [2**30], [1])
+        empty = native.mam_sparse(np.zeros((0, 1), dtype), encode(w), None, [2**30], [1])
         assert empty.shape == (0, 1)
 
 
@@ -180,7 +181,7 @@ def test_quantize_multiplier_core_equals_reference():
     reals += [(2**30 + k + 0.5) / 2**31 * 2.0**e for k in range(-3, 3) for e in range(-33, 3)]
     reals += [1 - 2.0**-k for k in range(30, 54)] + [2.0**e for e in range(-40, 40)]
     for r in reals:
-        assert core.quantize_multiplier(r) == reference.quantize_multiplier(r), r
+        assert native.quantize_multiplier(r) == reference.quantize_multiplier(r), r
 
 
 def test_effective_scale_and_activation_range_core_equals_reference():
@@ -188,11 +189,11 @@ def test_effective_scale_and_activation_range_core_equals_reference():
     for _ in range(300):
         si, so = (float(v) for v in 10.0 ** rng.uniform(-6, 1, size=2))
         ws = 10.0 ** rng.uniform(-6, 1, size=int(rng.integers(1, 4)))
-        np.testing.assert_array_equal(core.effective_scale(si, ws, so), reference.effective_scale(si, ws, so))
+        np.testing.assert_array_equal(native.effective_scale(si, ws, so), reference.effective_scale(si, ws, so))
         for dtype in (np.int8, np.int16):
             zp = int(rng.integers(-128, 128)) if dtype == np.int8 else int(rng.integers(-300, 300))
             for act in range(4):
-                assert core.activation_range(act, so, zp, dtype) == reference.activation_range(act, so, zp, dtype)
+                assert native.activation_range(act, so, zp, dtype) == reference.activation_range(act, so, zp, dtype)
 
 
 def test_fixed_point_core_equals_reference():
@@ -200,19 +201,19 @@ def test_fixed_point_core_equals_reference():
     edge = np.array([I32_MIN, I32_MIN + 1, -(2**30), -3, -2, -1, 0, 1, 2, 3, 2**30, I32_MAX - 1, I32_MAX])
     a = np.concatenate([edge, rng.integers(I32_MIN, I32_MAX, 400, endpoint=True)])
     aa, bb = np.meshgrid(a[:60], a[:60])
-    np.testing.assert_array_equal(core.saturating_rounding_doubling_high_mul(aa, bb),
+    np.testing.assert_array_equal(native.saturating_rounding_doubling_high_mul(aa, bb),
                                   reference.saturating_rounding_doubling_high_mul(aa, bb))
     e = rng.integers(0, 32, a.size)
-    np.testing.assert_array_equal(core.rounding_divide_by_pot(a, e), reference.rounding_divide_by_pot(a, e))
+    np.testing.assert_array_equal(native.rounding_divide_by_pot(a, e), reference.rounding_divide_by_pot(a, e))
     mult = rng.integers(0, I32_MAX, a.size, endpoint=True)
     s32 = rng.integers(-31, 31, a.size)
-    np.testing.assert_array_equal(core.multiply_by_quantized_multiplier(a, mult, s32),
+    np.testing.assert_array_equal(native.multiply_by_quantized_multiplier(a, mult, s32),
                                   reference.multiply_by_quantized_multiplier(a, mult, s32))
     x64 = np.concatenate([a, rng.integers(-(2**47), 2**47, 400), [2**62, -(2**63), 2**63 - 1]])
     m64 = rng.integers(0, I32_MAX, x64.size, endpoint=True)
     m64[:20] = [0x7FFF0000, 0x7FFEFFFF, 0x7FFF7FFF, I32_MAX, 0, 1, 2**15, 2**15 - 1] + [2**30] * 12
     s64 = rng.integers(-31, 8, x64.size)
-    np.testing.assert_array_equal(core.multiply_by_quantized_multiplier_64(x64, m64, s64),
+    np.testing.assert_array_equal(native.multiply_by_quantized_multiplier_64(x64, m64, s64),
                                   reference.multiply_by_quantized_multiplier_64(x64, m64, s64))
 
 
@@ -268,10 +269,10 @@ def _golden_csr():
 ])
 def test_validate_layer_statuses_and_messages(override, status, message):
     csr = _golden_csr()
-    fields = core.layer_desc(csr)
+    fields = native.layer_desc(csr)
     fields.update(override)
-    code, msg = core.validate_layer(**fields)
-    assert core.STATUS[code] == status, msg
+    code, msg = native.validate_layer(**fields)
+    assert native.STATUS[code] == status, msg
     if message:
         assert msg.startswith("MAM_SPARSE: ") and message in msg, msg
         assert "\n" not in msg
@@ -281,13 +282,13 @@ def test_validate_layer_statuses_and_messages(override, status, message):
 
 def test_validate_layer_int16_rules():
     csr = _golden_csr()
-    ok = core.layer_desc(csr, input_dtype=np.int16, bias_dtype=np.int64)
-    assert core.validate_layer(**ok) == (0, "")
+    ok = native.layer_desc(csr, input_dtype=np.int16, bias_dtype=np.int64)
+    assert native.validate_layer(**ok) == (0, "")
     bad = dict(ok, input_zero_point=1)
-    code, msg = core.validate_layer(**bad)
-    assert core.STATUS[code] == "MAM_ERR_QUANT" and "must lie in 0..0 for int16" in msg
-    code, msg = core.validate_layer(**dict(ok, bias_type=2))
-    assert core.STATUS[code] == "MAM_ERR_TYPE" and "it must be int64" in msg
+    code, msg = native.validate_layer(**bad)
+    assert native.STATUS[code] == "MAM_ERR_QUANT" and "must lie in 0..0 for int16" in msg
+    code, msg = native.validate_layer(**dict(ok, bias_type=2))
+    assert native.STATUS[code] == "MAM_ERR_TYPE" and "it must be int64" in msg
 
 
 @pytest.mark.parametrize("kw, message", [
@@ -301,10 +302,10 @@ def test_validate_layer_int16_rules():
     (dict(multiplier=[2**30], shift=[0], input_zero_point=3, dtype=np.int16), "must lie in 0..0 for int16"),
 ])
 def test_validate_requant_messages(kw, message):
-    code, msg = core.validate_requant(3, **kw)
-    assert core.STATUS[code] in ("MAM_ERR_QUANT",), msg
+    code, msg = native.validate_requant(3, **kw)
+    assert native.STATUS[code] in ("MAM_ERR_QUANT",), msg
     assert message in msg, msg
-    assert core.validate_requant(3, [2**30], [0]) == (0, "")
+    assert native.validate_requant(3, [2**30], [0]) == (0, "")
 
 
 def test_core_calls_refuse_corrupted_layouts_instead_of_reading_out_of_bounds():
@@ -317,40 +318,40 @@ def test_core_calls_refuse_corrupted_layouts_instead_of_reading_out_of_bounds():
         (OffsetCSR(csr.values, csr.offsets, [2, -2, 4], csr.shape), "row 1 has a negative row count -2"),
     ]
     for bad, message in cases:
-        for fn in (core.mam_sparse, core.mac_sparse):
+        for fn in (native.mam_sparse, native.mac_sparse):
             with pytest.raises(ValueError, match=message):
                 fn(x, bad, None, [2**30], [0])
     with pytest.raises(ValueError, match="input last dimension is 299 but in_features is 300"):
-        core.mam_sparse(np.zeros((1, 299), np.int8), csr, None, [2**30], [0])
+        native.mam_sparse(np.zeros((1, 299), np.int8), csr, None, [2**30], [0])
     with pytest.raises(ValueError, match="bias tensor is int64"):
-        core.mam_sparse(x, csr, np.zeros(3, np.int64), [2**30], [0])
+        native.mam_sparse(x, csr, np.zeros(3, np.int64), [2**30], [0])
     with pytest.raises(ValueError, match="bias has 2 entries; M = 3"):
-        core.mam_sparse(x, csr, np.zeros(2, np.int32), [2**30], [0])
+        native.mam_sparse(x, csr, np.zeros(2, np.int32), [2**30], [0])
     with pytest.raises(ValueError, match="shift 40 of row 0"):
-        core.mam_sparse(x, csr, None, [2**30], [40])
+        native.mam_sparse(x, csr, None, [2**30], [40])
     with pytest.raises(ValueError, match="length 1 or M = 3"):
-        core.mam_sparse(x, csr, None, [2**30] * 2, [0] * 2)
+        native.mam_sparse(x, csr, None, [2**30] * 2, [0] * 2)
     with pytest.raises(ValueError, match="input dtype is float32"):
-        core.mam_sparse(x.astype(np.float32), csr, None, [2**30], [0])
+        native.mam_sparse(x.astype(np.float32), csr, None, [2**30], [0])
 
 
 def test_library_location_errors(monkeypatch, tmp_path):
     monkeypatch.setenv("MAM_TF_CORE_LIB", str(tmp_path / "missing.so"))
-    with pytest.raises(core.CoreBuildError, match="MAM_TF_CORE_LIB is .*missing.so"):
-        core.library_path()
+    with pytest.raises(native.CoreBuildError, match="MAM_TF_CORE_LIB is .*missing.so"):
+        native.library_path()
     monkeypatch.delenv("MAM_TF_CORE_LIB")
-    monkeypatch.setattr(core.shutil, "which", lambda name: None)
-    with pytest.raises(core.CoreBuildError, match="cmake is not on PATH"):
-        core.build_library(dest_dir=tmp_path / "b")
-    with pytest.raises(core.CoreBuildError, match="sources are not at"):
-        core.build_library(src=tmp_path, dest_dir=tmp_path / "b")
+    monkeypatch.setattr(native.shutil, "which", lambda name: None)
+    with pytest.raises(native.CoreBuildError, match="cmake is not on PATH"):
+        native.build_library(dest_dir=tmp_path / "b")
+    with pytest.raises(native.CoreBuildError, match="sources are not at"):
+        native.build_library(src=tmp_path, dest_dir=tmp_path / "b")
 
 
 def test_library_is_cached_by_source_hash(monkeypatch):
     monkeypatch.delenv("MAM_TF_CORE_LIB", raising=False)
-    path = core.library_path()
+    path = native.library_path()
     assert path.name == "libmam_sparse_core.so" and path.is_file()
-    assert path.parent.name == f"core-{core._source_hash(core._SOURCE_DIR)}"
+    assert path.parent.name == f"core-{native._source_hash(native._SOURCE_DIR)}"
 
 
 @pytest.mark.parametrize("per_row", [False, True])
@@ -359,22 +360,22 @@ def test_prepare_layer_forms_the_requantization_as_the_reference(per_row):
     numpy reference's effective scale, QuantizeMultiplier and activation range."""
     csr = _golden_csr()
     scales = np.array([0.011, 0.0042, 0.0193], np.float32)[: 3 if per_row else 1]
-    fields = core.layer_desc(csr, input_scale=0.07, output_scale=0.05, weight_scales=scales,
+    fields = native.layer_desc(csr, input_scale=0.07, output_scale=0.05, weight_scales=scales,
                              activation=1, output_zero_point=-9)
-    got = core.prepare_layer(**fields)
+    got = native.prepare_layer(**fields)
     mult, shift = reference.quantize_multipliers(reference.effective_scale(0.07, scales, 0.05))
     np.testing.assert_array_equal(got["multiplier"], mult)
     np.testing.assert_array_equal(got["shift"], shift)
     assert (got["act_min"], got["act_max"]) == reference.activation_range(1, 0.05, -9, np.int8)
     with pytest.raises(ValueError, match="weight scale 0 is not a finite value > 0"):
-        core.prepare_layer(**dict(fields, weight_scales=np.zeros_like(scales)))
+        native.prepare_layer(**dict(fields, weight_scales=np.zeros_like(scales)))
 
 
 def test_layer_description_fields_that_do_not_fit_c_are_refused():
-    fields = core.layer_desc(_golden_csr())
+    fields = native.layer_desc(_golden_csr())
     with pytest.raises(ValueError, match="in_features is 4294967296; it must lie in"):
-        core.validate_layer(**dict(fields, in_features=2**32))
+        native.validate_layer(**dict(fields, in_features=2**32))
     with pytest.raises(ValueError, match="offsets holds 0..256; it must fit uint8"):
-        core.validate_layer(**dict(fields, offsets=np.array([3, 256, 1, 0])))
+        native.validate_layer(**dict(fields, offsets=np.array([3, 256, 1, 0])))
     with pytest.raises(ValueError, match="weight_scale_count is 3 but 1 weight scales are given"):
-        core.validate_layer(**dict(fields, weight_scale_count=3))
+        native.validate_layer(**dict(fields, weight_scale_count=3))

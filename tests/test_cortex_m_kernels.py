@@ -1,12 +1,12 @@
 """The ARMv7E-M sparse kernels (tflm_ops/src/cortex_m/sparse_kernels.c) on the emulated
-Cortex-M7, against the numpy reference (mam_tf.reference), on the shapes their code branches
+Cortex-M7, against the numpy reference (mam_tf.deploy.reference), on the shapes their code branches
 on: rows of 0..40 entries (every remainder of the 16-, 8- and 4-entry groups, every start
 alignment), full rows, dummy entries, a max or a min that moves in every group, ties, zero
 products, extreme values (-128 x -32768, x - zx = +-255), accumulators that leave int32 (int16
 MAC) or wrap it (int8 MAC with a bias), batches. A second set uses requantization scale 1 and
 small values, so that the output shows the accumulator itself.
 
-Runs through the firmware of tests/test_mcu.py (mam_tf.bench_mcu); skipped with the reason
+Runs through the firmware of tests/test_mcu.py (mam_tf.bench.mcu); skipped with the reason
 when the Cortex-M7 toolchain or QEMU is missing, or the firmware was built without the
 optimized kernels. The last test builds tflm_ops/firmware/kernel_check.c, a random
 differential check (optimized against portable, on the M7) that also places the values array
@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mam_tf import bench_mcu as bm
-from mam_tf import reference
-from mam_tf.sparse import encode
+from mam_tf.bench import mcu as bm
+from mam_tf.deploy import reference
+from mam_tf.deploy.offset_csr import encode
 
 _OK, _WHY = bm.toolchain_available()
 pytestmark = pytest.mark.skipif(not _OK, reason=f"Cortex-M7 under QEMU unavailable: {_WHY}")

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 from mam_tf import MAMDense, keras, pruning
-from mam_tf import flatbuffer as fb
+from mam_tf.deploy import flatbuffer as fb
 from mam_tf.cli import main as cli_main
 from mam_tf.models import cs_oracle, predict_support
-from mam_tf.runtime import Interpreter
+from mam_tf.deploy.runtime import Interpreter
 
 M, N = 12, 24
 

@@ -290,7 +290,7 @@ def test_cli_data_synth_builds_the_cache(tmp_path, capsys):
 
 def test_benchmark_prints_both_rates_and_the_ratio(capsys):
     pytest.importorskip("neurokit2")
-    from ecg_data import bench
+    from mam_tf.bench import data as bench
 
     assert bench.main(["--windows", "64", "--single-windows", "32", "--workers", "1",
                        "--nk-windows", "2", "--nk-trace-windows", "4"]) == 0

@@ -2,7 +2,7 @@
 
 Forward values and indices are compared with exact equality. So are the gradients: the kernel
 adds its terms in the order of the reference's unsorted_segment_sum on the CPU (every max term,
-then every min term, rows ascending; mam_core.h), so even weights hit by many rows agree to the
+then every min term, rows ascending; mam_fused.h), so even weights hit by many rows agree to the
 last bit. Shapes cross the kernel's edges: 16-column blocks, 128-input slices, 16-input steps,
 16-row work items, N > 65535, batch 1, a single input.
 """
@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 
 import npref
-from mam_tf import MAMDense, fused, ops
-from mam_tf._compat import keras, tf
+from mam_tf import MAMDense
+from mam_tf.train import fused
+from mam_tf.train import mam_op
+from mam_tf.train.compat import keras, tf
 
 # A machine without a C++ compiler skips these tests; the project's test command sets
 # MAM_TF_REQUIRE_FUSED=1 (it installs the compiler), so there a broken kernel is a failure.
@@ -36,8 +38,8 @@ EDGE_SHAPES = [
 
 
 def _ref(x, w, g):
-    y, amax, amin = ops.mam_forward_reference(x, w)
-    dx, dw = ops.mam_backward_reference(g, x, w, amax, amin)
+    y, amax, amin = mam_op.mam_forward_reference(x, w)
+    dx, dw = mam_op.mam_backward_reference(g, x, w, amax, amin)
     return [t.numpy() for t in (y, amax, amin, dx, dw)]
 
 
@@ -121,7 +123,7 @@ def test_nan_input_gives_nan_like_the_reference_and_indices_stay_in_range(rng):
     x[4, 1201] = -np.inf
     w[5, 3] = np.nan
     y, amax, amin = (t.numpy() for t in fused.forward(x, w))
-    ry, rmax, rmin = (t.numpy() for t in ops.mam_forward_reference(x, w))
+    ry, rmax, rmin = (t.numpy() for t in mam_op.mam_forward_reference(x, w))
     np.testing.assert_array_equal(np.isnan(y), np.isnan(ry))
     np.testing.assert_array_equal(y[~np.isnan(y)], ry[~np.isnan(ry)])
     kept = ~np.isnan(ry)  # the extremes of the outputs without a NaN product: the same inputs
@@ -145,7 +147,7 @@ def test_other_dtypes_are_refused_by_the_kernel_and_routed_to_the_reference(rng)
     with pytest.raises(TypeError, match="float64; the fused kernel takes float32 only"):
         fused.forward(x, w)
     assert not fused.usable(tf.constant(x), tf.constant(w))
-    y = ops.mam_forward(tf.constant(x), tf.constant(w))[0]
+    y = mam_op.mam_forward(tf.constant(x), tf.constant(w))[0]
     assert y.dtype == tf.float64
 
 
@@ -190,7 +192,7 @@ def test_tf_function_uses_the_kernel_and_xla_falls_back_to_the_reference(rng):
     def step(x, w):
         with tf.GradientTape() as tape:
             tape.watch([x, w])
-            loss = tf.reduce_sum(ops.mam_reduce(x, w) * g)
+            loss = tf.reduce_sum(mam_op.mam_reduce(x, w) * g)
         return loss, tape.gradient(loss, [x, w])
 
     graph_step = tf.function(step)
@@ -238,7 +240,7 @@ def test_disabled_traces_standard_ops_only(rng):
     x = tf.constant(rng.standard_normal((2, 50)).astype(np.float32))
     w = tf.constant(rng.standard_normal((50, 3)).astype(np.float32))
     with fused.disabled():
-        types = _op_types(tf.function(lambda x, w: ops.mam_reduce(x, w)), x, w)
+        types = _op_types(tf.function(lambda x, w: mam_op.mam_reduce(x, w)), x, w)
     assert "MamFusedForward" not in types
     assert fused.usable(x, w)
 
@@ -280,7 +282,7 @@ def test_a_failed_build_warns_once_and_the_reference_path_works(monkeypatch, fre
         assert not fused.available()
         x = rng.standard_normal((3, 40)).astype(np.float32)
         w = rng.standard_normal((40, 5)).astype(np.float32)
-        y = ops.mam_forward(tf.constant(x), tf.constant(w))[0].numpy()
+        y = mam_op.mam_forward(tf.constant(x), tf.constant(w))[0].numpy()
     relevant = [c for c in caught if issubclass(c.category, fused.FusedKernelWarning)]
     assert len(relevant) == 1
     assert "simulated" in str(relevant[0].message) and "reference path" in str(relevant[0].message)
@@ -315,11 +317,11 @@ def test_another_kernel_directory_gets_its_own_build_and_a_bad_one_is_named(monk
     monkeypatch.setenv(fused.KERNEL_DIR_ENV, str(other))
     assert fused.kernel_dir() == other.resolve()
     assert fused.library_dir("c++") == here  # the same sources: the same build
-    with open(other / "mam_core.h", "a") as f:
+    with open(other / "mam_fused.h", "a") as f:
         f.write("// another version\n")
     assert fused.library_dir("c++") != here
-    (other / "mam_ops.cc").unlink()
-    with pytest.raises(RuntimeError, match="MAM_TF_KERNEL_DIR.*lacks mam_ops.cc"):
+    (other / "mam_fused_op.cc").unlink()
+    with pytest.raises(RuntimeError, match="MAM_TF_KERNEL_DIR.*lacks mam_fused_op.cc"):
         fused.kernel_dir()
 
 
@@ -493,7 +495,7 @@ def test_big_dw_is_zeroed_first_and_stays_exact(rng):
 
 _THREADS_SCRIPT = """
 import sys, numpy as np
-from mam_tf import fused
+from mam_tf.train import fused
 d = np.load(sys.argv[1])
 out = {}
 for k in range(len(d.files) // 3):
@@ -569,5 +571,5 @@ def test_a_bad_march_is_named_and_the_reference_path_works(monkeypatch, fresh_st
     with pytest.warns(fused.FusedKernelWarning, match=r"MAM_TF_MARCH is 'native; rm -rf ~'"):
         assert not fused.available()
     x, w, _ = _normal_case(rng, (3, 40, 5))
-    y, _, _ = ops.mam_forward(x, w)
+    y, _, _ = mam_op.mam_forward(x, w)
     np.testing.assert_array_equal(y.numpy(), npref.mam_forward(x, w)[0])

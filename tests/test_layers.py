@@ -6,7 +6,7 @@ import pytest
 
 import npref
 from mam_tf import MAMDense
-from mam_tf._compat import keras, tf
+from mam_tf.train.compat import keras, tf
 
 
 def _model(n_in, layer, input_shape=None):

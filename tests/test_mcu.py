@@ -12,9 +12,10 @@ import os
 import numpy as np
 import pytest
 
-from mam_tf import bench_mcu as bm
-from mam_tf import core, reference
-from mam_tf.sparse import encode
+from mam_tf.bench import mcu as bm
+from mam_tf.deploy import native
+from mam_tf.deploy import reference
+from mam_tf.deploy.offset_csr import encode
 
 _OK, _WHY = bm.toolchain_available()
 if os.environ.get("MAM_TF_REQUIRE_MCU") == "1" and not _OK:
@@ -36,7 +37,7 @@ def test_build_key_follows_the_kernel_sources(monkeypatch, tmp_path):
     """A cached result keyed by build_key() is redone when a kernel source changes."""
     import shutil
 
-    from mam_tf import mcu
+    from mam_tf.device import mcu
 
     ops = tmp_path / "tflm_ops"
     shutil.copytree(mcu._OPS, ops, ignore=shutil.ignore_patterns("build*"))
@@ -234,8 +235,8 @@ def test_bench_cli_writes_records_and_plot(tmp_path, capsys):
 
 @needs_mcu
 def test_bench_model_counts_every_sparse_op_of_a_converted_model(tmp_path, fw):
-    from mam_tf import flatbuffer as fb
-    from mam_tf import options
+    from mam_tf.deploy import flatbuffer as fb
+    from mam_tf.deploy import options
 
     model = _converted_model(tmp_path)
     records = bm.bench_model(model, fw)
@@ -251,8 +252,8 @@ def test_bench_model_counts_every_sparse_op_of_a_converted_model(tmp_path, fw):
 def _converted_model(tmp_path):
     """A small pruned model converted by the project's converter: MAM_SPARSE, then MAC_SPARSE."""
     from mam_tf import MAMDense
-    from mam_tf._compat import keras
-    from mam_tf.convert import convert
+    from mam_tf.train.compat import keras
+    from mam_tf.deploy.convert import convert
 
     rng = np.random.default_rng(0)
     inp = keras.Input((300,))
@@ -308,7 +309,7 @@ TFLM_LIB = os.environ.get("MAM_TF_TFLM_LIB")
                     "static library built with TFLM's own build, MAM_TF_TFLM_ROOT to its tree "
                     "and MAM_TF_FLATBUFFERS_INCLUDE to flatbuffers 25.9.23's include/")
 def test_whole_model_through_tflm_on_the_cortex_m7_equals_the_host_runtime(tmp_path):
-    from mam_tf.runtime import Interpreter
+    from mam_tf.deploy.runtime import Interpreter
 
     fw = bm.build()
     assert fw.model_elf is not None

@@ -12,7 +12,7 @@ def test_seed_layer_training_step_stays_far_below_the_product_tensor(variant):
     batch, n_in, units = 128, 16384, 128
     product_mib = batch * n_in * units * 4 / 2**20  # 1024 MiB
     code = (
-        "import json; from mam_tf.bench import measure_step; "
+        "import json; from mam_tf.bench.steps import measure_step; "
         f"print('RESULT', json.dumps(measure_step({variant!r}, {batch}, {n_in}, {units}, steps=1)))"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)

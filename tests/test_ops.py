@@ -3,11 +3,11 @@ import numpy as np
 import pytest
 
 import npref
-from mam_tf import ops
-from mam_tf._compat import tf
+from mam_tf.train import mam_op
+from mam_tf.train.compat import tf
 
 
-def _grads(x, w, g, fn=ops.mam_reduce):
+def _grads(x, w, g, fn=mam_op.mam_reduce):
     x = tf.constant(x)
     w = tf.constant(w)
     with tf.GradientTape() as tape:
@@ -19,7 +19,7 @@ def _grads(x, w, g, fn=ops.mam_reduce):
 
 
 def _check_against_numpy(x, w, chunk_columns=None):
-    y, amax, amin = ops.mam_forward_reference(x, w, chunk_columns=chunk_columns)
+    y, amax, amin = mam_op.mam_forward_reference(x, w, chunk_columns=chunk_columns)
     ry, ramax, ramin = npref.mam_forward(x, w)
     np.testing.assert_array_equal(y.numpy(), ry)
     np.testing.assert_array_equal(amax.numpy(), ramax)
@@ -40,7 +40,7 @@ def test_all_negative_products_pick_the_true_max(rng):
     # A running max that starts at 0 or at the smallest positive float would report 0 here.
     x = rng.uniform(0.5, 2.0, (6, 50)).astype(np.float32)
     w = -rng.uniform(0.5, 2.0, (50, 4)).astype(np.float32)
-    y, _, _ = ops.mam_forward_reference(x, w, chunk_columns=16)
+    y, _, _ = mam_op.mam_forward_reference(x, w, chunk_columns=16)
     assert (y.numpy() < 0).all()
     _check_against_numpy(x, w, 16)
 
@@ -51,14 +51,14 @@ def test_exact_ties_go_to_the_lowest_index_across_chunks(chunk):
     x = np.ones((2, 10), np.float32)
     w = np.full((10, 3), 0.5, np.float32)
     w[:, 1] = -2.0
-    _, amax, amin = ops.mam_forward_reference(x, w, chunk_columns=chunk)
+    _, amax, amin = mam_op.mam_forward_reference(x, w, chunk_columns=chunk)
     assert (amax.numpy() == 0).all() and (amin.numpy() == 0).all()
     # Ties between columns 3 and 8 (max) and 4 and 6 (min), chunk boundaries in between.
     x = np.ones((1, 10), np.float32)
     w = np.zeros((10, 1), np.float32)
     w[[3, 8], 0] = 5.0
     w[[4, 6], 0] = -5.0
-    _, amax, amin = ops.mam_forward_reference(x, w, chunk_columns=chunk)
+    _, amax, amin = mam_op.mam_forward_reference(x, w, chunk_columns=chunk)
     assert amax.numpy()[0, 0] == 3 and amin.numpy()[0, 0] == 4
 
 
@@ -111,7 +111,7 @@ def test_gradients_match_numpy_routing(rng, shape):
 def test_gradient_matches_finite_differences_away_from_ties(rng):
     x = rng.standard_normal((3, 7)).astype(np.float64)
     w = rng.standard_normal((7, 4)).astype(np.float64)
-    theoretical, numerical = tf.test.compute_gradient(ops.mam_reduce, [x, w], delta=1e-6)
+    theoretical, numerical = tf.test.compute_gradient(mam_op.mam_reduce, [x, w], delta=1e-6)
     for t, nu in zip(theoretical, numerical):
         np.testing.assert_allclose(t, nu, rtol=1e-5, atol=1e-6)
 
@@ -125,7 +125,7 @@ def test_xla_and_eager_agree(rng):
     def step(x, w):
         with tf.GradientTape() as tape:
             tape.watch([x, w])
-            loss = tf.reduce_sum(ops.mam_reduce(x, w) * g)
+            loss = tf.reduce_sum(mam_op.mam_reduce(x, w) * g)
         return loss, tape.gradient(loss, [x, w])
 
     loss, (dx, dw) = step(tf.constant(x), tf.constant(w))
@@ -138,7 +138,7 @@ def test_xla_and_eager_agree(rng):
 def test_unknown_kernel_shape_is_refused():
     @tf.function(input_signature=[tf.TensorSpec([2, None]), tf.TensorSpec([None, 3])])
     def f(x, w):
-        return ops.mam_forward_reference(x, w)
+        return mam_op.mam_forward_reference(x, w)
 
     with pytest.raises(ValueError, match="kernel shape must be static"):
         f.get_concrete_function()

@@ -275,8 +275,8 @@ def test_conv1d_layers_are_fake_quantized_and_convert(rng):
     """A Conv1D -> Flatten -> MAMDense model trained quantization-aware converts without
     calibration data and runs on the host runtime as the QAT model computes, to about one
     int16 output step per layer."""
-    from mam_tf.convert import convert
-    from mam_tf.runtime import Interpreter
+    from mam_tf.deploy.convert import convert
+    from mam_tf.deploy.runtime import Interpreter
 
     keras.utils.set_random_seed(0)
     inp = keras.Input((32,))

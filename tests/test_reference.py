@@ -10,10 +10,11 @@ import math
 import numpy as np
 import pytest
 
-from mam_tf import core, reference
-from mam_tf.sparse import encode
+from mam_tf.deploy import native
+from mam_tf.deploy import reference
+from mam_tf.deploy.offset_csr import encode
 
-IMPLS = [pytest.param(reference, id="reference"), pytest.param(core, id="core")]
+IMPLS = [pytest.param(reference, id="reference"), pytest.param(native, id="native")]
 I32_MIN, I32_MAX = -(2**31), 2**31 - 1
 
 

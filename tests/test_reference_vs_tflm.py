@@ -3,8 +3,8 @@
 Small random Dense models are converted by TensorFlow's own TFLiteConverter (int8 per row,
 int8 per tensor, 16x8 per row, 16x8 per tensor) and run by the ``tflite-micro`` wheel's
 interpreter (TFLM's reference FULLY_CONNECTED). The same integer inputs go through
-``mam_tf.reference.mac_dense``, ``reference.mac_sparse`` on the offset-CSR encoding of the
-same int8 weights, and the C core's twins (``mam_tf.core``), with the multipliers, shifts and
+``mam_tf.deploy.reference.mac_dense``, ``reference.mac_sparse`` on the offset-CSR encoding of the
+same int8 weights, and the C core's twins (``mam_tf.deploy.native``), with the multipliers, shifts and
 clamps the reference derives from the scales in the flatbuffer. Every output must be equal,
 bit for bit.
 
@@ -26,11 +26,11 @@ import io
 import numpy as np
 import pytest
 
-from mam_tf import core
-from mam_tf import flatbuffer as fb
-from mam_tf import reference as ref
-from mam_tf._compat import keras, tf
-from mam_tf.sparse import encode
+from mam_tf.deploy import native
+from mam_tf.deploy import flatbuffer as fb
+from mam_tf.deploy import reference as ref
+from mam_tf.train.compat import keras, tf
+from mam_tf.deploy.offset_csr import encode
 
 N = 300  # wide enough for a skip > 255 columns: offset-CSR dummy entries get exercised
 # (layer name, units, use_bias, Keras activation, the TFLite fused activation expected)
@@ -151,8 +151,8 @@ def _all_impls(fc, x, bias="model"):
     return {
         "reference.mac_dense": ref.mac_dense(x, fc.weights, **kw),
         "reference.mac_sparse": ref.mac_sparse(x, csr, **kw),
-        "core.mac_dense": core.mac_dense(x, fc.weights, **kw),
-        "core.mac_sparse": core.mac_sparse(x, csr, **kw),
+        "native.mac_dense": native.mac_dense(x, fc.weights, **kw),
+        "native.mac_sparse": native.mac_sparse(x, csr, **kw),
     }
 
 
@@ -323,7 +323,7 @@ def test_tflm_multiplier_product_is_float32_per_tensor_and_double_per_row(conver
     f32, f64 = _products(in_scale, w_scales, out_scale)
     used, other = (f32, f64) if per_tensor else (f64, f32)  # the claim under test
     np.testing.assert_array_equal(ref.effective_scale(in_scale, w_scales, out_scale), used)
-    np.testing.assert_array_equal(core.effective_scale(in_scale, w_scales, out_scale), used)
+    np.testing.assert_array_equal(native.effective_scale(in_scale, w_scales, out_scale), used)
     mu, su = ref.quantize_multipliers(used)
     mo, so = ref.quantize_multipliers(other)
     assert (_signature(mu, su, dtype) != _signature(mo, so, dtype)).any()
@@ -352,4 +352,4 @@ def test_tflm_multiplier_product_is_float32_per_tensor_and_double_per_row(conver
     alt = ref.mac_dense(x, fc.weights, **{**kw, "multiplier": mo, "shift": so})
     assert (want != alt).all()  # every row discriminates between the two products
     np.testing.assert_array_equal(got, want, err_msg="TFLM vs the reference's multipliers")
-    np.testing.assert_array_equal(core.mac_sparse(x, encode(fc.weights), **kw), got)
+    np.testing.assert_array_equal(native.mac_sparse(x, encode(fc.weights), **kw), got)

@@ -9,7 +9,7 @@ import ecg_data
 from mam_tf import keras
 from mam_tf.cli import main as cli_main
 from mam_tf.experiments import biocas
-from mam_tf.runtime import Interpreter
+from mam_tf.deploy.runtime import Interpreter
 
 PNG = b"\x89PNG\r\n\x1a\n"
 pytestmark = pytest.mark.slow

@@ -7,7 +7,7 @@ import pytest
 import wfdb
 
 import ecg_data
-from mam_tf._compat import keras
+from mam_tf.train.compat import keras
 from mam_tf.experiments import mwscas
 from mam_tf.models import ecg_autoencoder, split
 
@@ -79,8 +79,8 @@ def test_outputs_are_written(tiny):
 
 def test_results_match_the_saved_models(tiny):
     """Recomputed from the saved files alone: the float ARSNR, and a pruned QAT point with the
-    magnitude mask made here in numpy and its offset-CSR bytes counted by mam_tf.sparse."""
-    from mam_tf.sparse import encode
+    magnitude mask made here in numpy and its offset-CSR bytes counted by mam_tf.deploy.offset_csr."""
+    from mam_tf.deploy.offset_csr import encode
 
     cfg, out, results = tiny
     test = _data(cfg)["test"]
@@ -171,10 +171,10 @@ def test_a_rerun_reads_every_stage_back(tiny, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a finished stage was computed again")
 
-    import mam_tf.convert
+    import mam_tf.deploy.convert
 
     monkeypatch.setattr(keras.Model, "fit", refuse)
-    monkeypatch.setattr(mam_tf.convert, "convert", refuse)
+    monkeypatch.setattr(mam_tf.deploy.convert, "convert", refuse)
     again = mwscas.run(cfg, out, progress=False, print_fn=None)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["stages_computed"] == 0 and manifest["stages_read_back"] > 0

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from mam_tf.sparse import MAX_ROW_ENTRIES, OffsetCSR, encode
+from mam_tf.deploy.offset_csr import MAX_ROW_ENTRIES, OffsetCSR, encode
 
 
 def _naive_encode(w):

@@ -7,9 +7,9 @@ TFLM's own download of it. The glue is built with CMake into a temporary folder,
 with ``ctypes.CDLL(..., RTLD_GLOBAL)`` and registered through the interpreter's
 ``custom_op_registerers``. Then:
 
-(a) models from ``mam_tf.convert`` (int8 and 16x8, per-row and per-tensor weight scales,
+(a) models from ``mam_tf.deploy.convert`` (int8 and 16x8, per-row and per-tensor weight scales,
     with and without bias, fused activations, a skip > 255 columns, and MAC_SPARSE made by
-    flipping the custom code) give, in TFLM, exactly what ``mam_tf.runtime`` computes;
+    flipping the custom code) give, in TFLM, exactly what ``mam_tf.deploy.runtime`` computes;
 (b) corrupted models are refused while TFLM allocates/prepares them, with the glue's
     one-line message, never a crash: they run in a worker process, and a worker that dies
     fails the case it was running.
@@ -27,11 +27,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mam_tf import MAMDense, options
-from mam_tf._compat import keras, tf
-from mam_tf import flatbuffer as fb
-from mam_tf.convert import convert
-from mam_tf.runtime import Interpreter
+from mam_tf import MAMDense
+from mam_tf.deploy import options
+from mam_tf.train.compat import keras, tf
+from mam_tf.deploy import flatbuffer as fb
+from mam_tf.deploy.convert import convert
+from mam_tf.deploy.runtime import Interpreter
 
 from corruptions import CORRUPTIONS, corrupt as _corrupt, model_a as _model_a, prune as _prune
 
@@ -195,7 +196,7 @@ def test_tflm_with_the_glue_equals_the_host_runtime(tflm, which, mode, per_row, 
     want = np.stack([host.run_raw(s) for s in x])
     got = _run_tflm(tflm, tflite, x)
     assert got.dtype == want.dtype == host.output_dtype
-    np.testing.assert_array_equal(got, want, err_msg=f"TFLM + glue vs mam_tf.runtime, {names}")
+    np.testing.assert_array_equal(got, want, err_msg=f"TFLM + glue vs mam_tf.deploy.runtime, {names}")
     assert len(np.unique(got)) > 8  # outputs vary: the comparison is not between constants
 
 

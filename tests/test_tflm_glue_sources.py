@@ -1,14 +1,14 @@
-"""The C side names exactly what mam_tf/options.py defines (no TFLM needed: the sources are read).
+"""The C side names exactly what mam_tf/deploy/options.py defines (no TFLM needed: the sources are read).
 
 The TFLM glue reads the custom options by key, the core checks the version and the
 activation codes, the Python registerer adds the ops by name: if any of them drifted from
-``mam_tf.options``, a converted model would be refused (or misread) on the device while the
+``mam_tf.deploy.options``, a converted model would be refused (or misread) on the device while the
 host runtime accepted it.
 """
 import re
 from pathlib import Path
 
-from mam_tf import options
+from mam_tf.deploy import options
 
 TFLM_OPS = Path(__file__).resolve().parent.parent / "tflm_ops"
 GLUE = (TFLM_OPS / "tflm" / "mam_sparse_op.cc").read_text()

@@ -188,7 +188,8 @@ def _fine_tune_args(p, d):
 
 def _sweep(data_stage, train_stage, p, progress):
     def compute(work):
-        from mam_tf import keras, pruning
+        from mam_tf import keras
+        from mam_tf.train import pruning
 
         d = Data(data_stage)
         model = keras.models.load_model(train_stage.file("model.keras"), compile=False)
@@ -219,9 +220,10 @@ def _sweep(data_stage, train_stage, p, progress):
 
 def _deploy(data_stage, train_stage, p):
     def compute(work):
-        from mam_tf import keras, pruning
-        from mam_tf.convert import convert
-        from mam_tf.runtime import Interpreter
+        from mam_tf import keras
+        from mam_tf.train import pruning
+        from mam_tf.deploy.convert import convert
+        from mam_tf.deploy.runtime import Interpreter
 
         d = Data(data_stage)
         model = keras.models.load_model(train_stage.file("model.keras"), compile=False)
@@ -245,7 +247,7 @@ def _deploy(data_stage, train_stage, p):
         dev = interp.run(d.y_test)
         ref = model.predict(d.y_test, batch_size=1024, verbose=0)
         np.save(work / "examples.npy", dev[:8])
-        from mam_tf import flatbuffer as fb
+        from mam_tf.deploy import flatbuffer as fb
 
         tfl = fb.load(conv.tflite)
         support_dev = dev > p["threshold"]
@@ -332,7 +334,7 @@ def run_biocas(scale="demo", out=None, seeds=None, merge=None, progress=True, ov
     run = Pipeline(out, NAME, config=cfg, progress=progress)
     if merge:
         run.import_stages(merge)
-    from mam_tf._compat import tf
+    from mam_tf.train.compat import tf
 
     tf.get_logger().setLevel("ERROR")  # one predict function per pruned model: retrace notes
 

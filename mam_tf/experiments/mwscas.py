@@ -24,7 +24,7 @@ MAC (Dense) or a MAM first fully connected layer (FC1, 98.5% of the deployed tai
 7. deploy: the pruned QAT tail converted to an int16x8 ``.tflite`` (MAM_SPARSE for a MAM FC1,
    MAC_SPARSE for a pruned Dense FC1), run on the host runtime (TFLite-Micro's interpreter
    and the C core), its latent fed to the float head: the ARSNR of what a device would send,
-   on a bounded number of test windows. With the Cortex-M7 toolchain and ``mam_tf.bench_mcu``
+   on a bounded number of test windows. With the Cortex-M7 toolchain and ``mam_tf.bench.mcu``
    present, instruction counts of FC1 on the emulated Cortex-M7 are added (else left out).
 
 Outputs in ``--out``: ``results.json``, ``report.md``, ``models/<kind>_seed<k>.keras`` (float)
@@ -87,7 +87,7 @@ class Config:
     records: str | None = None
     record_windows: int = 2000
     bandpass: tuple | None = (0.5, 40.0)
-    mcu: bool = True            # Cortex-M7 figures when mam_tf.bench_mcu and its toolchain exist
+    mcu: bool = True            # Cortex-M7 figures when mam_tf.bench.mcu and its toolchain exist
 
     def data_params(self):
         if self.train_records:
@@ -240,7 +240,7 @@ def _fit_verbose(run):
 def _stage_train(cfg, run, data_stage, kind, seed):
     def compute(work):
         from mam_tf import VanishingContributions, mam_layers
-        from mam_tf._compat import keras
+        from mam_tf.train.compat import keras
         from mam_tf.models import ecg_autoencoder
         from ecg_data import arsnr
 
@@ -275,13 +275,13 @@ def _save(model, path):
 
 
 def _load(path):
-    from mam_tf._compat import keras
+    from mam_tf.train.compat import keras
 
     return keras.models.load_model(path, compile=False)
 
 
 def _qat_composite(qat_tail, head):
-    from mam_tf._compat import keras
+    from mam_tf.train.compat import keras
 
     head.trainable = False
     x = keras.Input(tuple(qat_tail.inputs[0].shape[1:]), name="window")
@@ -290,8 +290,8 @@ def _qat_composite(qat_tail, head):
 
 def _stage_qat(cfg, run, data_stage, train_stage, kind, seed):
     def compute(work):
-        from mam_tf import quantization
-        from mam_tf._compat import keras
+        from mam_tf.train import quantization
+        from mam_tf.train.compat import keras
         from mam_tf.models import split
         from ecg_data import arsnr
 
@@ -354,7 +354,7 @@ def _float_twin(float_model, qat_tail):
 
 def _masks_for(twin, method, fraction, rate_data):
     """FC1's keep-mask at ``fraction`` remaining, by the library's one-shot pruning."""
-    from mam_tf import pruning
+    from mam_tf.train import pruning
 
     shape = tuple(twin.get_layer("fc1").kernel.shape)
     if fraction >= 1.0:
@@ -371,7 +371,7 @@ def _masks_for(twin, method, fraction, rate_data):
 def _fc1_footprint(twin, mask):
     """FC1's storage with ``mask``: pruning.summary's offset-CSR bytes (8-bit values and
     offsets, 16-bit row counts, 32-bit bias) and the values-only bytes (nonzero int8 weights)."""
-    from mam_tf import pruning
+    from mam_tf.train import pruning
 
     fc1 = twin.get_layer("fc1")
     original = fc1.kernel.numpy()
@@ -386,7 +386,7 @@ def _fc1_footprint(twin, mask):
 
 def _stage_prune(cfg, run, data_stage, train_stage, qat_stage, kind, seed):
     def compute(work):
-        from mam_tf._compat import keras
+        from mam_tf.train.compat import keras
         from ecg_data import arsnr
 
         d = _load_npz(data_stage)
@@ -437,7 +437,7 @@ def _stage_fine_tune(cfg, run, data_stage, train_stage, qat_stage, prune_stage, 
     sparsity-preserving quantizer keeps pruned weights at 0): one model per fraction, each
     from the unpruned QAT model."""
     def compute(work):
-        from mam_tf._compat import keras
+        from mam_tf.train.compat import keras
         from mam_tf.models import split
         from ecg_data import arsnr
 
@@ -491,25 +491,25 @@ def _mask_from(prune_stage, method, fraction):
 
 
 def mcu_status():
-    """(available, why not): whether ``mam_tf.bench_mcu`` exists and its toolchain is here."""
+    """(available, why not): whether ``mam_tf.bench.mcu`` exists and its toolchain is here."""
     import mam_tf
 
-    spec = importlib.util.find_spec("mam_tf.bench_mcu")
+    spec = importlib.util.find_spec("mam_tf.bench.mcu")
     here = Path(mam_tf.__file__).resolve().parent
     # (an editable install elsewhere could lend a module of another checkout: not this one's)
     if spec is None or spec.origin is None or Path(spec.origin).resolve().parent != here:
-        return False, "mam_tf.bench_mcu is not part of this installation"
-    from mam_tf import bench_mcu
+        return False, "mam_tf.bench.mcu is not part of this installation"
+    from mam_tf.bench import mcu
 
-    ok, why = bench_mcu.toolchain_available()
+    ok, why = mcu.toolchain_available()
     return bool(ok), why
 
 
 def _stage_deploy(cfg, run, data_stage, train_stage, qat_stage, prune_stage, kind, seed,
                   method, fraction, with_mcu):
     def compute(work):
-        from mam_tf.convert import convert
-        from mam_tf.runtime import Interpreter
+        from mam_tf.deploy.convert import convert
+        from mam_tf.deploy.runtime import Interpreter
         from mam_tf.models import split
         from ecg_data import arsnr
 
@@ -550,14 +550,14 @@ def _stage_deploy(cfg, run, data_stage, train_stage, qat_stage, prune_stage, kin
             "mcu": None,
         }
         if with_mcu and value["fc1_op"] in ("MAM_SPARSE", "MAC_SPARSE"):
-            from mam_tf import bench_mcu
+            from mam_tf.bench import mcu
 
-            value["mcu"] = bench_mcu.bench_model(work / "tail.tflite")
+            value["mcu"] = mcu.bench_model(work / "tail.tflite")
         return value
 
     firmware = False
     if with_mcu:
-        from mam_tf import mcu
+        from mam_tf.device import mcu
 
         firmware = mcu.build_key()  # the firmware's sources: a kernel change redoes the counts
     params = {"method": method, "remaining": fraction, "windows": cfg.deploy_windows,
@@ -995,7 +995,7 @@ def _report(cfg, results, table):
 # Command line
 # ------------------------------------------------------------------------------------------
 def _cmd(args):
-    from mam_tf._compat import tf
+    from mam_tf.train.compat import tf
 
     tf.get_logger().setLevel("ERROR")  # retracing / AutoGraph notices drown the progress lines
     # With --merge and no --seeds, the merged runs' seeds are the run's seeds.
@@ -1047,7 +1047,7 @@ def add_command(subparsers, common):
     g.add_argument("--no-bandpass", action="store_true",
                    help="do not band-pass filter records (default 0.5-40 Hz before windowing)")
     g.add_argument("--no-mcu", action="store_true",
-                   help="leave out the Cortex-M7 figures even when mam_tf.bench_mcu and its "
+                   help="leave out the Cortex-M7 figures even when mam_tf.bench.mcu and its "
                    "toolchain are present")
     g.add_argument("--epochs", type=int, default=None, help="float epochs (default: the scale's)")
     g.add_argument("--vc-epochs", type=int, default=None, metavar="N",

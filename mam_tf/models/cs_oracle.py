@@ -40,8 +40,8 @@ def cs_oracle(m, n, kind="mac", *, hidden=None, activation="relu", beta=1.0, see
       An uncompiled functional Keras model; its hidden layers are named ``hidden_1``,
       ``hidden_2``, ... and its output layer ``support``.
     """
-    from mam_tf._compat import keras
-    from mam_tf.layers import MAMDense
+    from mam_tf.train.compat import keras
+    from mam_tf.train.layers import MAMDense
 
     m = _positive_int("m", m)
     n = _positive_int("n", n)

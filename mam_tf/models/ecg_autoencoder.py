@@ -48,7 +48,7 @@ def ecg_autoencoder(kind="mam", *, length=256, channels=(16, 32, 64), kernel_siz
       are named as in :data:`TAIL_LAYERS` and :data:`HEAD_LAYERS`.
     """
     from mam_tf import MAMDense
-    from mam_tf._compat import keras
+    from mam_tf.train.compat import keras
 
     if kind not in KINDS:
         raise ValueError(f"ecg_autoencoder: kind must be one of {KINDS}, got {kind!r}")
@@ -99,7 +99,7 @@ def split(model, latent_layer="fc2"):
     Layers are found by name, also inside pruning or QAT wrappers (``fc2`` is wrapped as
     ``quant_fc2`` in a QAT model). Returns ``(tail, head)``.
     """
-    from mam_tf._compat import keras
+    from mam_tf.train.compat import keras
 
     latent = _layer_or_wrapped(model, latent_layer)
     tail = keras.Model(model.inputs, latent.output, name=f"{model.name}_tail")

@@ -1,6 +1,6 @@
 /* The case file the bench firmware reads (mcu_in.bin) and the output it writes (mcu_out.bin),
  * both in the working directory of QEMU, through semihosting file I/O.
- * mam_tf/mcu.py writes and reads the same layout; keep the two in step.
+ * mam_tf/device/mcu.py writes and reads the same layout; keep the two in step.
  *
  * Little-endian throughout.
  *   file    := "MCU1" u32 job_count job*

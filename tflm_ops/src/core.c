@@ -3,7 +3,7 @@
  * Integer overflow: where TFLite's C++ leaves overflow undefined (int32 accumulators, the
  * left shift of the 32-bit requantization, the int64 product of the 64-bit one), this core
  * computes what a two's complement machine computes, with unsigned arithmetic, so that it
- * stays defined under -fsanitize=undefined and matches mam_tf.reference exactly.
+ * stays defined under -fsanitize=undefined and matches mam_tf.deploy.reference exactly.
  */
 #include "mam_sparse/core.h"
 

@@ -18,7 +18,7 @@
 namespace tflite {
 namespace {
 
-// The custom options keys: exactly those of mam_tf/options.py (a test parses these three
+// The custom options keys: exactly those of mam_tf/deploy/options.py (a test parses these three
 // lines and compares them with options.KEYS, so Python and C cannot drift).
 constexpr char kKeyInFeatures[] = "in_features";
 constexpr char kKeyActivation[] = "fused_activation_function";

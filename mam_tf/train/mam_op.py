@@ -18,8 +18,8 @@ import contextlib
 import os
 import threading
 
-from mam_tf import fused
-from mam_tf._compat import tf
+from mam_tf.train import fused
+from mam_tf.train.compat import tf
 
 __all__ = [
     "mam_reduce",

@@ -6,9 +6,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from mam_tf import ops
-from mam_tf._compat import keras, tf
-from mam_tf.layers import MAMLayerMixin, mam_layers
+from mam_tf.train import mam_op
+from mam_tf.train.compat import keras, tf
+from mam_tf.train.layers import MAMLayerMixin, mam_layers
 
 __all__ = ["VanishingContributions", "vanishing_beta", "SelectionCounts", "selection_counts"]
 
@@ -189,7 +189,7 @@ def selection_counts(model, data, layers=None, batch_size=256):
         out = []
         for x, w in zip(xs, ws):
             x = tf.reshape(tf.cast(x, w.dtype), [-1, w.shape[0]])
-            _, amax, amin = ops.mam_forward(x, w)
+            _, amax, amin = mam_op.mam_forward(x, w)
             cols = tf.range(w.shape[1], dtype=tf.int64)[None, :]
             size = w.shape[0] * w.shape[1]
             out.append((

@@ -1,19 +1,19 @@
 """The fused CPU kernel of MAMDense: y, argmax and argmin in one pass, and a scatter backward.
 
-Same contract as the pure-TensorFlow reference in ``mam_tf.ops`` (MAM_SPARSE.md section 1):
+Same contract as the pure-TensorFlow reference in ``mam_tf.train.mam_op`` (MAM_SPARSE.md section 1):
 ``forward(x, w) -> (y, amax, amin)`` with y = max_i(x*w) + min_i(x*w) (no bias), the LOWEST index
 winning ties, and ``backward(g, x, w, amax, amin) -> (dx, dw)`` where a pair with
 amax == amin receives its gradient twice. x is [B, N], w is [N, M] (Keras' kernel layout),
 float32 only. Forward values and indices are bit-identical to the reference; gradients sum in a
-fixed order (mam_core.h): dw[i,j] over rows b ascending, dx[b,i] over units j ascending, the max
+fixed order (mam_fused.h): dw[i,j] over rows b ascending, dx[b,i] over units j ascending, the max
 term before the min term, whatever the thread count.
 
-How it is built: the C++ sources in ``mam_tf/kernels`` are compiled on first use by one direct
+How it is built: the C++ sources in ``mam_tf/train/fused_kernel`` are compiled on first use by one direct
 compiler call against the installed TensorFlow (``tf.sysconfig`` flags, ``-march=native``) into
 ``~/.cache/mam-tf/ops-<tf version>-<hash>/`` (``$MAM_TF_CACHE`` overrides the root). The hash
 covers the sources, the compiler, every flag and the CPU's feature flags, so a changed source,
 TensorFlow or machine gets its own build. ``$MAM_TF_KERNEL_DIR`` builds from another directory
-of the same two sources instead (another checkout's ``mam_tf/kernels``: ``mam-tf bench train
+of the same two sources instead (another checkout's ``mam_tf/train/fused_kernel``: ``mam-tf bench train
 --kernel-dir`` times two kernel versions side by side), and ``$MAM_TF_MARCH`` replaces
 ``-march=native`` (``MARCH_ENV``: the code paths of older CPUs, on this one). A file lock keeps
 parallel processes from compiling twice, and the finished directory appears by an atomic
@@ -38,8 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mam_tf._compat import in_save_context, in_xla_context, tf
-from mam_tf._cache import cache_root
+from mam_tf.train.compat import in_save_context, in_xla_context, tf
+from mam_tf.common.buildcache import cache_root
 
 __all__ = [
     "FusedKernelWarning",
@@ -51,10 +51,10 @@ __all__ = [
     "usable",
 ]
 
-KERNEL_DIR = Path(__file__).resolve().parent / "kernels"
+KERNEL_DIR = Path(__file__).resolve().parent / "fused_kernel"
 KERNEL_DIR_ENV = "MAM_TF_KERNEL_DIR"
-SOURCES = ("mam_core.h", "mam_ops.cc")
-LIBRARY_NAME = "mam_ops.so"
+SOURCES = ("mam_fused.h", "mam_fused_op.cc")
+LIBRARY_NAME = "mam_fused_op.so"
 # -ffp-contract=off: a product must stay a rounded multiply (no FMA into the backward's sums),
 # so that fused and reference agree bit for bit. -march=native: the cache key holds the CPU.
 CXXFLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-shared", "-fPIC", "-w")
@@ -167,7 +167,7 @@ def build() -> Path:
         print(f"[mam-tf] compiling the fused CPU kernel (once): {final}", file=sys.stderr)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
         try:
-            command = _build_command(cxx, kernel_dir() / "mam_ops.cc", tmp / LIBRARY_NAME)
+            command = _build_command(cxx, kernel_dir() / "mam_fused_op.cc", tmp / LIBRARY_NAME)
             proc = subprocess.run(command, capture_output=True, text=True,
                                   timeout=BUILD_TIMEOUT_S)
             (tmp / "build.log").write_text(" ".join(command) + "\n\n" + proc.stdout + proc.stderr)
@@ -261,7 +261,7 @@ def usable(x, w) -> bool:
     """Whether ``forward``/``backward`` should take these tensors: float32 on the CPU, not inside
     an XLA-compiled function (the op has no XLA kernel), not traced for a SavedModel (which must
     load without this library), not ``disabled()``, and the library available. The dispatcher
-    in ``mam_tf.ops`` sends everything else to the reference path, also the GPU path (XLA)."""
+    in ``mam_tf.train.mam_op`` sends everything else to the reference path, also the GPU path (XLA)."""
     return (not _disabled and _is_float32(x) and _is_float32(w) and not in_xla_context()
             and not in_save_context() and _on_cpu(x) and available())
 
@@ -273,15 +273,15 @@ def _is_float32(t) -> bool:
 
 def _module():
     if not available():
-        raise RuntimeError(f"mam_tf.fused: the fused kernel is unavailable ({_state['reason']})")
+        raise RuntimeError(f"mam_tf.train.fused: the fused kernel is unavailable ({_state['reason']})")
     return _state["module"]
 
 
 def _float32(name: str, t) -> tf.Tensor:
     t = tf.convert_to_tensor(t)
     if t.dtype != tf.float32:
-        raise TypeError(f"mam_tf.fused: {name} is {t.dtype.name}; the fused kernel takes float32 "
-                        "only (mam_tf.ops' reference path takes the other float types)")
+        raise TypeError(f"mam_tf.train.fused: {name} is {t.dtype.name}; the fused kernel takes float32 "
+                        "only (mam_tf.train.mam_op' reference path takes the other float types)")
     return t
 
 

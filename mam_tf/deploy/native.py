@@ -1,6 +1,6 @@
 """ctypes binding of the portable C core (``tflm_ops/``): the same arithmetic the device runs.
 
-The functions here take the same arguments as their twins in :mod:`mam_tf.reference` and
+The functions here take the same arguments as their twins in :mod:`mam_tf.deploy.reference` and
 return the same arrays, so tests call both and compare bit for bit; the host runtime runs
 layers through this module.
 
@@ -28,8 +28,8 @@ from typing import Optional
 
 import numpy as np
 
-from mam_tf.sparse import OffsetCSR
-from mam_tf._cache import cache_root
+from mam_tf.deploy.offset_csr import OffsetCSR
+from mam_tf.common.buildcache import cache_root
 
 __all__ = [
     "CoreBuildError",
@@ -67,7 +67,7 @@ TYPE_CODES = {
 TYPE_NONE = 0
 TYPE_UNSUPPORTED = 99
 
-_SOURCE_DIR = Path(__file__).resolve().parent.parent / "tflm_ops"
+_SOURCE_DIR = Path(__file__).resolve().parents[2] / "tflm_ops"
 _LIB_NAME = "libmam_sparse_core.so"
 
 
@@ -102,7 +102,7 @@ def build_library(src: Path = _SOURCE_DIR, dest_dir: Optional[Path] = None,
     """Configure and build the core with CMake; returns the path of the shared library."""
     if not (src / "CMakeLists.txt").is_file():
         raise CoreBuildError(
-            f"the C core sources are not at {src} (mam_tf.core needs the tflm_ops/ tree of a "
+            f"the C core sources are not at {src} (mam_tf.deploy.native needs the tflm_ops/ tree of a "
             "source checkout, or $MAM_TF_CORE_LIB pointing to a built libmam_sparse_core.so)"
         )
     cmake = shutil.which("cmake")

@@ -16,11 +16,11 @@ reader does:
   a subgraph input or the output of an earlier operator; nothing writes a constant or writes
   a tensor twice;
 - every MAM_SPARSE / MAC_SPARSE op passes the device's own Prepare checks
-  (:mod:`mam_tf.sparse_op`: its custom options, tensors, E and columns, scales).
+  (:mod:`mam_tf.deploy.node`: its custom options, tensors, E and columns, scales).
 
 The host runtime runs it on every model; ``mam-tf check model.tflite`` runs it before
-flashing (exit 0, or 1 with one line per problem). ``python -m mam_tf.check --fuzz N`` runs
-the corruption fuzzer (:mod:`mam_tf.fuzz`).
+flashing (exit 0, or 1 with one line per problem). ``python -m mam_tf.deploy.check --fuzz N`` runs
+the corruption fuzzer (:mod:`mam_tf.deploy.fuzz`).
 """
 from __future__ import annotations
 
@@ -33,8 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mam_tf import flatbuffer as fb
-from mam_tf import options
+from mam_tf.deploy import flatbuffer as fb
+from mam_tf.deploy import options
 
 __all__ = ["check_model", "check_file", "verify_flatbuffer", "add_check_command"]
 
@@ -200,7 +200,7 @@ def _tensor_label(sg, i, k=None) -> str:
 
 def _sparse_owned(model, sg) -> set:
     """Tensors only MAM_SPARSE / MAC_SPARSE ops read as weights (inputs 1..4): the device's
-    own checks (mam_tf.sparse_op) judge them, in the device's words."""
+    own checks (mam_tf.deploy.node) judge them, in the device's words."""
     owned, other = set(), set()
     for op in sg.operators:
         ins = [int(t) for t in (op.inputs if op.inputs is not None else [])]
@@ -337,7 +337,7 @@ def _builtin_shapes(sg, kind, ins, outs):
 
 
 def _check_subgraph(model, sg, k, problems):
-    from mam_tf import sparse_op
+    from mam_tf.deploy import node
 
     n = len(sg.tensors or [])
     sg.tensors = sg.tensors or []
@@ -383,7 +383,7 @@ def _check_subgraph(model, sg, k, problems):
         sparse = kind in (options.MAM_SPARSE, options.MAC_SPARSE)
         if sparse:
             try:
-                sparse_op.prepare(model, sg, j)
+                node.prepare(model, sg, j)
             except ValueError as err:
                 problems.append(f"{where}{err}")
         if op.customOptionsFormat not in (0, None):
@@ -530,7 +530,7 @@ def main(argv=None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(
-        prog="python -m mam_tf.check",
+        prog="python -m mam_tf.deploy.check",
         description="The model checker (see `mam-tf check --help`), and its corruption "
         "fuzzer: --fuzz N corrupts converted models N times (bit flips, byte overwrites, "
         "truncations, splices) and runs each through the checker and the host runtime in "
@@ -541,7 +541,7 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="worker processes")
     args = parser.parse_args(argv)
     if args.fuzz is not None:
-        from mam_tf import fuzz
+        from mam_tf.deploy import fuzz
 
         if args.fuzz < 1:
             parser.error(f"--fuzz must be >= 1, got {args.fuzz}")

@@ -2,8 +2,8 @@
 
 The model is cut at its custom ops. Each run of builtin ops becomes a small model of its own
 that TFLite-Micro's interpreter (the ``tflite-micro`` package) runs; each MAM_SPARSE /
-MAC_SPARSE op runs in the C core of ``tflm_ops`` through :mod:`mam_tf.core` (or, if that
-library cannot be built here, in the numpy reference :mod:`mam_tf.reference`, which is
+MAC_SPARSE op runs in the C core of ``tflm_ops`` through :mod:`mam_tf.deploy.native` (or, if that
+library cannot be built here, in the numpy reference :mod:`mam_tf.deploy.reference`, which is
 bit-exact with it). Integer tensors flow between the parts unchanged, so the result is the
 device's, bit for bit, for every op TFLite-Micro and the core implement.
 """
@@ -17,8 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from mam_tf import flatbuffer as fb
-from mam_tf import check, options, reference, sparse_op
+from mam_tf.deploy import flatbuffer as fb
+from mam_tf.deploy import check
+from mam_tf.deploy import options
+from mam_tf.deploy import reference
+from mam_tf.deploy import node
 
 __all__ = ["Interpreter"]
 
@@ -33,14 +36,14 @@ def _kernels(backend):
     if backend == "reference":
         return reference
     try:
-        from mam_tf import core
+        from mam_tf.deploy import native
 
-        core.load()
-        return core
+        native.load()
+        return native
     except Exception as err:  # no compiler, no cmake: say so once, stay correct
         if backend == "core":
             raise
-        warnings.warn(f"mam_tf.runtime: the C core is unavailable ({err}); using the numpy "
+        warnings.warn(f"mam_tf.deploy.runtime: the C core is unavailable ({err}); using the numpy "
                       "reference, which computes the same integers more slowly", stacklevel=3)
         return reference
 
@@ -49,7 +52,7 @@ class _SparseStep:
     """One MAM_SPARSE / MAC_SPARSE op, prepared as the device's Prepare prepares it."""
 
     def __init__(self, model, sg, op_index):
-        self.node = sparse_op.prepare(model, sg, op_index)
+        self.node = node.prepare(model, sg, op_index)
         self.kind, self.input, self.output = self.node.kind, self.node.input, self.node.output
         self.csr, self.bias = self.node.csr, self.node.bias
 
@@ -118,11 +121,11 @@ class Interpreter:
             path = Path(model)
             name = str(path)
             if not path.is_file():
-                raise ValueError(f"mam_tf.runtime: no model file at {name!r}")
+                raise ValueError(f"mam_tf.deploy.runtime: no model file at {name!r}")
             try:
                 model = path.read_bytes()
             except OSError as err:
-                raise ValueError(f"mam_tf.runtime: cannot read {name!r} ({err.strerror})") from None
+                raise ValueError(f"mam_tf.deploy.runtime: cannot read {name!r} ({err.strerror})") from None
         self._data = bytes(model)
         self._kernels = _kernels(backend)
         self.backend = "reference" if self._kernels is reference else "core"
@@ -131,20 +134,20 @@ class Interpreter:
         if problems:
             more = f" (and {len(problems) - 1} more problems: `mam-tf check` lists them)" \
                 if len(problems) > 1 else ""
-            raise ValueError(f"mam_tf.runtime: {name}: {problems[0]}{more}")
+            raise ValueError(f"mam_tf.deploy.runtime: {name}: {problems[0]}{more}")
         if len(tfl.subgraphs) != 1:
-            raise ValueError(f"mam_tf.runtime: {name}: {len(tfl.subgraphs)} subgraphs; one is "
+            raise ValueError(f"mam_tf.deploy.runtime: {name}: {len(tfl.subgraphs)} subgraphs; one is "
                              "supported")
         sg = tfl.subgraphs[0]
         for i, t in enumerate(sg.tensors):
             size = int(np.prod(t.shape, dtype=np.int64)) if t.shape is not None else 1
             if not fb.is_constant(tfl, sg, i) and size > MAX_ACTIVATION_ELEMENTS:
                 raise ValueError(
-                    f"mam_tf.runtime: {name}: tensor {i} '{fb.tensor_name(t)}' has shape "
+                    f"mam_tf.deploy.runtime: {name}: tensor {i} '{fb.tensor_name(t)}' has shape "
                     f"{[int(d) for d in t.shape]} ({size} elements); the host runtime takes "
                     f"activations of at most {MAX_ACTIVATION_ELEMENTS} elements")
         if len(sg.inputs) != 1 or len(sg.outputs) != 1:
-            raise ValueError(f"mam_tf.runtime: {name}: models with one input and one output "
+            raise ValueError(f"mam_tf.deploy.runtime: {name}: models with one input and one output "
                              "are supported")
         self.input_index = int(sg.inputs[0])
         self.output_index = int(sg.outputs[0])
@@ -153,16 +156,16 @@ class Interpreter:
             self.input_dtype = fb.numpy_dtype(sg.tensors[self.input_index].type)
             self.output_dtype = fb.numpy_dtype(sg.tensors[self.output_index].type)
         except ValueError as err:
-            raise ValueError(f"mam_tf.runtime: {name}: model input/output: {err}") from None
+            raise ValueError(f"mam_tf.deploy.runtime: {name}: model input/output: {err}") from None
         self.input_shape = [int(d) for d in sg.tensors[self.input_index].shape]
         self.input_quantization = fb.quantization(sg.tensors[self.input_index])
         self.output_quantization = fb.quantization(sg.tensors[self.output_index])
         try:
             self.steps = self._plan(tfl, sg)
         except ValueError as err:
-            raise ValueError(f"mam_tf.runtime: {name}: {err}") from None
+            raise ValueError(f"mam_tf.deploy.runtime: {name}: {err}") from None
         except RuntimeError as err:  # TFLite-Micro refused a part while allocating it
-            raise ValueError(f"mam_tf.runtime: {name}: TFLite-Micro refused the builtin ops "
+            raise ValueError(f"mam_tf.deploy.runtime: {name}: TFLite-Micro refused the builtin ops "
                              f"({' '.join(str(err).split())})") from None
         self.tensors = {}
 
@@ -198,7 +201,7 @@ class Interpreter:
                 flush()
                 steps.append(_SparseStep(tfl, sg, k))
             elif tfl.operatorCodes[sg.operators[k].opcodeIndex].customCode:
-                raise ValueError(f"mam_tf.runtime: custom op {kind!r} is not known to the host runtime")
+                raise ValueError(f"mam_tf.deploy.runtime: custom op {kind!r} is not known to the host runtime")
             else:
                 run.append(k)
         flush()
@@ -208,10 +211,10 @@ class Interpreter:
         """Integer input [B, ...] (the model input's type) -> integer output [B, ...]."""
         x = np.asarray(x)
         if x.dtype != self.input_dtype:
-            raise ValueError(f"mam_tf.runtime: run_raw takes {self.input_dtype} input, got {x.dtype}")
+            raise ValueError(f"mam_tf.deploy.runtime: run_raw takes {self.input_dtype} input, got {x.dtype}")
         per_sample = self.input_shape[1:]
         if list(x.shape[1:]) != per_sample:
-            raise ValueError(f"mam_tf.runtime: input samples have shape {list(x.shape[1:])}, the "
+            raise ValueError(f"mam_tf.deploy.runtime: input samples have shape {list(x.shape[1:])}, the "
                              f"model takes {per_sample}")
         outs = []
         for sample in x:
@@ -249,20 +252,20 @@ class Interpreter:
         has no meaning."""
         x = np.asarray(x)
         if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
-            raise ValueError(f"mam_tf.runtime: input '{self.input_name}' takes numbers, got "
+            raise ValueError(f"mam_tf.deploy.runtime: input '{self.input_name}' takes numbers, got "
                              f"dtype {x.dtype}")
         if np.issubdtype(x.dtype, np.inexact):
             bad = ~np.isfinite(x)
             if bad.any():
                 first = tuple(int(i) for i in np.argwhere(bad)[0])
-                raise ValueError(f"mam_tf.runtime: input '{self.input_name}' holds "
+                raise ValueError(f"mam_tf.deploy.runtime: input '{self.input_name}' holds "
                                  f"{int(bad.sum())} non-finite values (NaN or inf; the first at "
                                  f"index {first}: {x[first]})")
         return self.dequantize_output(self.run_raw(self.quantize_input(x)))
 
 
 def _cmd_run(args):
-    from mam_tf.convert import _load_data
+    from mam_tf.deploy.convert import _load_data
 
     interp = Interpreter(args.model, backend=args.backend)
     x = _load_data(args.data, args.data_key)

@@ -3,7 +3,7 @@
 How it works, and why:
 
 1. The model is traced with every MAM layer written as TFLite builtin ops
-   (RESHAPE, MUL, REDUCE_MAX, REDUCE_MIN, ADD: :func:`mam_tf.ops.mam_reduce_builtin`), so
+   (RESHAPE, MUL, REDUCE_MAX, REDUCE_MIN, ADD: :func:`mam_tf.train.mam_op.mam_reduce_builtin`), so
    TFLite's own converter can run and calibrate it: the quantization parameters of every
    tensor, the MAM layers' inputs and outputs included, come from the TRUE MAM activations
    on the representative data. (TFLite cannot calibrate a graph holding an unknown custom op.)
@@ -27,12 +27,13 @@ import dataclasses
 
 import numpy as np
 
-from mam_tf import flatbuffer as fb
-from mam_tf import ops, options
-from mam_tf._compat import keras, tf
-from mam_tf.layers import MAMDense, mam_layers, walk_layers
-from mam_tf.reference import quantize_layer
-from mam_tf.sparse import encode
+from mam_tf.deploy import flatbuffer as fb
+from mam_tf.train import mam_op
+from mam_tf.deploy import options
+from mam_tf.train.compat import keras, tf
+from mam_tf.train.layers import MAMDense, mam_layers, walk_layers
+from mam_tf.deploy.reference import quantize_layer
+from mam_tf.deploy.offset_csr import encode
 
 __all__ = ["convert", "Conversion", "LayerReport", "write_header", "MODES"]
 
@@ -186,7 +187,7 @@ def _tflite_builtin(model, data, mode, float_io, calibration_samples):
     input_shape = tuple(model.inputs[0].shape[1:])
     if any(d is None for d in input_shape):
         raise ValueError(f"convert: input shape {input_shape} must be fully known (except batch)")
-    with ops.builtin_graph():
+    with mam_op.builtin_graph():
         fn = tf.function(lambda x: model(x, training=False))
         concrete = fn.get_concrete_function(tf.TensorSpec((1,) + input_shape, tf.float32))
     conv = tf.lite.TFLiteConverter.from_concrete_functions([concrete], model)
@@ -243,7 +244,7 @@ def _find_pattern(schema, model, sg, scopes):
     layer_name = scopes[0]
     where = f"convert: MAM layer '{layer_name}'"
     core = [i for i, op in enumerate(sg.operators)
-            if any(_in_scope(sg.tensors[t], scope, ops.EXPORT_SCOPE)
+            if any(_in_scope(sg.tensors[t], scope, mam_op.EXPORT_SCOPE)
                    for t in op.outputs for scope in scopes)
             and fb.op_name(model, op) in _PATTERN_OPS]
     reduces = {kind: [i for i in core if fb.op_name(model, sg.operators[i]) == kind]
@@ -318,7 +319,7 @@ def _check_no_mam_left(model):
         for t in op.outputs:
             for name in fb.tensor_names(sg.tensors[t]):
                 parts = name.split("/")
-                hits = [k for k, part in enumerate(parts) if part.startswith(ops.EXPORT_SCOPE)]
+                hits = [k for k, part in enumerate(parts) if part.startswith(mam_op.EXPORT_SCOPE)]
                 if hits and hits[0] > 0:
                     raise ValueError(
                         f"convert: MAM layer '{parts[hits[0] - 1]}' left a second MAM pattern "
@@ -549,7 +550,7 @@ def convert(model, representative_data, mode="int8", *, per_row=True, float_io=F
         have beta == 0 and rank-2 inputs.
       representative_data: float samples shaped like the model input (a [K, ...] array);
         up to ``calibration_samples`` of them calibrate the activations. A model trained
-        quantization-aware (``mam_tf.quantization.quantize_model``) needs none: its
+        quantization-aware (``mam_tf.train.quantization.quantize_model``) needs none: its
         fake-quant ranges and int8 weights are used as they are, and ``mode`` must be the
         scheme it was trained for.
       mode: ``"int8"`` (int8 activations, int8 weights, int32 bias) or ``"int16x8"``
@@ -568,7 +569,7 @@ def convert(model, representative_data, mode="int8", *, per_row=True, float_io=F
     found = _check_model(model, require_mam)
     qat = None
     if _is_qat(model):
-        from mam_tf.quantization import layer_quant_params
+        from mam_tf.train.quantization import layer_quant_params
 
         qat = layer_quant_params(model)
         schemes = {p["scheme"] for p in qat.values()}
@@ -602,7 +603,7 @@ def convert(model, representative_data, mode="int8", *, per_row=True, float_io=F
 
 def _strip_pruning(model):
     if any(type(layer).__name__ == "PruneLowMagnitude" for layer in walk_layers(model)):
-        from mam_tf.pruning import strip_pruning  # applies the held masks, unlike tfmot's
+        from mam_tf.train.pruning import strip_pruning  # applies the held masks, unlike tfmot's
 
         return strip_pruning(model)
     return model
@@ -665,7 +666,7 @@ def _load_data(path, key):
 def _cmd_convert(args):
     import os
 
-    from mam_tf._compat import keras as _keras
+    from mam_tf.train.compat import keras as _keras
 
     if not os.path.exists(args.model):
         raise ValueError(f"no model at {args.model!r}")

@@ -1,8 +1,8 @@
 """Keras layers built on Multiply-And-Max/min neurons."""
 from __future__ import annotations
 
-from mam_tf import ops
-from mam_tf._compat import keras, tf
+from mam_tf.train import mam_op
+from mam_tf.train.compat import keras, tf
 
 __all__ = ["MAMLayerMixin", "MAMDense", "mam_layers", "walk_layers", "require_graph_model"]
 
@@ -53,7 +53,7 @@ class MAMLayerMixin:
     def get_prunable_weights(self):
         """The weights pruning may zero: the kernel (tfmot's ``PrunableLayer`` interface).
 
-        The bias and ``beta`` are never pruned. ``mam_tf.pruning`` registers MAM layers as
+        The bias and ``beta`` are never pruned. ``mam_tf.train.pruning`` registers MAM layers as
         virtual subclasses of ``tfmot.sparsity.keras.PrunableLayer``.
         """
         return [self.kernel]
@@ -147,13 +147,13 @@ class MAMDense(MAMLayerMixin, keras.layers.Dense):
         rank = inputs.shape.rank
         x = inputs if rank == 2 else tf.reshape(inputs, [-1, n_in])
 
-        if ops.in_builtin_graph():
+        if mam_op.in_builtin_graph():
             # Export tracing: pure MAM as builtin ops, under a scope the converter finds.
-            with tf.name_scope(ops.EXPORT_SCOPE):
-                outputs = ops.mam_reduce_builtin(x, kernel)
+            with tf.name_scope(mam_op.EXPORT_SCOPE):
+                outputs = mam_op.mam_reduce_builtin(x, kernel)
         else:
             beta = tf.cast(self.beta, x.dtype)
-            mam = ops.mam_reduce(x, kernel)
+            mam = mam_op.mam_reduce(x, kernel)
             # Pure MAM (inference, the end of training) skips the MAC product entirely.
             outputs = tf.cond(
                 tf.equal(beta, 0.0),

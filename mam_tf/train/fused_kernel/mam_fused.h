@@ -1,7 +1,7 @@
 // The fused MAM core: forward (value, argmax and argmin in one pass) and backward (a scatter
 // from the indices).
 //
-// No TensorFlow here: the op glue (mam_ops.cc) validates, allocates and splits the work into
+// No TensorFlow here: the op glue (mam_fused_op.cc) validates, allocates and splits the work into
 // independent pieces; every number is computed by this header. Semantics are MAM_SPARSE.md
 // section 1: y[b,j] = max_i(x[b,i]*w[i,j]) + min_i(x[b,i]*w[i,j]), ties go to the LOWEST i,
 // and a pair with argmax == argmin receives its gradient twice.

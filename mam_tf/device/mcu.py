@@ -8,7 +8,7 @@ between two marker functions around each kernel call, exactly. With a TFLite-Mic
 built for Cortex-M7, a second firmware runs whole converted models (:func:`run_model`).
 
 Counts are instructions; QEMU models no caches, no wait states, no dual issue, no load-use or
-multiply latencies. ``mam-tf bench mcu`` (:mod:`mam_tf.bench_mcu`) builds its tables on this.
+multiply latencies. ``mam-tf bench mcu`` (:mod:`mam_tf.bench.mcu`) builds its tables on this.
 
 Builds: the firmware (arm-none-eabi-gcc, CMake toolchain file) and the plugin (host C
 compiler) are built once into ``~/.cache/mam-tf/mcu-<hash of the sources and options>/``
@@ -32,15 +32,15 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from mam_tf.sparse import OffsetCSR
-from mam_tf._cache import cache_root
+from mam_tf.deploy.offset_csr import OffsetCSR
+from mam_tf.common.buildcache import cache_root
 
 __all__ = [
     "McuBuild", "McuError", "KernelCall", "KERNEL_IDS", "toolchain_available", "build", "build_key",
     "run_calls", "run_kernel", "count_loop", "count_by_trace", "run_model",
 ]
 
-_OPS = Path(__file__).resolve().parent.parent / "tflm_ops"
+_OPS = Path(__file__).resolve().parents[2] / "tflm_ops"
 _FW = _OPS / "firmware"
 QEMU = "qemu-system-arm"
 GCC = "arm-none-eabi-gcc"
@@ -296,7 +296,7 @@ class KernelCall:
     """One kernel call: ``kernel`` in {"mam_sparse", "mac_sparse", "mac_dense", "mam_dense",
     "cmsis_fc"}, ``variant`` in {"portable", "optimized", "cmsis"}; ``x`` int8 or int16
     [batches, N]; ``csr`` for the sparse kernels, ``weights`` (int8 [M, N]) for the dense ones;
-    the requantization as mam_tf.core takes it."""
+    the requantization as mam_tf.deploy.native takes it."""
 
     kernel: str
     variant: str
@@ -474,7 +474,7 @@ def run_model(tflite, x_raw, b: Optional[McuBuild] = None, timeout: float = 600.
     instructions of its Invoke in the first sample)] and ``arena_used`` (bytes). An op's count
     runs from the profiler's BeginEvent to its EndEvent: the op's Invoke and the interpreter's
     few instructions around it."""
-    from mam_tf import flatbuffer as fb
+    from mam_tf.deploy import flatbuffer as fb
 
     b = b or build()
     if b.model_elf is None:

@@ -2,13 +2,13 @@
 
 :func:`prepare` follows the TFLM glue's Init and Prepare (``tflm_ops/tflm/mam_sparse_op.cc``)
 step by step, in the same order and with the same words: the custom options as Init parses
-them (:func:`mam_tf.options.parse`), the tensor counts, the required tensors, the constants,
+them (:func:`mam_tf.deploy.options.parse`), the tensor counts, the required tensors, the constants,
 then the C core's ``mam_validate`` and ``mam_prepare_requant``, which the glue calls too. So
 the host runtime (and ``mam-tf check``) refuse exactly what the device refuses, with one
 implementation of the checks. Where the device reads ``TfLiteTensor::bytes`` (computed by
 TFLite-Micro from the shape) the host gives the core the model buffer's real length, which
 is stricter: a constant whose buffer disagrees with its shape is refused here, and by the
-model checker (:mod:`mam_tf.check`) before flashing.
+model checker (:mod:`mam_tf.deploy.check`) before flashing.
 
 Without the C core (no compiler here) the numpy reference's own checks stand in
 (options, offset-CSR layout, quantization); they refuse corrupted layouts too, in other words.
@@ -20,9 +20,10 @@ from typing import Optional
 
 import numpy as np
 
-from mam_tf import flatbuffer as fb
-from mam_tf import options, reference
-from mam_tf.sparse import OffsetCSR
+from mam_tf.deploy import flatbuffer as fb
+from mam_tf.deploy import options
+from mam_tf.deploy import reference
+from mam_tf.deploy.offset_csr import OffsetCSR
 
 __all__ = ["SparseNode", "prepare", "tflite_type_code"]
 
@@ -106,11 +107,11 @@ def prepare(model, sg, op_index: int) -> SparseNode:
 
 def _prepare(model, sg, op, kind) -> SparseNode:
     try:
-        from mam_tf import core
+        from mam_tf.deploy import native
 
-        core.load()
+        native.load()
     except Exception:
-        core = None
+        native = None
     opts = options.parse(None if op.customOptions is None
                          else np.asarray(op.customOptions, np.uint8).tobytes())
     ins = [int(t) for t in (op.inputs if op.inputs is not None else [])]
@@ -118,8 +119,8 @@ def _prepare(model, sg, op, kind) -> SparseNode:
     counts = dict(num_inputs=len(ins), num_outputs=len(outs), in_features=opts["in_features"],
                   activation=opts["fused_activation_function"], version=opts["version"])
     if (len(ins) not in (4, 5)) or len(outs) != 1:
-        if core is not None:
-            status, msg = core.validate_layer(offsets=[], row_counts=[], weight_scales=[],
+        if native is not None:
+            status, msg = native.validate_layer(offsets=[], row_counts=[], weight_scales=[],
                                               weight_scale_count=0, **counts)
             raise ValueError(msg)
         raise ValueError(f"MAM_SPARSE: node has {len(ins)} inputs and {len(outs)} outputs")
@@ -172,8 +173,8 @@ def _prepare(model, sg, op, kind) -> SparseNode:
     for k in ("weight_zero_point", "input_zero_point", "output_zero_point"):
         if not -2**31 <= fields[k] < 2**31:  # TFLM keeps zero points in int32 fields
             raise ValueError(f"MAM_SPARSE: {k.replace('_', ' ')} {fields[k]} does not fit int32")
-    if core is not None:
-        req = core.prepare_layer(**fields)
+    if native is not None:
+        req = native.prepare_layer(**fields)
     else:
         req = _prepare_without_core(fields, opts, kind)
     n = opts["in_features"]

@@ -28,8 +28,8 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from mam_tf import options as _options
-from mam_tf.sparse import OffsetCSR, encode
+from mam_tf.deploy import options as _options
+from mam_tf.deploy.offset_csr import OffsetCSR, encode
 
 __all__ = [
     "ACTIVATIONS",
@@ -393,7 +393,7 @@ class QuantizedLayer:
         return encode(self.weights, name=self.name)
 
     def kernel_kwargs(self) -> dict:
-        """Keyword arguments for :func:`mam_sparse` & co (and their mam_tf.core twins)."""
+        """Keyword arguments for :func:`mam_sparse` & co (and their mam_tf.deploy.native twins)."""
         return dict(
             bias=self.bias, multiplier=self.multiplier, shift=self.shift,
             input_zero_point=self.input_zero_point, output_zero_point=self.output_zero_point,

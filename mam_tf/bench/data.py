@@ -1,6 +1,6 @@
 """Benchmark: ECGSYN windows per second, ecg_data vs neurokit2, measured in the same run.
 
-    python -m ecg_data.bench --windows 100000        (or ``mam-tf bench data``)
+    python -m mam_tf.bench.data --windows 100000        (or ``mam-tf bench data``)
 
 neurokit2 (``pip install mam-tf[bench]``) is timed two ways: one ``ecg_simulate(method="ecgsyn")``
 call per window (what per-window heart rates and phases need; slow, so timed on a small subset
@@ -20,8 +20,8 @@ import warnings
 
 import numpy as np
 
-from .synthetic import synthetic_windows
-from .windows import scale_windows
+from ecg_data.synthetic import synthetic_windows
+from ecg_data.windows import scale_windows
 
 __all__ = ["run_benchmark", "save_plot", "main", "add_bench_command"]
 
@@ -247,7 +247,7 @@ def add_bench_command(subparsers):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m ecg_data.bench", description=_DESCRIPTION)
+    parser = argparse.ArgumentParser(prog="python -m mam_tf.bench.data", description=_DESCRIPTION)
     _add_arguments(parser)
     args = parser.parse_args(argv)
     return args.func(args)

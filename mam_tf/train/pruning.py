@@ -24,14 +24,14 @@ import numbers
 from dataclasses import dataclass
 
 import numpy as np
-from mam_tf._tfmot_compat import pruning_schedule as _schedules
-from mam_tf._tfmot_compat import pruning_wrapper as _wrapper
-from mam_tf._tfmot_compat import tfmot
+from mam_tf.train._tfmot import pruning_schedule as _schedules
+from mam_tf.train._tfmot import pruning_wrapper as _wrapper
+from mam_tf.train._tfmot import tfmot
 
-from mam_tf import ops
-from mam_tf._compat import keras, tf
-from mam_tf.layers import MAMDense, MAMLayerMixin, require_graph_model, walk_layers
-from mam_tf.training import iter_batches
+from mam_tf.train import mam_op
+from mam_tf.train.compat import keras, tf
+from mam_tf.train.layers import MAMDense, MAMLayerMixin, require_graph_model, walk_layers
+from mam_tf.train.schedule import iter_batches
 
 __all__ = [
     "FixedMask",
@@ -361,7 +361,7 @@ def _activation_counts(fn, model, data, targets, batch_size=256):
         for x, w in zip(xs, ws):
             n, m = w.shape
             x = tf.reshape(tf.cast(x, w.dtype), [-1, n])
-            _, amax, amin = ops.mam_forward(x, w)
+            _, amax, amin = mam_op.mam_forward(x, w)
             cols = tf.range(m, dtype=tf.int64)[None, :]
             flat = tf.concat([tf.reshape(tf.cast(amax, tf.int64) * m + cols, [-1]),
                               tf.reshape(tf.cast(amin, tf.int64) * m + cols, [-1])], 0)
@@ -609,7 +609,7 @@ def _csr_entries(mask_rows):
     each gap between consecutive stored columns of a row (and from the row start), with
     gap = c - prev - 1 and prev starting at -1. Trailing zeros cost nothing.
 
-    Private stand-in for ``mam_tf.sparse.encode(...).num_entries`` (same count), kept here so
+    Private stand-in for ``mam_tf.deploy.offset_csr.encode(...).num_entries`` (same count), kept here so
     the summary needs no quantization; swap it for the encoder when both live on one branch.
     """
     mask_rows = np.asarray(mask_rows, bool)
@@ -627,7 +627,7 @@ def _csr_entries(mask_rows):
 
 
 def _quantized_sparsity_mask(layer):
-    """The sparsity mask a QAT wrapper holds for its kernel, if any (see mam_tf.quantization)."""
+    """The sparsity mask a QAT wrapper holds for its kernel, if any (see mam_tf.train.quantization)."""
     for w in getattr(layer, "_non_trainable_weights", ()):
         if w.name.split("/")[-1].startswith("kernel_sparsity_mask"):
             return w.numpy()

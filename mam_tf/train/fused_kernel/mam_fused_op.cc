@@ -1,4 +1,4 @@
-// TensorFlow CPU ops around the fused MAM core (mam_core.h): shape and index validation, output
+// TensorFlow CPU ops around the fused MAM core (mam_fused.h): shape and index validation, output
 // allocation, and the split of the work over helper threads (see parallel_for). Pieces never
 // write to the same element, and every element's sum order is fixed by the core, so results are
 // identical for any thread count. Kernels hold no state: concurrent calls are safe.
@@ -10,7 +10,7 @@
 #include <memory>
 #include <mutex>
 
-#include "mam_core.h"
+#include "mam_fused.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/shape_inference.h"
@@ -56,7 +56,7 @@ constexpr int64_t kForwardCyclesPerHelper = 300000;
 // than the split into dx rows and dw pieces that a helper needs; a helper there gained nothing
 // at batch 256, 48 -> 256 and lost 3% at 64 x 256 -> 256 (the same one-off timings).
 constexpr int64_t kCyclesPerHelper = 1000000;
-// The backward writes dx and dw in one serial pass (mam_core.h: backward_serial) when no helper
+// The backward writes dx and dw in one serial pass (mam_fused.h: backward_serial) when no helper
 // would run and dw has at most this many floats (256 KiB: its scattered adds stay in L2). At
 // batch 256, 48 -> 256: 0.22 ms against 0.26 for the dx rows, then the dw pieces (`mam-tf bench
 // train --ops --kernel-dir`, README).
@@ -292,7 +292,7 @@ class MamFusedBackwardOp : public OpKernel {
     const int64_t dx_cost = dx_rows * (N + 8 * M);
     const int64_t pieces = (M + mam::kPiece - 1) / mam::kPiece;
     // A small layer whose items would all run on this thread: one pass writes both
-    // (mam_core.h: backward_serial). (Its dw is below zero_first's size: the items are these.)
+    // (mam_fused.h: backward_serial). (Its dw is below zero_first's size: the items are these.)
     if (N * M <= kSerialDwFloats &&
         helper_count(ctx, dx_items + pieces, dx_cost, kCyclesPerHelper) == 0) {
       mam::backward_serial(g, x, w, amax, amin, B, N, M, dx, dw);

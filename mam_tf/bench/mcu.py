@@ -11,7 +11,7 @@ Counts are instructions, exactly and repeatably; QEMU models no caches, no wait 
 dual issue, no load-use or multiply latencies, so any time or energy derived from them is an
 estimate under a stated cycles-per-instruction (CPI) assumption.
 
-The machinery (build, run, count) is :mod:`mam_tf.mcu`; its public functions are re-exported
+The machinery (build, run, count) is :mod:`mam_tf.device.mcu`; its public functions are re-exported
 here (``toolchain_available``, ``build``, ``run_kernel``, ``run_calls``, ``run_model``, ...).
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Optional
 
 import numpy as np
 
-from mam_tf.mcu import (  # noqa: F401  (re-exported: the public API of the benchmark)
+from mam_tf.device.mcu import (  # noqa: F401  (re-exported: the public API of the benchmark)
     GCC, KERNEL_IDS, QEMU, KernelCall, McuBuild, McuError, build, count_by_trace, count_loop,
     run_calls, run_kernel, run_model, toolchain_available,
 )
@@ -49,15 +49,15 @@ CPI_RANGE = (0.5, 2.0)   # 0.5: the M7's dual-issue peak; 2.0: stalls (load-use,
 # The benchmark
 # ----------------------------------------------------------------------------------------
 def host_output(c: KernelCall) -> np.ndarray:
-    """What the host core (mam_tf.core) computes for the same call: the truth to compare."""
-    from mam_tf import core
+    """What the host core (mam_tf.deploy.native) computes for the same call: the truth to compare."""
+    from mam_tf.deploy import native
 
     kw = dict(input_zero_point=c.input_zero_point, output_zero_point=c.output_zero_point,
               act_min=c.act_min, act_max=c.act_max)
     if c.kernel in ("mam_sparse", "mac_sparse"):
-        fn = core.mam_sparse if c.kernel == "mam_sparse" else core.mac_sparse
+        fn = native.mam_sparse if c.kernel == "mam_sparse" else native.mac_sparse
         return fn(c.x, c.csr, c.bias, c.multiplier, c.shift, **kw)
-    fn = core.mam_dense if c.kernel == "mam_dense" else core.mac_dense
+    fn = native.mam_dense if c.kernel == "mam_dense" else native.mac_dense
     return fn(c.x, c.weights, c.bias, c.multiplier, c.shift, **kw)
 
 
@@ -98,7 +98,7 @@ def _record(c: KernelCall, instructions, b: McuBuild, remaining, **extra):
 def random_layer(rows, cols, remaining, act_bits, seed=0, per_row=False, bias=True):
     """A seeded random int8 layer with exactly round(remaining * rows * cols) nonzero weights,
     its requantization (a plausible per-tensor or per-row scale) and one input sample."""
-    from mam_tf import reference
+    from mam_tf.deploy import reference
 
     rng = np.random.default_rng(seed)
     w = rng.integers(1, 128, size=(rows, cols)) * rng.choice([-1, 1], size=(rows, cols))
@@ -131,7 +131,7 @@ def bench_layer(rows=128, cols=16384, remaining=DEFAULT_REMAINING, act_bits=(16,
     same matrix at 100% (their work does not depend on zeros). With ``check`` every output is
     compared with the host core's and a mismatch raises.
     """
-    from mam_tf.sparse import encode
+    from mam_tf.deploy.offset_csr import encode
 
     b = b or build()
     variants = ["portable"] + (["optimized"] if b.optimized else [])
@@ -194,9 +194,9 @@ def bench_model(tflite, b: Optional[McuBuild] = None, seed=0, check=True,
     does not depend on the values, the ARMv7E-M MAM kernels' moves slightly with them, as
     their max/min updates do), beside the dense MAC (and CMSIS-NN when built in) on the
     decoded matrix."""
-    from mam_tf import flatbuffer as fb
-    from mam_tf import options
-    from mam_tf import sparse_op
+    from mam_tf.deploy import flatbuffer as fb
+    from mam_tf.deploy import options
+    from mam_tf.deploy import node
 
     b = b or build()
     data = Path(tflite).read_bytes()
@@ -209,7 +209,7 @@ def bench_model(tflite, b: Optional[McuBuild] = None, seed=0, check=True,
         kind = fb.op_name(model, op)
         if kind not in (options.MAM_SPARSE, options.MAC_SPARSE):
             continue
-        step = sparse_op.prepare(model, sg, i)  # the device's Prepare, checks included
+        step = node.prepare(model, sg, i)  # the device's Prepare, checks included
         m, n = step.csr.shape
         info = np.iinfo(step.dtype)
         x = rng.integers(info.min, info.max + 1, size=(1, n)).astype(step.dtype)
@@ -394,8 +394,8 @@ def _machine_lines(b: McuBuild):
 
 def _whole_model(path, b: McuBuild, seed=0) -> dict:
     """Runs the whole model through TFLite-Micro on the emulated M7 (one random sample),
-    checks its output against mam_tf.runtime and prints each op's instructions."""
-    from mam_tf.runtime import Interpreter
+    checks its output against mam_tf.deploy.runtime and prints each op's instructions."""
+    from mam_tf.deploy.runtime import Interpreter
 
     host = Interpreter(path)
     rng = np.random.default_rng(seed)
@@ -403,7 +403,7 @@ def _whole_model(path, b: McuBuild, seed=0) -> dict:
     got = run_model(path, x, b)
     equal = bool(np.array_equal(got["output"], host.run_raw(x)))
     print(f"\nwhole model through TFLite-Micro on the Cortex-M7: output "
-          f"{'equals' if equal else 'DIFFERS FROM'} mam_tf.runtime's; arena used "
+          f"{'equals' if equal else 'DIFFERS FROM'} mam_tf.deploy.runtime's; arena used "
           f"{got['arena_used']} B")
     print("| op | name | instructions | est. ms (CPI 1) |\n|---|---|---|---|")
     for k, (name, count) in enumerate(got["ops"]):
@@ -412,7 +412,7 @@ def _whole_model(path, b: McuBuild, seed=0) -> dict:
     print(f"| | all ops | {total} | {total * CPI / CLOCK_HZ * 1e3:.3f} |")
     if not equal:
         raise McuError(f"mcu: the whole model's output on the Cortex-M7 differs from "
-                       f"mam_tf.runtime's ({path})")
+                       f"mam_tf.deploy.runtime's ({path})")
     return dict(ops=[dict(name=n, instructions=c) for n, c in got["ops"]],
                 arena_used=got["arena_used"], equals_host_runtime=equal)
 
@@ -443,7 +443,7 @@ def _cmd_mcu(args):
         records = bench_layer(rows, cols, remaining, tuple(args.act_bits), args.seed, b,
                               check=not args.no_check)
     if not args.no_check:
-        print("outputs: every kernel's output equals the host core's (mam_tf.core), byte for "
+        print("outputs: every kernel's output equals the host core's (mam_tf.deploy.native), byte for "
               "byte (CMSIS-NN's: the host core's dense MAC)")
     print()
     if not args.model:

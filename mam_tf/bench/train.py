@@ -22,7 +22,7 @@ With --ops it also times the kernels alone per shape, one eager call a step: Den
 
 With --kernel-dir DIR every variant that runs the fused kernel (mam-fused, the -mam models, the
 two fused ops) is also timed as built from the sources in DIR (another checkout's
-mam_tf/kernels), as `<variant>@dir`, interleaved with this checkout's: an A/B of two kernel
+mam_tf/train/fused_kernel), as `<variant>@dir`, interleaved with this checkout's: an A/B of two kernel
 versions measured in one run, on the layer step, the model step and the ops alone.
 
 Each variant runs in its own long-lived process (its peak RSS is its own). The processes are
@@ -32,7 +32,7 @@ its spread (interquartile range) over all rounds, the ratio to the baseline's me
 of the per-round ratios, the process CPU time per step (all threads; less sensitive than wall
 time to other jobs taking the cores) and the peak RSS. The load average is printed before and
 after; a warning says when it was above the number of cores (then times are inflated and the
-ratios less reliable: rerun on a quiet machine). Also runnable as ``python -m mam_tf.bench_train``.
+ratios less reliable: rerun on a quiet machine). Also runnable as ``python -m mam_tf.bench.train``.
 """
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ from pathlib import Path
 
 __all__ = ["main", "add_bench_command", "run_train_bench", "machine_line"]
 
-# (label, mam_tf.bench variant, jit)
+# (label, mam_tf.bench.steps variant, jit)
 LAYER_VARIANTS = (
     ("dense", "dense", False),
     ("mam-fused", "mam", False),
@@ -53,14 +53,14 @@ LAYER_VARIANTS = (
     ("mam-reference-xla", "mam-reference", True),
 )
 DEFAULT_LAYER_VARIANTS = ("dense", "mam-fused")
-#: --ops: (label, mam_tf.bench variant, jit); Dense's GEMMs first, the baseline.
+#: --ops: (label, mam_tf.bench.steps variant, jit); Dense's GEMMs first, the baseline.
 OP_VARIANTS = (
     ("dense-gemms", "op-gemms", False),
     ("mam-forward", "op-mam-forward", False),
     ("mam-backward", "op-mam-backward", False),
 )
 #: Per --model: batch, default steps per round, the first MAM layer's (inputs, units) (the
-#: JSON rows' n_in and units), the variants [(label, mam_tf.bench variant, jit)], what it is.
+#: JSON rows' n_in and units), the variants [(label, mam_tf.bench.steps variant, jit)], what it is.
 MODELS = {
     "ecg": dict(batch=128, steps=3, layer=(16384, 128),
                 variants=[("ecg-mac", "ecg-mac", False), ("ecg-mam", "ecg-mam", False)],
@@ -83,7 +83,7 @@ def default_steps(batch, n_in, units):
 
 def machine_line():
     """The CPU model, vector ISA and core count, Python and TensorFlow versions."""
-    from mam_tf._compat import tf
+    from mam_tf.train.compat import tf
 
     model, flags = platform.processor() or platform.machine(), set()
     try:
@@ -120,7 +120,8 @@ def run_train_bench(shapes=None, steps=None, rounds=7, threads=None, variants=No
     """Prints the machine and load, then per shape (and for --model, --ops) a table of median
     step time with spread, ratio to the baseline and peak RSS, measured in interleaved rounds;
     returns the rows (one dict per variant and shape, with every step's wall and CPU time)."""
-    from mam_tf import bench, fused
+    from mam_tf.bench import steps as step_bench
+    from mam_tf.train import fused
 
     models = [model] if isinstance(model, str) else list(model or [])
     for name in models:
@@ -131,7 +132,7 @@ def run_train_bench(shapes=None, steps=None, rounds=7, threads=None, variants=No
         missing = fused.missing_sources(kernel_dir)
         if missing:
             raise ValueError(f"bench train: --kernel-dir {kernel_dir} lacks {', '.join(missing)} "
-                             "(give another checkout's mam_tf/kernels)")
+                             "(give another checkout's mam_tf/train/fused_kernel)")
     env = {"TF_NUM_INTRAOP_THREADS": str(threads)} if threads else {}
     shapes = DEFAULT_SHAPES if shapes is None else shapes
     chosen = [v for v in LAYER_VARIANTS
@@ -181,7 +182,7 @@ def run_train_bench(shapes=None, steps=None, rounds=7, threads=None, variants=No
     rows = []
     for title, batch, n_in, units, n_steps, block_variants in blocks:
         out("\n" + title)
-        rows.extend(_run_block(bench, block_variants, batch, n_in, units, n_steps, rounds, env,
+        rows.extend(_run_block(step_bench, block_variants, batch, n_in, units, n_steps, rounds, env,
                                out))
     load_after = _load()
     out("\nload average after: " + " ".join(f"{v:.2f}" for v in load_after))
@@ -195,11 +196,11 @@ def run_train_bench(shapes=None, steps=None, rounds=7, threads=None, variants=No
     return rows
 
 
-def _run_block(bench, variants, batch, n_in, units, n_steps, rounds, env, out):
+def _run_block(step_bench, variants, batch, n_in, units, n_steps, rounds, env, out):
     workers = {}
     try:
         for label, variant, jit, *extra in variants:
-            workers[label] = bench.Worker(variant, batch, n_in, units, jit,
+            workers[label] = step_bench.Worker(variant, batch, n_in, units, jit,
                                           env={**env, **(extra[0] if extra else {})})
             workers[label].run(2)  # warm-up: tracing, first-call allocations, the kernel build
         times = {label: [] for label in workers}
@@ -264,7 +265,7 @@ def _cmd_train(args):
 
 def add_bench_command(subparsers):
     """Adds ``train`` to a ``bench`` sub-command's subparsers."""
-    from mam_tf.bench import parse_shape
+    from mam_tf.bench.steps import parse_shape
 
     p = subparsers.add_parser(
         "train",
@@ -283,7 +284,7 @@ def add_bench_command(subparsers):
     p.add_argument("--kernel-dir", metavar="DIR", default=None,
                    help="also time every variant that runs the fused kernel (mam-fused, the -mam "
                         "models, with --ops the fused ops) as built from the sources in DIR "
-                        "(another checkout's mam_tf/kernels, e.g. a `git worktree` of an older "
+                        "(another checkout's mam_tf/train/fused_kernel, e.g. a `git worktree` of an older "
                         "commit), as <variant>@dir, interleaved with this checkout's: two kernel "
                         "versions in one run")
     p.add_argument("--rounds", type=int, default=7,
@@ -304,7 +305,7 @@ def add_bench_command(subparsers):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mam_tf.bench_train")
+    parser = argparse.ArgumentParser(prog="python -m mam_tf.bench.train")
     sub = parser.add_subparsers(dest="command")
     add_bench_command(sub)
     args = parser.parse_args(["train", *(sys.argv[1:] if argv is None else argv)])

@@ -49,16 +49,16 @@ import numbers
 import warnings
 
 import numpy as np
-from mam_tf._tfmot_compat import default_8bit_quantize_registry, default_8bit_transforms
-from mam_tf._tfmot_compat import model_transformer, quantize_layout_transform, quantize_scheme
-from mam_tf._tfmot_compat import quantize_layer as _qlayer
-from mam_tf._tfmot_compat import quantize_utils as _qutils
-from mam_tf._tfmot_compat import quantize_wrapper as _qwrapper
-from mam_tf._tfmot_compat import tfmot, transforms
+from mam_tf.train._tfmot import default_8bit_quantize_registry, default_8bit_transforms
+from mam_tf.train._tfmot import model_transformer, quantize_layout_transform, quantize_scheme
+from mam_tf.train._tfmot import quantize_layer as _qlayer
+from mam_tf.train._tfmot import quantize_utils as _qutils
+from mam_tf.train._tfmot import quantize_wrapper as _qwrapper
+from mam_tf.train._tfmot import tfmot, transforms
 
-from mam_tf import ops
-from mam_tf._compat import keras, tf
-from mam_tf.layers import MAMLayerMixin, require_graph_model
+from mam_tf.train import mam_op
+from mam_tf.train.compat import keras, tf
+from mam_tf.train.layers import MAMLayerMixin, require_graph_model
 
 __all__ = [
     "SCHEMES",
@@ -503,7 +503,7 @@ def quantize_model(model, scheme="int8", *, per_channel=False, weight_range=None
     input_range = _check_range(fn, "input_range", input_range, sym)
     output_range = _check_range(fn, "output_range", output_range, sym)
 
-    from mam_tf import pruning
+    from mam_tf.train import pruning
 
     if any(isinstance(layer, pruning.PruneLowMagnitude) for layer in getattr(model, "layers", ())):
         model = pruning.strip_pruning(model)
@@ -748,15 +748,15 @@ def _pre_activation(layer, x):
     """The float layer's output before its activation (Dense: x W + b; MAM: max + min + b)."""
     kernel = tf.convert_to_tensor(layer.kernel)
     x = tf.reshape(tf.cast(x, kernel.dtype), [-1, kernel.shape[0]])
-    y = ops.mam_reduce(x, kernel) if isinstance(layer, MAMLayerMixin) else tf.matmul(x, kernel)
+    y = mam_op.mam_reduce(x, kernel) if isinstance(layer, MAMLayerMixin) else tf.matmul(x, kernel)
     if layer.use_bias:
         y = y + layer.bias
     return y
 
 
 def _calibrate(fn, float_model, qat, data):
-    from mam_tf.pruning import _copy_model
-    from mam_tf.training import iter_batches
+    from mam_tf.train.pruning import _copy_model
+    from mam_tf.train.schedule import iter_batches
 
     # A private copy: its layers have exactly one call site, so layer.input is this graph's.
     float_model = _copy_model(float_model)

@@ -5,7 +5,7 @@ with a MAC or MAM FC1) and times its training step. :class:`Worker` keeps one St
 a separate Python process, so that a benchmark can drive several variants round by round (their
 steps interleaved in time, so that a change in the machine's load reaches all of them alike)
 while each process's peak resident memory stays its own. :func:`measure_step` is the one-shot
-form (the memory test uses it). ``mam-tf bench train`` (:mod:`mam_tf.bench_train`) builds its
+form (the memory test uses it). ``mam-tf bench train`` (:mod:`mam_tf.bench.train`) builds its
 tables on these.
 """
 from __future__ import annotations
@@ -53,8 +53,9 @@ class StepRunner:
     def __init__(self, variant, batch, n_in, units, jit=False, seed=0):
         import numpy as np
 
-        from mam_tf import MAMDense, ops
-        from mam_tf._compat import keras, tf
+        from mam_tf import MAMDense
+        from mam_tf.train import mam_op
+        from mam_tf.train.compat import keras, tf
 
         if variant not in VARIANTS:
             raise ValueError(f"bench: unknown variant {variant!r}; choose from {VARIANTS}")
@@ -62,7 +63,7 @@ class StepRunner:
         rng = np.random.default_rng(seed)
         self._fetch = variant not in OP_VARIANTS  # eager ops on the CPU have run on return
         if variant in OP_VARIANTS:
-            from mam_tf import fused
+            from mam_tf.train import fused
 
             if variant != "op-gemms" and not fused.available():
                 raise RuntimeError(f"bench: {variant} needs the fused kernel, which is "
@@ -125,8 +126,8 @@ class StepRunner:
             def reference_reduce(x, w):
                 @tf.custom_gradient
                 def f(x, w):
-                    y, amax, amin = ops.mam_forward_reference(x, w)
-                    return y, lambda g: ops.mam_backward_reference(g, x, w, amax, amin)
+                    y, amax, amin = mam_op.mam_forward_reference(x, w)
+                    return y, lambda g: mam_op.mam_backward_reference(g, x, w, amax, amin)
 
                 return f(x, tf.convert_to_tensor(w))
 
@@ -200,7 +201,7 @@ class Worker:
         self.label = f"{variant} at ({batch}, {n_in}, {units})" + (" under XLA" if jit else "")
         self._stderr = tempfile.TemporaryFile("w+")  # a pipe nobody reads could fill and block
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "mam_tf.bench", "--worker"], stdin=subprocess.PIPE,
+            [sys.executable, "-m", "mam_tf.bench.steps", "--worker"], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=self._stderr, text=True, bufsize=1,
             env={**os.environ, **(env or {})})
         self._call({"cmd": "init", "variant": variant, "batch": batch, "n_in": n_in,
@@ -312,5 +313,5 @@ if __name__ == "__main__":
     if sys.argv[1:] == ["--worker"]:
         _serve()
     else:
-        sys.exit("python -m mam_tf.bench --worker: the process behind mam_tf.bench.Worker "
+        sys.exit("python -m mam_tf.bench.steps --worker: the process behind mam_tf.bench.steps.Worker "
                  "(see `mam-tf bench train --help` for the benchmark)")

@@ -3,14 +3,14 @@
 Each case takes one of the base models (converted int8 and int16x8 models holding
 FULLY_CONNECTED, MAM_SPARSE and MAC_SPARSE ops), corrupts its bytes (bit flips, byte
 overwrites, truncation, a splice of two models, a chunk inserted or deleted), writes it to a
-file and loads and runs it with :class:`mam_tf.runtime.Interpreter` (which checks it with
-:mod:`mam_tf.check` first). Cases run in worker processes, many per worker; a worker that dies
+file and loads and runs it with :class:`mam_tf.deploy.runtime.Interpreter` (which checks it with
+:mod:`mam_tf.deploy.check` first). Cases run in worker processes, many per worker; a worker that dies
 (a signal: SIGSEGV, SIGABRT, ...) records a death for the case it was running and a new
 worker goes on with the next case. The tally counts: accepted (ran), refused (ValueError),
 other exceptions, deaths, and refusals whose message does not name the file, a tensor or an
 operator.
 
-``python -m mam_tf.check --fuzz 100000`` runs it from the command line.
+``python -m mam_tf.deploy.check --fuzz 100000`` runs it from the command line.
 """
 from __future__ import annotations
 
@@ -33,8 +33,8 @@ def base_models() -> dict:
     """{name: tflite bytes}: a Dense -> MAMDense -> pruned Dense model converted int8 and
     int16x8 (FULLY_CONNECTED, MAM_SPARSE, MAC_SPARSE), and a MAMDense-only model."""
     from mam_tf import MAMDense
-    from mam_tf._compat import keras
-    from mam_tf.convert import convert
+    from mam_tf.train.compat import keras
+    from mam_tf.deploy.convert import convert
 
     out = {}
     for mode in ("int8", "int16x8"):
@@ -104,7 +104,7 @@ def worker_main(folder: str, seed: int, start: int, stop: int):
     import warnings
 
     warnings.simplefilter("ignore")
-    from mam_tf.runtime import Interpreter
+    from mam_tf.deploy.runtime import Interpreter
 
     folder = Path(folder)
     models = [p.read_bytes() for p in sorted(folder.glob("base-*.tflite"))]
@@ -133,10 +133,10 @@ def worker_main(folder: str, seed: int, start: int, stop: int):
 
 
 def _spawn(folder, seed, start, stop, log):
-    code = ("import sys; from mam_tf.fuzz import worker_main; "
+    code = ("import sys; from mam_tf.deploy.fuzz import worker_main; "
             "worker_main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))")
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",
-           "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parent.parent)]
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2])]
                                          + ([os.environ["PYTHONPATH"]]
                                             if os.environ.get("PYTHONPATH") else []))}
     return subprocess.Popen([sys.executable, "-c", code, str(folder), str(seed), str(start),

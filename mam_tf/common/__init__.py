@@ -1,0 +1,2 @@
+"""What every stage may use and that knows nothing of Keras or TFLite: where native builds
+are cached (:mod:`.buildcache`)."""
