@@ -86,6 +86,17 @@ def _fc_input_two_scales(tfl, sg):
     q.scale, q.zeroPoint = np.asarray([q.scale[0]] * 2, np.float32), np.asarray([q.zeroPoint[0]] * 2)
 
 
+def _conv_filter_scale_huge(tfl, sg):  # found by the fuzzer: SIGABRT in the int16 conv
+    sg.tensors[_op(tfl, "CONV_2D").inputs[1]].quantization.scale[1] = 5e15
+
+
+def _conv_bias_huge(tfl, sg):  # found by the fuzzer: the int64 accumulator left +-2^47
+    t = sg.tensors[_op(tfl, "CONV_2D").inputs[2]]
+    bias = np.frombuffer(bytes(tfl.buffers[t.buffer].data), np.int64).copy()
+    bias[0] = 1 << 56
+    tfl.buffers[t.buffer].data = np.frombuffer(bias.tobytes(), np.uint8)
+
+
 def _conv_stride_0(tfl, sg):
     _op(tfl, "CONV_2D").builtinOptions.strideW = 0
 
@@ -128,6 +139,9 @@ EDITS = [
     (_fc_weights_format, ("int8",), ["FULLY_CONNECTED", "SHUFFLED4x16INT8"], False),
     (_fc_input_two_scales, ("int8",), ["FULLY_CONNECTED", "2 scales"], False),
     (_conv_stride_0, ("int8",), ["CONV_2D", "strideW is 0"], False),
+    (_conv_filter_scale_huge, ("int16x8",), ["CONV_2D", "shift", "-31..7"], True),
+    (_conv_filter_scale_huge, ("int8",), ["CONV_2D", "shift", "-31..30"], False),
+    (_conv_bias_huge, ("int16x8",), ["CONV_2D", "72057594037927936", "2^47"], True),
     (_conv_filter_3d, ("int8",), ["CONV_2D", "4 dimensions"], True),
     (_pool_output_zero_point, ("int8",), ["MAX_POOL_2D", "quantized alike"], True),
     (_pool_output_zero_point, ("int16x8",), ["MAX_POOL_2D", "INT16 with zero point 1"], True),

@@ -18,6 +18,7 @@ from typing import Optional
 import numpy as np
 
 from mam_tf.deploy import flatbuffer as fb
+from mam_tf.deploy import reference
 
 __all__ = ["CHECKED_OPERATORS", "operator_problem", "elements"]
 
@@ -43,8 +44,8 @@ def _names(enum) -> dict:
 class _Op:
     """One operator's tensors as the rules read them."""
 
-    def __init__(self, sg, ins, outs):
-        self.sg, self.ins, self.outs = sg, ins, outs
+    def __init__(self, sg, ins, outs, buffers=None):
+        self.sg, self.ins, self.outs, self.sg_buffers = sg, ins, outs, buffers
         self.types = _names(fb.schema().TensorType)
 
     def tensor(self, i):
@@ -126,6 +127,54 @@ def _bias(op: _Op, k, units, act_type) -> Optional[str]:
     return None
 
 
+#: the shifts TFLite's MultiplyByQuantizedMultiplier takes: int8 kernels (int32 accumulator,
+#: ``x << shift`` must not overflow) and int16 kernels (int64 accumulator: it asserts the range)
+_SHIFTS = {"INT8": (-31, 30), "INT16": (-31, 7)}
+
+
+def _requantization(op: _Op, x, w, y, per_channel_doubles) -> Optional[str]:
+    """The multipliers input scale x weight scale / output scale, as the kernel's Prepare forms
+    them, must give shifts its requantization takes."""
+    if op.type(x) not in _SHIFTS:
+        return None
+    (sx,), _ = op.quant(x)
+    (sy,), _ = op.quant(y)
+    sw, _ = op.quant(w)
+    with np.errstate(all="ignore"):  # a zero or huge scale: the multiplier says so below
+        if per_channel_doubles or len(sw) > 1:
+            reals = np.float64(sx) * sw.astype(np.float32).astype(np.float64) / np.float64(sy)
+        else:
+            reals = reference.effective_scale(sx, sw, sy)
+    lo, hi = _SHIFTS[op.type(x)]
+    for c, real in enumerate(np.atleast_1d(reals)):
+        if not np.isfinite(real):
+            return f"input, filter and output scales make multiplier {real} (channel {c})"
+        _, shift = reference.quantize_multiplier(float(real))
+        if not lo <= shift <= hi:
+            return (f"input scale {sx:g} x filter scale {float(sw[min(c, len(sw) - 1)]):g} / "
+                    f"output scale {sy:g} is {real:g} (channel {c}): shift {shift} is outside "
+                    f"the {lo}..{hi} that {op.type(x)} requantization takes")
+    return None
+
+
+def _accumulator_range(op: _Op, k, inputs) -> Optional[str]:
+    """int16 kernels accumulate in int64 and assert |sum| < 2^47 before requantizing: the
+    bias plus the largest sum of products must stay inside it."""
+    if len(op.ins) <= k or op.ins[k] < 0 or op.type(op.ins[k]) != "INT64":
+        return None
+    t = op.tensor(op.ins[k])
+    raw = op.sg_buffers[t.buffer].data if op.sg_buffers is not None else None
+    if raw is None or len(raw) == 0:
+        return None
+    bias = np.frombuffer(np.asarray(raw, np.uint8).tobytes(), np.int64)
+    worst = int(np.abs(bias.astype(object)).max()) + inputs * 32768 * 128
+    if worst >= 1 << 47:
+        return (f"bias {op.label(op.ins[k])} holds {int(np.abs(bias.astype(object)).max())}; "
+                f"with {inputs} products of int16 x int8 the int64 accumulator can leave the "
+                "+-2^47 that the int16 kernels assume")
+    return None
+
+
 def _same_types(op: _Op, x, y) -> Optional[str]:
     if op.type(x) != op.type(y):
         return f"input {op.label(x)} is {op.type(x)} but output {op.label(y)} is {op.type(y)}"
@@ -161,7 +210,9 @@ def _fully_connected(op: _Op, options) -> Optional[str]:
     return (_same_types(op, x, y) or _filter_type(op, x, w) or _activation(options, "its")
             or _weights_format(options) or _quantized_pair(op, x, y)
             or (_weights(op, w, units, 0) if op.type(x) in _QUANTIZED else None)
-            or _bias(op, 2, units, op.type(x)))
+            or _bias(op, 2, units, op.type(x))
+            or _requantization(op, x, w, y, per_channel_doubles=False)
+            or _accumulator_range(op, 2, n))
 
 
 def _weights_format(options) -> Optional[str]:
@@ -217,7 +268,10 @@ def _conv(op: _Op, options, depthwise) -> Optional[str]:
     return (problem or _same_types(op, x, y) or _filter_type(op, x, w)
             or _activation(options, "its") or _quantized_pair(op, x, y)
             or (_weights(op, w, channels, channel_dim) if op.type(x) in _QUANTIZED else None)
-            or _bias(op, 2, out_depth, op.type(x)))
+            or _bias(op, 2, out_depth, op.type(x))
+            or _requantization(op, x, w, y, per_channel_doubles=True)
+            or _accumulator_range(op, 2, int(np.prod(op.shape(w)[1:])) if not depthwise
+                                  else int(np.prod(op.shape(w)[1:3]))))
 
 
 def _window(options, fields) -> Optional[str]:
@@ -327,11 +381,12 @@ _RULES = {
 }
 
 
-def operator_problem(sg, kind: str, op, ins: list, outs: list) -> Optional[str]:
+def operator_problem(sg, kind: str, op, ins: list, outs: list, buffers=None) -> Optional[str]:
     """The first precondition of TFLite-Micro's ``kind`` kernel that the operator breaks, in
     words naming the tensor or option and its value; None if it keeps them all (or ``kind``
-    is not among :data:`CHECKED_OPERATORS`). Tensor indices must be in range."""
+    is not among :data:`CHECKED_OPERATORS`). Tensor indices must be in range; ``buffers``
+    (the model's) lets the rules read constant values (an int64 bias)."""
     rule = _RULES.get(kind)
     if rule is None:
         return None
-    return rule(_Op(sg, ins, outs), op.builtinOptions)
+    return rule(_Op(sg, ins, outs, buffers), op.builtinOptions)

@@ -344,7 +344,8 @@ def _check_subgraph(model, sg, k, problems):
             continue
         if not op_outs:
             problems.append(f"{label}: no outputs")
-        shape_problem = builtins.operator_problem(sg, kind, op, op_ins, op_outs)
+        shape_problem = builtins.operator_problem(sg, kind, op, op_ins, op_outs,
+                                                  model.buffers)
         if shape_problem:
             problems.append(f"{label}: {shape_problem}")
         sparse = kind in (options.MAM_SPARSE, options.MAC_SPARSE)
