@@ -147,7 +147,7 @@ def _requantization(op: _Op, x, w, y, per_channel_doubles) -> Optional[str]:
             reals = reference.effective_scale(sx, sw, sy)
     lo, hi = _SHIFTS[op.type(x)]
     for c, real in enumerate(np.atleast_1d(reals)):
-        if not np.isfinite(real):
+        if not np.isfinite(real) or real < 0:
             return f"input, filter and output scales make multiplier {real} (channel {c})"
         _, shift = reference.quantize_multiplier(float(real))
         if not lo <= shift <= hi:
@@ -164,8 +164,8 @@ def _accumulator_range(op: _Op, k, inputs) -> Optional[str]:
         return None
     t = op.tensor(op.ins[k])
     raw = op.sg_buffers[t.buffer].data if op.sg_buffers is not None else None
-    if raw is None or len(raw) == 0:
-        return None
+    if raw is None or len(raw) != 8 * elements(t):
+        return None  # no constant, or one whose size the tensor checks refuse
     bias = np.frombuffer(np.asarray(raw, np.uint8).tobytes(), np.int64)
     worst = int(np.abs(bias.astype(object)).max()) + inputs * 32768 * 128
     if worst >= 1 << 47:
