@@ -12,6 +12,7 @@ from .cs import (
 )
 from .dataset import build_synthetic_dataset, default_cache_dir, synthetic_dataset_path
 from .records import (
+    UnusableRecord,
     bandpass_filter,
     download_records,
     list_records,
@@ -22,6 +23,7 @@ from .synthetic import EcgsynModel, add_noise, synthetic_windows
 from .windows import cut_windows, resample, scale_windows, split_windows
 
 __all__: list[str] = [
+    "UnusableRecord",
     # synthetic ECG
     "synthetic_windows",
     "EcgsynModel",

@@ -43,10 +43,19 @@ def _run_records(args):
 
     from .records import load_record_windows
 
-    x = load_record_windows(args.path, lead=args.lead, fs=args.fs, length=args.length,
-                            overlap=args.overlap)
+    import warnings
+
+    skipped = []
+    with warnings.catch_warnings():  # each skip is counted and listed below instead
+        warnings.filterwarnings("ignore", message="skipping: ")
+        x = load_record_windows(args.path, lead=args.lead, fs=args.fs, length=args.length,
+                                overlap=args.overlap, skipped=skipped)
     print(f"{x.shape[0]} windows of {x.shape[1]} samples, lead {args.lead} at {args.fs:g} Hz "
           f"from '{args.path}'")
+    if skipped:
+        print(f"skipped {len(skipped)} record(s):")
+        for _, reason in skipped:
+            print(f"  {reason.split(': ', 1)[-1]}")
     if args.out:
         np.savez(args.out, windows=x)
         print(f"written to {args.out}")

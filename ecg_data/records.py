@@ -15,10 +15,15 @@ import numpy as np
 
 from .windows import cut_windows, resample, scale_windows
 
-__all__ = ["load_record_windows", "read_record_lead", "list_records", "download_records",
+__all__ = ["UnusableRecord", "load_record_windows", "read_record_lead", "list_records", "download_records",
            "bandpass_filter"]
 
 _WHERE = "load_record_windows"
+
+
+class UnusableRecord(ValueError):
+    """A record that holds no window of the requested lead: it lacks the lead, the lead is
+    flat, or the record is shorter than one window. A directory load skips such records."""
 
 
 def _record_base(record_path) -> Path:
@@ -54,15 +59,16 @@ def read_record_lead(record_path, lead="MLII", *, where=_WHERE):
     names = list(header.sig_name or [])
     if isinstance(lead, (int, np.integer)) and not isinstance(lead, bool):
         if not 0 <= lead < len(names):
-            raise ValueError(
+            raise UnusableRecord(
                 f"{where}: record '{base}' has no channel {lead}; it has {len(names)} "
                 f"channels {names}"
             )
         channel = int(lead)
     else:
         if lead not in names:
-            raise ValueError(f"{where}: record '{base}' has no lead {lead!r}; leads are {names}")
+            raise UnusableRecord(f"{where}: record '{base}' has no lead {lead!r}; leads are {names}")
         channel = names.index(lead)
+    _check_signal_files(header, base, where)
     try:
         record = wfdb.rdrecord(str(base), channels=[channel], physical=True)
     except Exception as exc:
@@ -75,7 +81,41 @@ def read_record_lead(record_path, lead="MLII", *, where=_WHERE):
             f"{where}: record '{base}' lead {names[channel]!r} has {int(bad.sum())} non-finite "
             f"samples (first at sample {first}, {first / record.fs:.3f} s); clean or crop the record"
         )
+    if signal.size and np.ptp(signal) == 0:
+        raise UnusableRecord(
+            f"{where}: record '{base}' lead {names[channel]!r} is flat: all {signal.size} "
+            f"samples are {signal[0]:g} {(record.units or ['?'])[0]} (a lead that was off?)"
+        )
     return signal, float(record.fs)
+
+
+#: bytes per sample of the WFDB signal formats (wfdb's own table, for the size check)
+_FORMAT_BYTES = {"8": 1, "16": 2, "24": 3, "32": 4, "61": 2, "80": 1, "160": 2, "212": 1.5,
+                 "310": 4 / 3, "311": 4 / 3}
+
+
+def _check_signal_files(header, base, where):
+    """Each signal file the header names exists and is as long as the header says: wfdb's own
+    errors for a missing or truncated file do not say which."""
+    files = {}
+    for name, fmt, offset in zip(header.file_name or [], header.fmt or [],
+                                 header.byte_offset or [None] * len(header.file_name or [])):
+        files.setdefault(name, []).append((str(fmt), int(offset or 0)))
+    for name, signals in files.items():
+        path = Path(base).parent / name
+        if not path.is_file():
+            raise ValueError(f"{where}: record '{base}': its signal file '{path}' is missing")
+        per_sample = [_FORMAT_BYTES.get(fmt) for fmt, _ in signals]
+        if None in per_sample or header.sig_len is None:
+            continue  # a format without a fixed size: wfdb reads it
+        need = int(np.ceil(sum(per_sample) * int(header.sig_len))) + max(o for _, o in signals)
+        have = path.stat().st_size
+        if have < need:
+            raise ValueError(
+                f"{where}: record '{base}': '{path.name}' holds {have} bytes but the header's "
+                f"{header.sig_len} samples x {len(signals)} signals (format "
+                f"{signals[0][0]}) need {need}: the file is truncated or the header overstates "
+                "the length")
 
 
 def bandpass_filter(signal, fs, band=(0.5, 40.0), order=4):
@@ -99,9 +139,9 @@ def _record_windows(base, lead, fs, length, overlap, scale, bandpass=None):
     signal, fs_in = read_record_lead(base, lead)
     if bandpass is not None:
         signal = bandpass_filter(signal, fs_in, bandpass)
-    x = resample(signal, fs_in, fs, name=_WHERE)
+    x = resample(signal, fs_in, fs, name=f"{_WHERE}: record '{base}'")
     if x.size < length:
-        raise ValueError(
+        raise UnusableRecord(
             f"{_WHERE}: record '{base}' is shorter than one window: {signal.size} samples at "
             f"{fs_in:g} Hz = {x.size} samples at {fs:g} Hz < length {length}"
         )
@@ -110,7 +150,7 @@ def _record_windows(base, lead, fs, length, overlap, scale, bandpass=None):
 
 
 def load_record_windows(record_path, lead="MLII", fs=256, length=256, overlap=0, *, scale="window",
-                        bandpass=None):
+                        bandpass=None, skipped=None):
     """Windows ``float32 [n, length]`` of one lead of a local WFDB record, or of every record of
     a directory (concatenated in record-name order).
 
@@ -122,10 +162,14 @@ def load_record_windows(record_path, lead="MLII", fs=256, length=256, overlap=0,
     :func:`bandpass_filter` (zero-phase Butterworth), at the record's own rate: real records
     carry baseline wander and mains interference that synthetic windows do not.
 
-    Errors name the record: a missing record (FileNotFoundError), an unknown lead, a record
-    shorter than one window, non-finite samples (ValueError). In a directory, records that lack
-    the lead or are shorter than one window are skipped with a warning (MIT-BIH records 102
-    and 104 have no MLII); an error is raised if no record is left.
+    Errors name the record and the problem: a missing record (FileNotFoundError); a missing or
+    truncated signal file, a header that states more samples than the file holds, an unknown
+    lead, a flat lead (every sample equal), a record shorter than one window, non-finite
+    samples, a sampling rate :func:`ecg_data.resample` cannot take (ValueError). In a
+    directory, records that lack the lead, are flat or are shorter than one window are skipped
+    with a warning (MIT-BIH records 102 and 104 have no MLII), each appended to ``skipped`` (a
+    list, if given) as ``(record name, reason)``; an error is raised if no record is left.
+    Damaged records (truncated, non-finite, lying headers) stop the load with their error.
     """
     if not isinstance(length, (int, np.integer)) or length < 1:
         raise ValueError(f"{_WHERE}: length is {length!r}; must be an int >= 1")
@@ -142,21 +186,17 @@ def load_record_windows(record_path, lead="MLII", fs=256, length=256, overlap=0,
     records = list_records(path)
     if not records:
         raise FileNotFoundError(f"{_WHERE}: directory '{path}' holds no WFDB record (*.hea)")
-    parts, skipped = [], []
+    parts, skips = [], [] if skipped is None else skipped
     for base in records:
         try:
             parts.append(_record_windows(base, lead, fs, length, overlap, scale, bandpass))
-        except ValueError as exc:
-            msg = str(exc)
-            if "has no lead" in msg or "has no channel" in msg or "shorter than one window" in msg:
-                warnings.warn(f"skipping: {msg}", stacklevel=2)
-                skipped.append(base.name)
-                continue
-            raise
+        except UnusableRecord as exc:
+            warnings.warn(f"skipping: {exc}", stacklevel=2)
+            skips.append((base.name, str(exc)))
     if not parts:
         raise ValueError(
             f"{_WHERE}: no record of directory '{path}' gave a window of lead {lead!r} "
-            f"(skipped {skipped})"
+            f"(skipped {[name for name, _ in skips]})"
         )
     return np.concatenate(parts, axis=0)
 

@@ -42,6 +42,11 @@ def cut_windows(signal, length, overlap=0, *, name="cut_windows"):
     return view[: (n - 1) * step + 1 : step]
 
 
+#: The largest up- or down-sampling factor :func:`resample` takes: ECG is recorded at
+#: 100 Hz .. 10 kHz, and a rate outside such a range is a broken header, not a signal.
+MAX_RATE_RATIO = 64
+
+
 def _ratio(fs_in, fs_out):
     r = (Fraction(str(float(fs_out))) / Fraction(str(float(fs_in)))).limit_denominator(10_000)
     return r.numerator, r.denominator
@@ -54,8 +59,13 @@ def resample(signal, fs_in, fs_out, *, name="resample"):
     The signal is padded by linear extrapolation of its ends (``padtype="line"``), so a baseline
     offset does not ring at the edges.
     """
-    if not (fs_in > 0 and fs_out > 0):
-        raise ValueError(f"{name}: sampling rates must be > 0; got {fs_in!r} -> {fs_out!r}")
+    if not (np.isfinite(fs_in) and np.isfinite(fs_out) and fs_in > 0 and fs_out > 0):
+        raise ValueError(f"{name}: sampling rates must be finite and > 0; got {fs_in!r} -> "
+                         f"{fs_out!r}")
+    ratio = float(fs_out) / float(fs_in)
+    if not 1 / MAX_RATE_RATIO <= ratio <= MAX_RATE_RATIO:
+        raise ValueError(f"{name}: cannot resample {fs_in:g} Hz to {fs_out:g} Hz: the ratio "
+                         f"{ratio:g} is outside 1/{MAX_RATE_RATIO}..{MAX_RATE_RATIO}")
     signal = np.asarray(signal, dtype=np.float64)
     up, down = _ratio(fs_in, fs_out)
     if up == down:

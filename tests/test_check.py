@@ -311,7 +311,7 @@ def test_cli_user_errors_are_one_line_and_status_2(cli_files, capsys, argv, mess
 def test_internal_error_still_shows_its_traceback(monkeypatch, tmp_path):
     import mam_tf.deploy.check as chk
 
-    def boom(path):
+    def boom(path, **kwargs):
         raise KeyError("a bug")
 
     monkeypatch.setattr(chk, "check_file", boom)

@@ -24,6 +24,7 @@ the corruption fuzzer (:mod:`mam_tf.deploy.fuzz`).
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import functools
 import struct
@@ -33,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mam_tf.deploy import builtins
 from mam_tf.deploy import flatbuffer as fb
 from mam_tf.deploy import options
 
@@ -301,41 +303,6 @@ def _check_tensor(model, sg, k, i, owned, problems) -> bool:
     return True
 
 
-def _elements(t) -> int:
-    return int(np.prod([int(d) for d in t.shape], dtype=object)) if t.shape is not None else 1
-
-
-def _builtin_shapes(sg, kind, ins, outs):
-    """The shape rules of the builtin ops converted models hold, which TFLite-Micro's kernels
-    assume rather than check (a FULLY_CONNECTED whose filter is not [units, in] aborts it)."""
-    t = sg.tensors
-    if kind == "FULLY_CONNECTED":
-        if len(ins) not in (2, 3) or len(outs) != 1 or min(ins[:2]) < 0:
-            return f"takes input, filter (and bias) and one output; has {ins} -> {outs}"
-        x, w, y = t[ins[0]], t[ins[1]], t[outs[0]]
-        wshape = [] if w.shape is None else [int(d) for d in w.shape]
-        if len(wshape) != 2 or wshape[1] < 1:
-            return f"filter {_tensor_label(sg, ins[1])} has shape {wshape}; it must be [units, in]"
-        units, n = wshape
-        if _elements(x) % n:
-            return (f"input {_tensor_label(sg, ins[0])} holds {_elements(x)} elements, not a "
-                    f"multiple of the filter's {n} columns")
-        batches = _elements(x) // n
-        yshape = [] if y.shape is None else [int(d) for d in y.shape]
-        if _elements(y) != batches * units or not yshape or yshape[-1] != units:
-            return (f"output {_tensor_label(sg, outs[0])} has shape {yshape}; the input and "
-                    f"filter make [{batches}, {units}]")
-        if len(ins) == 3 and ins[2] >= 0 and _elements(t[ins[2]]) != units:
-            return f"bias {_tensor_label(sg, ins[2])} does not hold {units} elements"
-    elif kind in ("QUANTIZE", "DEQUANTIZE"):
-        if len(ins) != 1 or len(outs) != 1 or ins[0] < 0:
-            return f"takes one input and one output; has {ins} -> {outs}"
-        if _elements(t[ins[0]]) != _elements(t[outs[0]]):
-            return (f"input {_tensor_label(sg, ins[0])} and output {_tensor_label(sg, outs[0])} "
-                    "hold different numbers of elements")
-    return None
-
-
 def _check_subgraph(model, sg, k, problems):
     from mam_tf.deploy import node
 
@@ -377,7 +344,8 @@ def _check_subgraph(model, sg, k, problems):
             continue
         if not op_outs:
             problems.append(f"{label}: no outputs")
-        shape_problem = _builtin_shapes(sg, kind, op_ins, op_outs)
+        shape_problem = builtins.operator_problem(sg, kind, op, op_ins, op_outs,
+                                                  model.buffers)
         if shape_problem:
             problems.append(f"{label}: {shape_problem}")
         sparse = kind in (options.MAM_SPARSE, options.MAC_SPARSE)
@@ -471,27 +439,36 @@ def _normalize(model):
     return model
 
 
-def check_model(data: bytes):
+def check_model(data: bytes, probe: bool = False):
     """(the model object or None, [one line per problem]): an empty list means TFLite-Micro
-    and the MAM_SPARSE kernels can be given this model."""
+    and the MAM_SPARSE kernels can be given this model.
+
+    With ``probe``, a model that passes the static checks also has its builtin operators run
+    through TFLite-Micro in a child process (:mod:`mam_tf.deploy.probe`, a few seconds): what
+    aborts there is refused, naming the operator."""
     try:
         model = verify_flatbuffer(data)
     except ValueError as err:
         return None, [str(err)]
     try:
-        return model, _check_content(_normalize(model))
+        problems = _check_content(_normalize(model))
     except RecursionError:
         return None, ["the model is nested too deeply to check"]
+    if probe and not problems:
+        from mam_tf.deploy import probe as _probe
+
+        problems = _probe.probe_model(model)
+    return model, problems
 
 
-def check_file(path) -> list:
+def check_file(path, probe: bool = False) -> list:
     """Problems of a .tflite file, each line prefixed by the file's name."""
     path = Path(path)
     try:
         data = path.read_bytes()
     except OSError as err:
         return [f"{path}: cannot read it ({err.strerror})"]
-    return [f"{path}: {p}" for p in check_model(data)[1]]
+    return [f"{path}: {p}" for p in check_model(data, probe=probe)[1]]
 
 
 # ------------------------------------------------------------------------------------------
@@ -500,7 +477,7 @@ def check_file(path) -> list:
 def _cmd_check(args):
     failed = 0
     for path in args.models:
-        problems = check_file(path)
+        problems = check_file(path, probe=args.probe)
         for line in problems:
             print(line)
         if problems:
@@ -517,12 +494,18 @@ def add_check_command(subparsers):
         "TFLite-Micro: the flatbuffer verifies (nothing outside the file), every constant "
         "tensor's buffer matches its shape and type, quantization parameters are consistent, "
         "every operator's tensor/opcode/buffer index is valid, and every MAM_SPARSE / "
-        "MAC_SPARSE op passes the device's own Prepare checks. TFLite-Micro itself checks none "
-        "of the first three: run this before flashing. Exit status 0 when every file is "
-        "fine, 1 with one line per problem otherwise.",
+        "MAC_SPARSE op passes the device's own Prepare checks, and every builtin operator keeps "
+        "the preconditions its TFLite-Micro kernel assumes (types, zero points, scales, shapes, "
+        "options). TFLite-Micro itself checks none of this: run it before flashing. Then, "
+        "unless --no-probe, each builtin operator is run once through TFLite-Micro in a child "
+        "process, where a kernel that aborts is refused by name. Exit status 0 when every "
+        "file is fine, 1 with one line per problem otherwise.",
     )
     p.add_argument("models", nargs="+", help=".tflite files")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing for good files")
+    p.add_argument("--probe", action=argparse.BooleanOptionalAction, default=True,
+                   help="run each builtin operator through TFLite-Micro in a child process "
+                   "(a few seconds a model; default: on)")
     p.set_defaults(func=_cmd_check)
 
 
@@ -550,7 +533,7 @@ def main(argv=None) -> int:
         return 0 if fuzz.clean(tally) else 1
     if not args.models:
         parser.error("give .tflite files to check, or --fuzz N")
-    args.quiet = False
+    args.quiet, args.probe = False, True
     return _cmd_check(args)
 
 

@@ -30,8 +30,10 @@ MUTATIONS = ("bitflip", "overwrite", "truncate", "splice", "insert", "delete")
 
 
 def base_models() -> dict:
-    """{name: tflite bytes}: a Dense -> MAMDense -> pruned Dense model converted int8 and
-    int16x8 (FULLY_CONNECTED, MAM_SPARSE, MAC_SPARSE), and a MAMDense-only model."""
+    """{name: tflite bytes}: converted int8 and int16x8, a Dense -> MAMDense -> pruned Dense
+    model (FULLY_CONNECTED, MAM_SPARSE, MAC_SPARSE), a MAMDense-only model, and a Conv1D ->
+    MaxPooling1D -> MAMDense -> Dense model with float input and output (CONV_2D,
+    MAX_POOL_2D, RESHAPE, QUANTIZE, DEQUANTIZE)."""
     from mam_tf import MAMDense
     from mam_tf.train.compat import keras
     from mam_tf.deploy.convert import convert
@@ -57,6 +59,15 @@ def base_models() -> dict:
         inp = keras.Input((12,))
         model = keras.Model(inp, MAMDense(6, use_bias=False, name="only")(inp))
         out[f"{mode}-mam"] = convert(model, data[:, :12], mode=mode)
+        keras.backend.clear_session()
+        keras.utils.set_random_seed(2)
+        inp = keras.Input((16, 1))
+        h = keras.layers.Conv1D(3, 3, padding="same", activation="relu", name="conv")(inp)
+        h = keras.layers.MaxPooling1D(2, name="pool")(h)
+        h = MAMDense(5, activation="relu", name="mam")(keras.layers.Flatten()(h))
+        model = keras.Model(inp, keras.layers.Dense(4, name="fc")(h))
+        out[f"{mode}-conv-pool"] = convert(model, rng.standard_normal((32, 16, 1), np.float32),
+                                           mode=mode, float_io=True)
     return out
 
 

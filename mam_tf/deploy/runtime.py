@@ -9,6 +9,7 @@ device's, bit for bit, for every op TFLite-Micro and the core implement.
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import copy
 import io
@@ -113,9 +114,13 @@ class Interpreter:
       model: a path to a .tflite file, or its bytes.
       backend: ``"auto"`` (the C core if it can be built, else the numpy reference),
         ``"core"`` or ``"reference"``.
+      probe: also run each builtin operator through TFLite-Micro in a child process before
+        this process does (:mod:`mam_tf.deploy.probe`, a few seconds): a model whose kernel
+        would abort is refused, naming the operator. The static checks, which run always,
+        hold every precondition :mod:`mam_tf.deploy.builtins` knows.
     """
 
-    def __init__(self, model, backend="auto"):
+    def __init__(self, model, backend="auto", probe=False):
         name = "the model"
         if isinstance(model, (str, Path)):
             path = Path(model)
@@ -130,7 +135,7 @@ class Interpreter:
         self._kernels = _kernels(backend)
         self.backend = "reference" if self._kernels is reference else "core"
         # Nothing reaches TFLite-Micro (or the core) before the whole file has been checked.
-        tfl, problems = check.check_model(self._data)
+        tfl, problems = check.check_model(self._data, probe=probe)
         if problems:
             more = f" (and {len(problems) - 1} more problems: `mam-tf check` lists them)" \
                 if len(problems) > 1 else ""
@@ -267,7 +272,7 @@ class Interpreter:
 def _cmd_run(args):
     from mam_tf.deploy.convert import _load_data
 
-    interp = Interpreter(args.model, backend=args.backend)
+    interp = Interpreter(args.model, backend=args.backend, probe=args.probe)
     x = _load_data(args.data, args.data_key)
     y = interp.run(x)
     print(f"ran {len(x)} samples through {args.model} (MAM_SPARSE on the {interp.backend})")
@@ -308,4 +313,8 @@ def add_run_command(subparsers):
                    help="the target is the input itself: print the reconstruction ARSNR")
     p.add_argument("--backend", choices=("auto", "core", "reference"), default="auto",
                    help="what computes MAM_SPARSE: the C core, the numpy reference, or auto")
+    p.add_argument("--probe", action=argparse.BooleanOptionalAction, default=True,
+                   help="first run each builtin operator through TFLite-Micro in a child "
+                   "process, so that a kernel that would abort is refused by name (a few "
+                   "seconds; default: on)")
     p.set_defaults(func=_cmd_run)
