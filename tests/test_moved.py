@@ -22,21 +22,21 @@ def _run(code):
     return out
 
 
-@pytest.mark.parametrize("name", OLD_MODULES)
-def test_an_old_module_name_is_the_new_module_and_warns(name):
+def test_each_old_module_name_is_the_new_module_and_warns():
     out = _run(f"""
         import importlib, warnings
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            old = importlib.import_module("mam_tf.{name}")
-        new = importlib.import_module({_moved.MOVED["mam_tf." + name]!r})
-        assert old is new, (old, new)
-        assert new.__name__ != "mam_tf.{name}", new.__name__
-        msgs = [str(w.message) for w in caught if issubclass(w.category, FutureWarning)]
-        assert any("mam_tf.{name} moved to " + new.__name__ in m for m in msgs), msgs
-        print(new.__name__)
+        for name in {OLD_MODULES!r}:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                old = importlib.import_module("mam_tf." + name)
+            new = importlib.import_module({dict(_moved.MOVED)!r}["mam_tf." + name])
+            assert old is new, (name, old, new)
+            assert new.__name__ != "mam_tf." + name, new.__name__
+            msgs = [str(w.message) for w in caught if issubclass(w.category, FutureWarning)]
+            assert any(f"mam_tf.{{name}} moved to {{new.__name__}}" in m for m in msgs), msgs
+            print(name, new.__name__)
         """)
-    assert out.stdout.strip().startswith("mam_tf.")
+    assert len(out.stdout.split("\n")) > len(OLD_MODULES)
 
 
 def test_the_warning_points_at_the_importing_line():
