@@ -2,9 +2,9 @@
 // from the indices).
 //
 // No TensorFlow here: the op glue (mam_fused_op.cc) validates, allocates and splits the work into
-// independent pieces; every number is computed by this header. Semantics are MAM_SPARSE.md
-// section 1: y[b,j] = max_i(x[b,i]*w[i,j]) + min_i(x[b,i]*w[i,j]), ties go to the LOWEST i,
-// and a pair with argmax == argmin receives its gradient twice.
+// independent pieces; every number is computed by this header. Semantics are
+// docs/operator-contract.md section 1: y[b,j] = max_i(x[b,i]*w[i,j]) + min_i(x[b,i]*w[i,j]),
+// ties go to the LOWEST i, and a pair with argmax == argmin receives its gradient twice.
 //
 // Layouts (Keras): x [B, N] row-major, w [N, M] row-major, y, amax, amin and g [B, M].
 //

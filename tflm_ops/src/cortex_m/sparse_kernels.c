@@ -3,7 +3,7 @@
  * TFLM's layout: the optimized variant beside the reference, same entry points; core.c's
  * mam_sparse_s8() etc. call these where __ARM_FEATURE_DSP is set (unless
  * MAM_SPARSE_PORTABLE_ONLY is defined). Bit-exact with the *_portable kernels: same integer
- * semantics (MAM_SPARSE.md section 3), same wrap-around of the accumulators.
+ * semantics (docs/operator-contract.md section 3), same wrap-around of the accumulators.
  *
  * Compiled by GCC/Clang for Arm only, where signed integers are two's complement and the
  * conversion of an out-of-range unsigned value to a signed type wraps.
