@@ -166,7 +166,7 @@ static inline uint32_t pkhbt16(uint32_t lo, uint32_t hi) {
  * instructions per 8 entries, MAM int8 104 per 16 (106 where offsets and values are not
  * co-aligned), MAC int8 and int16 38 per 8; a MAM group whose products move the max or the
  * min costs about 12-15 more (records of a running max/min: about ln(entries) per side in a
- * random row, some 125 instructions per row at 128 x 16384; tflm_ops/README.md). A row's
+ * random row, some 125 instructions per row at 128 x 16384; docs/benchmarks.md). A row's
  * fixed cost (set-up, bias, inline requantization): 57 instructions int16, 76 MAM int8.
  * ------------------------------------------------------------------------------------- */
 
