@@ -75,7 +75,7 @@ struct ForwardState {  // running max/min and their indices for one row and one 
 static inline VF splat(float s) { return s - VF{}; }
 
 // An unaligned vector load. (memcpy into a whole array of vectors instead makes GCC copy through
-// the stack, with a store-forwarding stall on every load: 5x slower.)
+// the stack, with a store-forwarding stall on every load.)
 static inline VF load(const float* p) {
   VF v;
   std::memcpy(&v, p, sizeof v);
