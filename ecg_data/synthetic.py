@@ -31,7 +31,7 @@ linear and slow: its exact (closed-form) response is added instead of being inte
 Stability and rate: RK4 is stable on ``z' = -z`` for ``h < 2.78 s``, so any internal rate is
 stable; the rate is chosen for accuracy (the R Gaussian is about 12 ms wide at 100 bpm).
 ``q = 2`` (512 Hz at fs = 256, ECGSYN's default internal rate) keeps scaled windows within
-2e-5 (8e-6 measured) of a 32x finer integration; output samples are every q-th internal
+2e-5 of a 32x finer integration (tested); output samples are every q-th internal
 sample, as in ECGSYN.
 A literal RK4 of the 3-D (x, y, z) system with ``th = atan2(y, x)``, ``_simulate_reference_3d``,
 is kept for the tests: with a constant RR they agree to 1e-6 (with heart-rate variability the
@@ -46,7 +46,7 @@ the RR intervals of the ``HISTORY_S`` = 8 s of beats before the window (read bac
 the same tachogram) give ``z`` at its first R peak; the respiration part has a closed-form
 steady state. Starting from an arbitrary ``z`` instead would need several seconds of
 integration to forget it (``z`` decays at 1/s). The windows agree with a 20-s integration of
-their actual history to 2e-5 of their range (1.5e-5 measured over 1024 windows; tested).
+their actual history to 2e-5 of their range (tested).
 
 Scaling
 -------

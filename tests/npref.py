@@ -1,4 +1,5 @@
-"""A plain numpy statement of MAM_SPARSE.md section 1, the oracle the TensorFlow code is tested against."""
+"""A plain numpy statement of docs/operator-contract.md section 1, the oracle the TensorFlow
+code is tested against."""
 import numpy as np
 
 

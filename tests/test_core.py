@@ -217,7 +217,7 @@ def test_fixed_point_core_equals_reference():
                                   reference.multiply_by_quantized_multiplier_64(x64, m64, s64))
 
 
-# --- validation (MAM_SPARSE.md section 4) ----------------------------------------------------
+# --- validation (docs/operator-contract.md section 4) ----------------------------------------
 def _golden_csr():
     w = np.zeros((3, 300), np.int8)
     w[0, 3], w[0, 200], w[2, 299] = 1, 2, 3

@@ -81,7 +81,8 @@ def _inputs(rng, dt, zx, extreme, small):
 
 
 def _accumulators(kernel, x, w, zx, bias):
-    """The integer accumulators of MAM_SPARSE.md section 3, straight from the dense matrix."""
+    """The integer accumulators of docs/operator-contract.md section 3, straight from the dense
+    matrix."""
     p = (x.astype(np.int64) - zx)[:, None, :] * w.astype(np.int64)[None, :, :]
     if kernel == "mac_sparse":
         acc = p.sum(axis=2)

@@ -1,4 +1,4 @@
-"""The MAM reduction against the numpy statement of MAM_SPARSE.md section 1."""
+"""The MAM reduction against the numpy statement of docs/operator-contract.md section 1."""
 import numpy as np
 import pytest
 

@@ -52,7 +52,7 @@ def _kernels(model):
 
 
 def _reference_csr_entries(mask_rows):
-    """MAM_SPARSE.md section 2's encoding loop, literally, counting what it emits."""
+    """docs/operator-contract.md section 2's encoding loop, literally, counting what it emits."""
     entries = 0
     for row in np.asarray(mask_rows, bool):
         prev = -1

@@ -51,7 +51,8 @@ def _integer_pipeline(params, x):
     Each layer: input to integers, back to reals, the layer on int8 weights (MAM: max + min of
     the products, numpy's statement of it; Dense: the sum), bias, activation, then the output
     to integers. Returns the output integers of the last layer. (Reals in between, not integer
-    accumulators and multipliers: those are the kernel's contract, MAM_SPARSE.md section 3.)
+    accumulators and multipliers: those are the kernel's contract,
+    docs/operator-contract.md section 3.)
     """
     a = x.reshape(len(x), -1)
     for p in params.values():

@@ -8,7 +8,7 @@ same int8 weights, and the C core's twins (``mam_tf.deploy.native``), with the m
 clamps the reference derives from the scales in the flatbuffer. Every output must be equal,
 bit for bit.
 
-What this settles (MAM_SPARSE.md section 3):
+What this settles (docs/operator-contract.md section 3):
 
 - per-TENSOR weight scale: TFLM multiplies input_scale * weight_scale in FLOAT32 before
   widening to double (``GetQuantizedConvolutionMultipler``); per ROW it multiplies in double.

@@ -1,4 +1,4 @@
-"""The offset-CSR encoder/decoder (MAM_SPARSE.md section 2)."""
+"""The offset-CSR encoder/decoder (docs/operator-contract.md section 2)."""
 import numpy as np
 import pytest
 

@@ -1,4 +1,4 @@
-"""Keras -> .tflite with MAM_SPARSE custom ops (MAM_SPARSE.md section 3).
+"""Keras -> .tflite with MAM_SPARSE custom ops (docs/operator-contract.md section 3).
 
 How it works, and why:
 
@@ -64,7 +64,8 @@ class LayerReport:
     shape: tuple  # (M outputs, N inputs)
     nonzeros: int
     entries: int  # stored offset-CSR entries, dummies included
-    sparse_bytes: int  # 2*E + 2*M + bias bytes (4*M int32, 8*M int64): MAM_SPARSE.md section 2
+    # 2*E + 2*M + bias bytes (4*M int32, 8*M int64): docs/operator-contract.md section 2
+    sparse_bytes: int
     dense_int8_bytes: int  # M*N + the same bias bytes
 
     def as_row(self):
@@ -84,9 +85,9 @@ class Conversion:
         head = (f"{'layer':<20}{'op':<12}{'M x N':<15}{'nonzeros':>10}{'offset-CSR B':>14}"
                 f"{'dense int8 B':>14}")
         lines = [head] + [r.as_row() for r in self.layers]
-        lines.append("bytes: offset-CSR = 2*E + 2*M + bias (MAM_SPARSE.md section 2), E = stored "
-                     "entries; dense int8 = M*N + bias; bias = 4*M (int32, int8 mode) or 8*M "
-                     "(int64, 16x8 mode)")
+        lines.append("bytes: offset-CSR = 2*E + 2*M + bias (docs/operator-contract.md section 2), "
+                     "E = stored entries; dense int8 = M*N + bias; bias = 4*M (int32, int8 mode) "
+                     "or 8*M (int64, 16x8 mode)")
         lines.append(f"model: {len(self.tflite)} bytes ({self.mode})")
         return "\n".join(lines)
 
@@ -390,9 +391,10 @@ def _builtin_opcode(schema, model, builtin):
 
 
 def _as_rows(schema, model, sg, x_idx, n, name):
-    """The input of a sparse op as ``[B, n]``: MAM_SPARSE.md section 4 asks for an input whose
-    last dimension is N, but TFLite folds a Flatten into the reshape of the MAM pattern (and
-    FULLY_CONNECTED flattens by itself), so a layer after a convolution may read ``[1, 256, 64]``.
+    """The input of a sparse op as ``[B, n]``: docs/operator-contract.md section 4 asks for an
+    input whose last dimension is N, but TFLite folds a Flatten into the reshape of the MAM
+    pattern (and FULLY_CONNECTED flattens by itself), so a layer after a convolution may read
+    ``[1, 256, 64]``.
     Returns ``(tensor index, RESHAPE op or None)``: the op goes just before the sparse op."""
     x_t = sg.tensors[x_idx]
     shape = [int(d) for d in x_t.shape]

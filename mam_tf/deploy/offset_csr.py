@@ -1,4 +1,4 @@
-"""The offset-CSR layout of a pruned int8 weight matrix (MAM_SPARSE.md, section 2).
+"""The offset-CSR layout of a pruned int8 weight matrix (docs/operator-contract.md, section 2).
 
 A weight matrix ``W`` with M rows (outputs) and N columns (inputs) is stored as
 
@@ -87,7 +87,8 @@ class OffsetCSR:
         return int(np.count_nonzero((self.values == 0) & (self.offsets == MAX_SKIP)))
 
     def nbytes(self, has_bias: bool = True, *, bias_itemsize: int = 4) -> int:
-        """Footprint of the layer in bytes, exactly ``2*E + 2*M + 4*M`` (MAM_SPARSE.md s.2).
+        """Footprint of the layer in bytes, exactly ``2*E + 2*M + 4*M``
+        (docs/operator-contract.md section 2).
 
         Counted: ``values`` (1 byte per entry) + ``offsets`` (1 byte per entry) = 2*E,
         ``row_counts`` (int16) = 2*M, and the bias (int32, 4*M) when ``has_bias``. Nothing
@@ -100,7 +101,7 @@ class OffsetCSR:
 
     # -- structure ----------------------------------------------------------------------
     def check(self, name: Optional[str] = None) -> None:
-        """Raise ValueError unless the layout is consistent (MAM_SPARSE.md section 4).
+        """Raise ValueError unless the layout is consistent (docs/operator-contract.md section 4).
 
         Checks, in O(E): len(values) == len(offsets) == sum(row_counts), len(row_counts) == M,
         no negative row count, every decoded column < N.

@@ -1,6 +1,6 @@
 """The custom options of MAM_SPARSE / MAC_SPARSE: one definition for writer and readers.
 
-A flexbuffer map (MAM_SPARSE.md section 3). The C glue reads exactly these keys; a test
+A flexbuffer map (docs/operator-contract.md section 3). The C glue reads exactly these keys; a test
 checks that ``tflm_ops`` names the same keys, so the two sides cannot drift.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The numpy integer reference of MAM_SPARSE and MAC_SPARSE (MAM_SPARSE.md, section 3).
+"""The numpy integer reference of MAM_SPARSE and MAC_SPARSE (docs/operator-contract.md, section 3).
 
 Everything here is bit-exact with what the C core (``tflm_ops/``) and TFLite-Micro compute:
 

@@ -45,7 +45,7 @@ _FRACTIONS = [0.25, 0.5, 0.75, 0.9, 0.94, 0.95, 0.96, 0.98]
 
 #: Per scale: data, training, pruning. ``windows`` train + ``test`` held out; ``vc_epochs``: the
 #: MAC -> MAM blend length, a quarter of the training (the epochs in pure MAM after it are what
-#: concentrates the selections: docs/experiments/biocas.md); ``fine_tune_epochs`` after each
+#: concentrates the selections: docs/reproductions.md); ``fine_tune_epochs`` after each
 #: pruning.
 SCALES = {
     "tiny": dict(windows=800, test=200, epochs=3, vc_epochs=1, fine_tune_epochs=1,

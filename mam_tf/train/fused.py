@@ -1,6 +1,7 @@
 """The fused CPU kernel of MAMDense: y, argmax and argmin in one pass, and a scatter backward.
 
-Same contract as the pure-TensorFlow reference in ``mam_tf.train.mam_op`` (MAM_SPARSE.md section 1):
+Same contract as the pure-TensorFlow reference in ``mam_tf.train.mam_op``
+(docs/operator-contract.md section 1):
 ``forward(x, w) -> (y, amax, amin)`` with y = max_i(x*w) + min_i(x*w) (no bias), the LOWEST index
 winning ties, and ``backward(g, x, w, amax, amin) -> (dx, dw)`` where a pair with
 amax == amin receives its gradient twice. x is [B, N], w is [N, M] (Keras' kernel layout),

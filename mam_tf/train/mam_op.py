@@ -1,4 +1,4 @@
-"""The MAM reduction and its routed gradient (MAM_SPARSE.md, section 1).
+"""The MAM reduction and its routed gradient (docs/operator-contract.md, section 1).
 
 For x of shape [B, N] and a Keras kernel w of shape [N, M] (inputs x units):
 

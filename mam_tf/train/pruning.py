@@ -605,8 +605,8 @@ def sweep(model, remaining, metric, *, method="magnitude", data=None, layers=Non
 def _csr_entries(mask_rows):
     """Offset-CSR entries E of a weight matrix given its nonzero mask, one row per output.
 
-    MAM_SPARSE.md section 2: every nonzero is stored, plus floor(gap / 256) dummy entries for
-    each gap between consecutive stored columns of a row (and from the row start), with
+    docs/operator-contract.md section 2: every nonzero is stored, plus floor(gap / 256) dummy
+    entries for each gap between consecutive stored columns of a row (and from the row start), with
     gap = c - prev - 1 and prev starting at -1. Trailing zeros cost nothing.
 
     Private stand-in for ``mam_tf.deploy.offset_csr.encode(...).num_entries`` (same count), kept here so
@@ -651,10 +651,10 @@ def summary(model, print_fn=print):
     For each such layer (plain, inside a pruning wrapper, or inside a QAT wrapper), in model
     order: ``layer``, ``class``, ``inputs`` (N), ``units`` (M), ``total`` weights, ``nonzero``
     weights (of the kernel as it acts: held masks applied), ``sparsity``, ``dense_int8_bytes``
-    (M*N + 4*M for an int32 bias) and ``csr_bytes`` (offset-CSR, MAM_SPARSE.md section 2:
-    2*E + 2*M + 4*M for the bias, E = ``csr_entries``, dummy entries included). Zeros are
-    counted on the float weights: a small weight that will round to int8 zero still counts
-    here (the converter's encoder drops it).
+    (M*N + 4*M for an int32 bias) and ``csr_bytes`` (offset-CSR,
+    docs/operator-contract.md section 2: 2*E + 2*M + 4*M for the bias, E = ``csr_entries``,
+    dummy entries included). Zeros are counted on the float weights: a small weight that will
+    round to int8 zero still counts here (the converter's encoder drops it).
 
     Prints a table (``print_fn=None`` prints nothing) and returns
     ``{"layers": [row, ...], "total": row}``.
@@ -707,6 +707,6 @@ def summary(model, print_fn=print):
                          f"{r['nonzero']:>10}{r['sparsity']:>10.4f}{r['dense_int8_bytes']:>14}"
                          f"{r['csr_bytes']:>14}")
         lines.append("bytes: dense int8 = M*N + 4*M (bias); offset-CSR = 2*E + 2*M + 4*M (bias), "
-                     "E = stored entries incl. dummies (MAM_SPARSE.md section 2)")
+                     "E = stored entries incl. dummies (docs/operator-contract.md section 2)")
         print_fn("\n".join(lines))
     return {"layers": rows, "total": total}

@@ -64,7 +64,7 @@ static int8_t nonzero_weight(int extreme) {
   return v;
 }
 
-/* The offset-CSR encoder of MAM_SPARSE.md section 2; returns E. */
+/* The offset-CSR encoder of docs/operator-contract.md section 2; returns E. */
 static int32_t encode(int32_t m, int32_t n) {
   int32_t k = 0;
   for (int32_t j = 0; j < m; ++j) {

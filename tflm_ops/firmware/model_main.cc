@@ -9,7 +9,7 @@
 // "op <k> <name>" for each profiled op in order.
 //
 // An STM32Cube project does the same with the model embedded by `mam-tf convert --header`
-// (see tflm_ops/README.md); reading it from a file keeps one binary for every model here.
+// (see docs/deployment.md); reading it from a file keeps one binary for every model here.
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>

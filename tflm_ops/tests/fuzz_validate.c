@@ -69,7 +69,8 @@ typedef struct {
   int32_t e;
 } layer;
 
-/* Offset-CSR encoding (MAM_SPARSE.md section 2), written independently of mam_tf.deploy.offset_csr. */
+/* Offset-CSR encoding (docs/operator-contract.md section 2), written independently of
+ * mam_tf.deploy.offset_csr. */
 static void encode(layer *l) {
   int32_t e = 0;
   for (int32_t j = 0; j < l->m; ++j) {

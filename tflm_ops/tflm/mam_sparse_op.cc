@@ -1,4 +1,4 @@
-/* TFLite-Micro glue of MAM_SPARSE / MAC_SPARSE: see mam_sparse_op.h and MAM_SPARSE.md.
+/* TFLite-Micro glue of MAM_SPARSE / MAC_SPARSE: see mam_sparse_op.h and docs/operator-contract.md.
  *
  * Everything a model can get wrong is checked here or in the core's mam_validate /
  * mam_validate_requant, once, in Prepare; Eval calls a core kernel and checks nothing.

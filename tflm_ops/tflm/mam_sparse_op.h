@@ -1,5 +1,6 @@
-/* TFLite-Micro kernels MAM_SPARSE and MAC_SPARSE (MAM_SPARSE.md): the glue between TFLM's
- * kernel API and the portable C core (include/mam_sparse/core.h), which holds the algorithm.
+/* TFLite-Micro kernels MAM_SPARSE and MAC_SPARSE (docs/operator-contract.md): the glue between
+ * TFLM's kernel API and the portable C core (include/mam_sparse/core.h), which holds the
+ * algorithm.
  *
  * Register both with a MicroMutableOpResolver (the name strings must outlive it):
  *
@@ -8,7 +9,7 @@
  *
  * Build with the TFLM sources of your project (-DTF_LITE_STATIC_MEMORY as TFLM itself) plus
  * src/core.c and -I include. Init reads the custom options, Prepare validates the node once
- * (MAM_SPARSE.md section 4) and precomputes the requantization, Eval only computes.
+ * (docs/operator-contract.md section 4) and precomputes the requantization, Eval only computes.
  */
 #ifndef MAM_SPARSE_TFLM_MAM_SPARSE_OP_H_
 #define MAM_SPARSE_TFLM_MAM_SPARSE_OP_H_

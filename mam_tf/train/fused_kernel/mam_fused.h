@@ -2,9 +2,9 @@
 // from the indices).
 //
 // No TensorFlow here: the op glue (mam_fused_op.cc) validates, allocates and splits the work into
-// independent pieces; every number is computed by this header. Semantics are MAM_SPARSE.md
-// section 1: y[b,j] = max_i(x[b,i]*w[i,j]) + min_i(x[b,i]*w[i,j]), ties go to the LOWEST i,
-// and a pair with argmax == argmin receives its gradient twice.
+// independent pieces; every number is computed by this header. Semantics are
+// docs/operator-contract.md section 1: y[b,j] = max_i(x[b,i]*w[i,j]) + min_i(x[b,i]*w[i,j]),
+// ties go to the LOWEST i, and a pair with argmax == argmin receives its gradient twice.
 //
 // Layouts (Keras): x [B, N] row-major, w [N, M] row-major, y, amax, amin and g [B, M].
 //
@@ -75,7 +75,7 @@ struct ForwardState {  // running max/min and their indices for one row and one 
 static inline VF splat(float s) { return s - VF{}; }
 
 // An unaligned vector load. (memcpy into a whole array of vectors instead makes GCC copy through
-// the stack, with a store-forwarding stall on every load: 5x slower.)
+// the stack, with a store-forwarding stall on every load.)
 static inline VF load(const float* p) {
   VF v;
   std::memcpy(&v, p, sizeof v);

@@ -36,11 +36,8 @@ using ThreadPool = tensorflow::thread::ThreadPool;
 // Helpers go to the executor's runner (ctx->runner(): the inter-op pool that runs the step's
 // ops, in graphs, tf.function and eager alike) where there is one, else to the intra-op pool.
 // The runner's threads have just run the ops before this one and are still awake; the intra-op
-// pool's sleep at these sizes (its helpers started 50-300 us late on a 2-core machine). There a
-// MAMDense training step, x Dense (`mam-tf bench train --kernel-dir`, README): batch 256,
-// 48 -> 256 1.51x -> 1.39x (the forward's helper: it ran on one thread before), 256 x 768 -> 256
-// 1.33x -> 1.24x (intra-op helpers before). One-off in-process timings put an intra-op helper
-// at 256 x 48 -> 256 above one thread (~1.7x against ~1.6x).
+// pool's sleep at these sizes and start late, too late to help a small layer (the timings:
+// docs/benchmarks.md, "A/B runs of the fused kernel").
 //
 // The caller never waits for a helper to start: on a machine whose cores are busy with other
 // jobs or ops a helper may run milliseconds late, and then the caller has done the items itself
@@ -48,18 +45,16 @@ using ThreadPool = tensorflow::thread::ThreadPool;
 // waits only for items a helper has claimed. A helper that starts after the last item was
 // claimed touches nothing but the shared counters, which it keeps alive itself.
 //
-// The forward's threshold, from one-off in-process timings of the step: at 128 x 48 -> 256 (~200k
-// cycles by its estimate) and 32 x 256 -> 256 a helper changed nothing, at 64 x 48 -> 256 (~100k)
-// it cost 1%, from ~400k it gains.
+// The forward's threshold: a helper pays for its start only above a few hundred thousand cycles
+// of estimated work; below, it changed nothing or cost a little (docs/benchmarks.md).
 constexpr int64_t kForwardCyclesPerHelper = 300000;
 // The backward's: its small layers run one serial pass over dx and dw (backward_serial), faster
-// than the split into dx rows and dw pieces that a helper needs; a helper there gained nothing
-// at batch 256, 48 -> 256 and lost 3% at 64 x 256 -> 256 (the same one-off timings).
+// than the split into dx rows and dw pieces that a helper needs, so a helper there gains nothing
+// (docs/benchmarks.md).
 constexpr int64_t kCyclesPerHelper = 1000000;
 // The backward writes dx and dw in one serial pass (mam_fused.h: backward_serial) when no helper
-// would run and dw has at most this many floats (256 KiB: its scattered adds stay in L2). At
-// batch 256, 48 -> 256: 0.22 ms against 0.26 for the dx rows, then the dw pieces (`mam-tf bench
-// train --ops --kernel-dir`, README).
+// would run and dw has at most this many floats (256 KiB: its scattered adds stay in L2); there
+// it beats the dx rows followed by the dw pieces (docs/benchmarks.md).
 constexpr int64_t kSerialDwFloats = int64_t{1} << 16;
 
 struct SharedItems {

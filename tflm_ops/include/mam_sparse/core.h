@@ -1,4 +1,4 @@
-/* The portable core of MAM_SPARSE / MAC_SPARSE (docs: MAM_SPARSE.md, tflm_ops/README.md).
+/* The portable core of MAM_SPARSE / MAC_SPARSE (contract: docs/operator-contract.md).
  *
  * C99, no TFLM, no allocation, no stdio. Every caller (the TFLM glue, the host runtime via
  * ctypes, the Cortex-M benchmark) runs these same functions, so there is one algorithm.
@@ -105,9 +105,10 @@ typedef struct {
   const float *weight_scales; /* [weight_scale_count] */
 } mam_layer_desc;
 
-/* Checks every rule of MAM_SPARSE.md section 4 in O(E + M); touches offsets[0..offsets_len)
- * and row_counts[0..row_counts_len) only. On failure writes a one-line, NUL-terminated
- * message (truncated to msg_len - 1 chars; msg may be NULL when msg_len is 0). */
+/* Checks every rule of docs/operator-contract.md section 4 in O(E + M); touches
+ * offsets[0..offsets_len) and row_counts[0..row_counts_len) only. On failure writes a
+ * one-line, NUL-terminated message (truncated to msg_len - 1 chars; msg may be NULL when
+ * msg_len is 0). */
 int mam_validate(const mam_layer_desc *desc, char *msg, size_t msg_len);
 
 /* Prepare's requantization of a node mam_validate() accepted: for each of count rows

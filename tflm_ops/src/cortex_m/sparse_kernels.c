@@ -3,7 +3,7 @@
  * TFLM's layout: the optimized variant beside the reference, same entry points; core.c's
  * mam_sparse_s8() etc. call these where __ARM_FEATURE_DSP is set (unless
  * MAM_SPARSE_PORTABLE_ONLY is defined). Bit-exact with the *_portable kernels: same integer
- * semantics (MAM_SPARSE.md section 3), same wrap-around of the accumulators.
+ * semantics (docs/operator-contract.md section 3), same wrap-around of the accumulators.
  *
  * Compiled by GCC/Clang for Arm only, where signed integers are two's complement and the
  * conversion of an out-of-range unsigned value to a signed type wraps.
@@ -166,7 +166,7 @@ static inline uint32_t pkhbt16(uint32_t lo, uint32_t hi) {
  * instructions per 8 entries, MAM int8 104 per 16 (106 where offsets and values are not
  * co-aligned), MAC int8 and int16 38 per 8; a MAM group whose products move the max or the
  * min costs about 12-15 more (records of a running max/min: about ln(entries) per side in a
- * random row, some 125 instructions per row at 128 x 16384; tflm_ops/README.md). A row's
+ * random row, some 125 instructions per row at 128 x 16384; docs/benchmarks.md). A row's
  * fixed cost (set-up, bias, inline requantization): 57 instructions int16, 76 MAM int8.
  * ------------------------------------------------------------------------------------- */
 
