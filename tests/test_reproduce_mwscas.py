@@ -298,7 +298,7 @@ def test_cli_lists_the_experiment(capsys):
     with pytest.raises(SystemExit):
         main(["reproduce", "mwscas", "--help"])
     text = capsys.readouterr().out
-    for option in ("--scale", "-o, --out", "--seeds", "--merge", "--recompute", "--records",
+    for option in ("--scale", "-o DIR, --out DIR", "--seeds", "--merge", "--recompute", "--records",
                    "--train-records", "--vc-epochs", "--fine-tune"):
         assert option in text
 

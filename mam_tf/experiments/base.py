@@ -8,7 +8,9 @@ An experiment (a paper's reproduction) is a package of this folder holding:
   stage of :mod:`.pipeline` and returns the JSON results and whatever its outputs need;
 * its outputs: ``outputs(cfg, out, results, context)`` writes the figures (:mod:`.report`),
   the models and ``report.md``; ``summary(cfg, results) -> str`` is what the command prints;
-* an :class:`Experiment` naming those, and ``add_command`` built on :func:`add_parser`.
+* an :class:`Experiment` naming those (as ``"module:function"`` strings, imported when the run
+  starts, so that building the command line loads no TensorFlow), ``run = EXPERIMENT.run``,
+  and ``add_command`` built on :func:`add_parser`.
 
 :func:`run` does the rest the same way for every experiment: the output folder
 (``runs/<experiment>-<scale>`` by default), the stages' code fingerprint (the package version
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import os
 import shutil
 import sys
@@ -87,18 +90,36 @@ class ExperimentConfig:
 
 @dataclasses.dataclass(frozen=True)
 class Experiment:
-    """One paper's reproduction, as :func:`run` drives it (see the module's docstring)."""
+    """One paper's reproduction, as :func:`run` drives it (see the module's docstring).
+
+    ``stages``, ``outputs`` and ``summary`` are functions or ``"module:function"`` names."""
 
     name: str
     config: type
-    stages: Callable[[Any, pl.Pipeline], tuple[dict, Any]]
-    outputs: Callable[[Any, Path, dict, Any], None]
-    summary: Callable[[Any, dict], str]
+    stages: Callable[[Any, pl.Pipeline], tuple[dict, Any]] | str
+    outputs: Callable[[Any, Path, dict, Any], None] | str
+    summary: Callable[[Any, dict], str] | str
     #: Its own modules (the package) and any it runs on beyond :data:`BASE_CODE`.
     code: tuple = ()
 
     def code_fingerprint(self) -> str:
         return pl.code_fingerprint(BASE_CODE + tuple(self.code))
+
+    def part(self, name: str) -> Callable:
+        """``stages``, ``outputs`` or ``summary`` as a function (imported if named)."""
+        fn = getattr(self, name)
+        if isinstance(fn, str):
+            module, _, attr = fn.partition(":")
+            fn = getattr(importlib.import_module(module), attr)
+        return fn
+
+    def run(self, cfg, out=None, *, progress: bool = True, merge=None, print_fn=print,
+            recompute: Sequence[str] = ()) -> dict:
+        """Runs (or resumes) the experiment into ``out`` (default
+        ``runs/<experiment>-<scale>``); returns the results, also written to
+        ``out/results.json``. See :func:`run`."""
+        return run(self, cfg, out, progress=progress, merge=merge, print_fn=print_fn,
+                   recompute=recompute)
 
 
 def default_out(experiment: str, scale: str) -> Path:
@@ -149,17 +170,17 @@ def run(exp: Experiment, cfg, out=None, *, progress: bool = True, merge=None,
                        recompute=recompute)
     if merge:
         pipe.import_stages(merge)
-    own, context = exp.stages(cfg, pipe)
+    own, context = exp.part("stages")(cfg, pipe)
     results = {"experiment": exp.name, "scale": cfg.scale, "seeds": list(cfg.seeds),
                "config": cfg.as_dict(), "code": code, **own}
     pl.write_json(out / RESULTS, results)
-    exp.outputs(cfg, out, results, context)
+    exp.part("outputs")(cfg, out, results, context)
     pipe.write_manifest({"outputs": sorted(str(f.relative_to(out)) for f in out.rglob("*")
                                            if f.is_file() and pl.STAGES_DIR not in
                                            f.relative_to(out).parts
                                            and f.name != pl.MANIFEST)})
     if print_fn is not None:
-        print_fn(exp.summary(cfg, results))
+        print_fn(exp.part("summary")(cfg, results))
         print_fn(f"\nwrote {out / 'report.md'}, {RESULTS}, figures and models "
                  f"({pipe.elapsed():.0f} s, {len(pipe.computed)} stages computed)")
     return results

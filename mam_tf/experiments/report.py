@@ -88,6 +88,14 @@ def _draw(ax, panel: Panel) -> None:
         ax.axhline(value, label=label, **{"color": "gray", "linestyle": ":", **style})
     ax.set_xscale(panel.xscale)
     ax.set_yscale(panel.yscale)
+    if panel.xscale == "log":  # plain numbers at the points drawn, not powers of ten
+        from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+
+        xs = sorted({x for c in panel.curves for x, m in zip(c.x, c.mean) if m is not None})
+        if 0 < len(xs) <= 12:
+            ax.xaxis.set_major_locator(FixedLocator(xs))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
     if panel.xlim is not None:
         ax.set_xlim(*panel.xlim)
     if panel.ylim is not None:

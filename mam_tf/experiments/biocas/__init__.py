@@ -33,58 +33,24 @@ from __future__ import annotations
 import warnings
 
 from mam_tf.experiments import base
+from mam_tf.experiments.biocas.cli import add_command
 from mam_tf.experiments.biocas.config import (
     HIDDEN, NAME, SCALES, SETUP, SWEEPS, TOLERANCE_DB, Config, config_for, method_name,
 )
+from mam_tf.experiments.biocas.results import min_remaining_keeping_baseline
 
 __all__ = ["Config", "SCALES", "SETUP", "SWEEPS", "HIDDEN", "TOLERANCE_DB", "NAME", "EXPERIMENT",
            "config_for", "run", "method_name", "min_remaining_keeping_baseline", "add_command",
            "run_biocas", "max_pruned_keeping_baseline"]
 
-
-def _stages(cfg, pipe):
-    from mam_tf.experiments.biocas.stages import run_stages
-
-    return run_stages(cfg, pipe)
-
-
-def _outputs(cfg, out, results, ctx):
-    from mam_tf.experiments.biocas.report import outputs
-
-    outputs(cfg, out, results, ctx)
-
-
-def _summary(cfg, results):
-    from mam_tf.experiments.biocas.report import summary
-
-    return summary(cfg, results)
-
-
-EXPERIMENT = base.Experiment(NAME, Config, _stages, _outputs, _summary,
-                             code=("mam_tf.experiments.biocas",))
-
-
-def run(cfg: Config, out=None, *, progress=True, merge=None, print_fn=print,
-        recompute=()) -> dict:
-    """Runs (or resumes) the experiment into ``out`` (default ``runs/biocas-<scale>``); returns
-    the results (also written to ``out/results.json``). See :func:`mam_tf.experiments.base.run`."""
-    return base.run(EXPERIMENT, cfg, out, progress=progress, merge=merge, print_fn=print_fn,
-                    recompute=recompute)
-
-
-def min_remaining_keeping_baseline(points, baseline, kind, tolerance=TOLERANCE_DB,
-                                   unpruned=None):
-    """See :func:`mam_tf.experiments.biocas.results.min_remaining_keeping_baseline`."""
-    from mam_tf.experiments.biocas import results
-
-    return results.min_remaining_keeping_baseline(points, baseline, kind, tolerance, unpruned)
-
-
-def add_command(subparsers, common):
-    """Adds ``reproduce biocas`` (``common``: the shared options' parent parser)."""
-    from mam_tf.experiments.biocas.cli import add_command as add
-
-    return add(subparsers, common)
+EXPERIMENT = base.Experiment(NAME, Config, stages=f"{__name__}.stages:run_stages",
+                             outputs=f"{__name__}.report:outputs",
+                             summary=f"{__name__}.report:summary",
+                             code=(__name__,))
+#: ``run(cfg, out=None, *, progress=True, merge=None, print_fn=print, recompute=())``: runs
+#: (or resumes) the experiment into ``out`` (default ``runs/biocas-<scale>``) and returns the
+#: results, also written to ``out/results.json`` (:func:`mam_tf.experiments.base.run`).
+run = EXPERIMENT.run
 
 
 def _deprecated(old, new):

@@ -40,6 +40,7 @@ The package: :mod:`.config` (the configuration and its scales), :mod:`.stages` (
 from __future__ import annotations
 
 from mam_tf.experiments import base
+from mam_tf.experiments.mwscas.cli import add_command
 from mam_tf.experiments.mwscas.config import (
     FINE_TUNED, FRACTIONS, KINDS, METHODS, NAME, SCALES, Config, config_for, device_budget_bytes,
 )
@@ -47,39 +48,11 @@ from mam_tf.experiments.mwscas.config import (
 __all__ = ["Config", "SCALES", "config_for", "run", "add_command", "FRACTIONS", "METHODS",
            "KINDS", "FINE_TUNED", "NAME", "EXPERIMENT", "device_budget_bytes"]
 
-
-def _stages(cfg, pipe):
-    from mam_tf.experiments.mwscas.stages import run_stages
-
-    return run_stages(cfg, pipe)
-
-
-def _outputs(cfg, out, results, per):
-    from mam_tf.experiments.mwscas.report import outputs
-
-    outputs(cfg, out, results, per)
-
-
-def _summary(cfg, results):
-    from mam_tf.experiments.mwscas.report import summary
-
-    return summary(cfg, results)
-
-
-EXPERIMENT = base.Experiment(NAME, Config, _stages, _outputs, _summary,
-                             code=("mam_tf.experiments.mwscas", "mam_tf.device"))
-
-
-def run(cfg: Config, out=None, *, progress=True, merge=None, print_fn=print,
-        recompute=()) -> dict:
-    """Runs (or resumes) the experiment into ``out`` (default ``runs/mwscas-<scale>``); returns
-    the results (also written to ``out/results.json``). See :func:`mam_tf.experiments.base.run`."""
-    return base.run(EXPERIMENT, cfg, out, progress=progress, merge=merge, print_fn=print_fn,
-                    recompute=recompute)
-
-
-def add_command(subparsers, common):
-    """Adds ``reproduce mwscas`` (``common``: the shared options' parent parser)."""
-    from mam_tf.experiments.mwscas.cli import add_command as add
-
-    return add(subparsers, common)
+EXPERIMENT = base.Experiment(NAME, Config, stages=f"{__name__}.stages:run_stages",
+                             outputs=f"{__name__}.report:outputs",
+                             summary=f"{__name__}.report:summary",
+                             code=(__name__, "mam_tf.device"))
+#: ``run(cfg, out=None, *, progress=True, merge=None, print_fn=print, recompute=())``: runs
+#: (or resumes) the experiment into ``out`` (default ``runs/mwscas-<scale>``) and returns the
+#: results, also written to ``out/results.json`` (:func:`mam_tf.experiments.base.run`).
+run = EXPERIMENT.run
