@@ -346,5 +346,9 @@ def test_quantized_kernel_is_the_variable_the_qat_model_computes_with():
     # FC1 without weights outputs relu(bias) for every window: FC2's input is one constant row.
     assert not np.allclose(before, after)
     np.testing.assert_allclose(after, after[:1].repeat(4, 0), atol=1e-6)
+    mask.assign(np.ones(mask.shape, np.float32))  # and so does the kernel alone
+    np.testing.assert_allclose(qat.predict(x, verbose=0), before, atol=1e-6)
+    kernel.assign(np.zeros(kernel.shape, np.float32))
+    np.testing.assert_allclose(qat.predict(x, verbose=0), after, atol=1e-6)
     with pytest.raises(ValueError, match="has no QAT-wrapped layer 'fc9'"):
         pruning.quantized_kernel(qat, "fc9")
