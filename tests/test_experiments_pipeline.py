@@ -1,11 +1,14 @@
-"""The experiment machinery: cached, resumable stages; merging runs; figures and tables."""
+"""The experiment machinery: cached, resumable stages keyed by their code; merging runs; the
+experiment base; figures and tables."""
+import dataclasses
 import json
 import os
+from typing import ClassVar
 
 import pytest
 
-from mam_tf.experiments import parse_seeds
-from mam_tf.experiments.pipeline import Pipeline, stage_key
+from mam_tf.experiments import base, parse_seeds
+from mam_tf.experiments.pipeline import Pipeline, code_fingerprint, stage_key
 from mam_tf.experiments.report import Curve, markdown_table, plot_curves, summarize
 
 
@@ -21,8 +24,8 @@ class Counter:
         return {"v": self.value}
 
 
-def _run(tmp_path, n=3, seed=0, fns=None):
-    run = Pipeline(tmp_path, "t", progress=False)
+def _run(tmp_path, n=3, seed=0, fns=None, code="", recompute=()):
+    run = Pipeline(tmp_path, "t", progress=False, code=code, recompute=recompute)
     fns = fns or {"data": Counter(n), "train": Counter(10 * n + seed), "other": Counter(-1)}
     data = run.stage("data", {"n": n}, fns["data"])
     train = run.stage("train", {"seed": seed}, fns["train"], deps=[data])
@@ -70,11 +73,62 @@ def test_an_interrupted_stage_leaves_nothing_and_the_rerun_resumes(tmp_path):
     assert [f.calls for f in fns.values()] == [0, 1, 1] and train.value == {"v": 30}
 
 
-def test_key_depends_on_params_and_deps_only():
+def test_key_depends_on_params_deps_and_code_only():
     assert stage_key("a", {"x": (1, 2)}) == stage_key("a", {"x": [1, 2]})
     assert stage_key("a", {"x": 1, "y": 2}) == stage_key("a", {"y": 2, "x": 1})
     assert stage_key("a", {"x": 1}) != stage_key("b", {"x": 1})
     assert stage_key("a", {"x": 1}) != stage_key("a", {"x": 1.5})
+    assert stage_key("a", {"x": 1}, code="0.1.0+aa") == stage_key("a", {"x": 1}, code="0.1.0+aa")
+    assert stage_key("a", {"x": 1}, code="0.1.0+aa") != stage_key("a", {"x": 1}, code="0.1.0+ab")
+
+
+def test_other_code_recomputes_every_stage_and_never_reads_the_old_ones(tmp_path):
+    _run(tmp_path, code="1.0+old")
+    _, fns, (data, train, _) = _run(tmp_path, code="1.0+new")
+    assert [f.calls for f in fns.values()] == [1, 1, 1]
+    assert json.loads((data.path / "stage.json").read_text())["code"] == "1.0+new"
+    _, fns, _ = _run(tmp_path, code="1.0+old")  # both stay on disk, each for its own code
+    assert [f.calls for f in fns.values()] == [0, 0, 0]
+    # A stage folder of the old code renamed to the new key is still refused: stage.json
+    # names the code that computed it.
+    _, _, (data_new, _, _) = _run(tmp_path, code="1.0+new")
+    meta = json.loads((data_new.path / "stage.json").read_text())
+    meta["code"] = "1.0+old"
+    (data_new.path / "stage.json").write_text(json.dumps(meta))
+    _, fns, _ = _run(tmp_path, code="1.0+new")
+    assert [f.calls for f in fns.values()] == [1, 0, 0]
+
+
+def test_recompute_forces_the_named_stages(tmp_path):
+    _run(tmp_path)
+    _, fns, (data, _, _) = _run(tmp_path, recompute={"data"})
+    assert [f.calls for f in fns.values()] == [1, 0, 0] and not data.cached
+    _, fns, _ = _run(tmp_path)
+    assert [f.calls for f in fns.values()] == [0, 0, 0]
+
+
+def test_code_fingerprint_follows_the_sources_and_the_version(tmp_path, monkeypatch):
+    pkg = tmp_path / "fp_pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("X = 1\n")
+    (pkg / "sub" / "k.c").write_text("int k(void) { return 1; }\n")
+    (tmp_path / "fp_mod.py").write_text("Y = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    first = code_fingerprint(["fp_pkg", "fp_mod"], version="1.0")
+    assert first.startswith("1.0+") and first == code_fingerprint(["fp_mod", "fp_pkg"], "1.0")
+    assert code_fingerprint(["fp_pkg", "fp_mod"], version="1.1") != first
+    seen = {first}
+    for path, text in ((pkg / "a.py", "X = 2\n"), (pkg / "sub" / "k.c", "int k(void);\n"),
+                       (tmp_path / "fp_mod.py", "Y = 2\n"), (pkg / "new.py", "")):
+        path.write_text(text)
+        now = code_fingerprint(["fp_pkg", "fp_mod"], version="1.0")
+        assert now not in seen, f"editing {path.name} left the fingerprint as it was"
+        seen.add(now)
+    (pkg / "notes.txt").write_text("not code")
+    assert code_fingerprint(["fp_pkg", "fp_mod"], version="1.0") == now
+    with pytest.raises(ModuleNotFoundError, match="'fp_nothing'"):
+        code_fingerprint(["fp_nothing"])
 
 
 def test_manifest_records_what_was_computed(tmp_path):
@@ -122,3 +176,97 @@ def test_summary_table_and_plot(tmp_path):
                                                   [3.5, 4.5])],
                        xlabel="x", ylabel="y", xscale="log", hlines=[(3.2, "budget")])
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_panels_and_signals_share_the_curves_style(tmp_path):
+    import matplotlib.image
+
+    from mam_tf.experiments.report import Panel, plot_panels, plot_signals
+
+    c = Curve("c", [1, 2], [3.0, 4.0], [2.5, 3.5], [3.5, 4.5])
+    one = plot_curves(tmp_path / "one.png", [c], xlabel="x", ylabel="y", figsize=(4, 3))
+    same = plot_panels(tmp_path / "same.png", [Panel([c], xlabel="x", ylabel="y")],
+                       figsize=(4, 3))
+    # plot_curves is plot_panels with one panel: the same pixels.
+    assert (matplotlib.image.imread(one) == matplotlib.image.imread(same)).all()
+    two = plot_panels(tmp_path / "two.png", [Panel([c], ylabel="a"),
+                                             Panel([c], ylabel="b", yscale="log",
+                                                   hlines=[(3.0, "flat")])])
+    assert matplotlib.image.imread(two).shape[0] > matplotlib.image.imread(one).shape[0]
+    sig = plot_signals(tmp_path / "s.png", [("p", [("x", [0, 1, 0], {}), ("y", [0, 2, 0], {})])],
+                       xlabel="sample")
+    assert sig.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# -- the experiment base: a third experiment is a config and its stages --------------------
+@dataclasses.dataclass
+class _ToyConfig(base.ExperimentConfig):
+    EXPERIMENT: ClassVar[str] = "toy"
+    SCALES: ClassVar[dict] = {"tiny": {"n": 2}, "demo": {"n": 3, "seeds": (0, 1)}}
+    n: int = 3
+
+
+def _toy_stages(cfg, pipe):
+    values = {s: pipe.stage("square", {"n": cfg.n, "seed": s},
+                            lambda work, s=s: (cfg.n + s) ** 2).value for s in cfg.seeds}
+    return {"points": [{"kind": "mam", "method": "none", "remaining": 1.0, "seed": s,
+                        "value": v} for s, v in values.items()]}, values
+
+
+def _toy_outputs(cfg, out, results, values):
+    (out / "report.md").write_text(f"{sorted(values.items())}\n")
+
+
+TOY = base.Experiment("toy", _ToyConfig, _toy_stages, _toy_outputs,
+                      lambda cfg, results: "toy done", code=("mam_tf.experiments.base",))
+
+
+def test_a_toy_experiment_runs_merges_and_lays_out_its_outputs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    printed = []
+    res = base.run(TOY, _ToyConfig.for_scale("tiny"), progress=False, print_fn=printed.append)
+    out = tmp_path / "runs" / "toy-tiny"  # the default layout: runs/<experiment>-<scale>
+    assert json.loads((out / "results.json").read_text()) == res
+    assert res["experiment"] == "toy" and res["scale"] == "tiny" and res["seeds"] == [0]
+    assert res["config"] == {"scale": "tiny", "seeds": [0], "n": 2}
+    assert res["code"] == TOY.code_fingerprint() and res["code"].startswith("0.")
+    assert [p["value"] for p in res["points"]] == [4]
+    assert (out / "report.md").read_text() == "[(0, 4)]\n" and printed[0] == "toy done"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["code"] == res["code"] and "results.json" in manifest["outputs"]
+    # Seed 1 elsewhere, then merged: the seeds come from the other run's results.json and
+    # every stage is read back.
+    base.run(TOY, _ToyConfig.for_scale("tiny", seeds=(1,)), tmp_path / "s1", progress=False,
+             print_fn=None)
+    merged = base.run(TOY, _ToyConfig.for_scale("tiny", seeds=()), tmp_path / "m",
+                      merge=[out, tmp_path / "s1"], progress=False, print_fn=None)
+    assert merged["seeds"] == [0, 1] and [p["value"] for p in merged["points"]] == [4, 9]
+    assert json.loads((tmp_path / "m" / "manifest.json").read_text())["stages_computed"] == 0
+    with pytest.raises(ValueError, match="'toy' run at scale 'tiny', this one 'toy' at 'demo'"):
+        base.run(TOY, _ToyConfig.for_scale("demo"), tmp_path / "d", merge=[out],
+                 progress=False, print_fn=None)
+    with pytest.raises(ValueError, match="toy: no seeds to run"):
+        base.run(TOY, _ToyConfig.for_scale("tiny", seeds=()), tmp_path / "e", progress=False)
+
+
+def test_config_for_names_a_wrong_scale_or_setting():
+    assert _ToyConfig.for_scale("demo", n=None).n == 3  # None leaves the scale's value
+    with pytest.raises(ValueError, match=r"toy: scale is 'huge'; must be one of \('tiny', 'demo'\)"):
+        _ToyConfig.for_scale("huge")
+    with pytest.raises(ValueError, match=r"toy: unknown setting 'm'; settings are \['n', 'seeds'\]"):
+        _ToyConfig.for_scale("tiny", m=1)
+    with pytest.raises(TypeError, match="toy: run needs a _ToyConfig"):
+        base.run(TOY, {"scale": "tiny"}, "x")
+
+
+def test_fractions_option_reads_fractions_and_the_old_percent(capsys):
+    import argparse
+
+    parse = base.parse_fractions("--fine-tune")
+    assert parse("0.05,0.02") == (0.05, 0.02) and parse("none") == ()
+    assert capsys.readouterr().err == ""
+    assert parse("5,2") == (0.05, 0.02)
+    assert "--fine-tune 5,2 reads as percent; percent is deprecated" in capsys.readouterr().err
+    for bad in ("", "x", "0", "-1"):
+        with pytest.raises(argparse.ArgumentTypeError, match="--fine-tune is"):
+            parse(bad)

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("biocas")
-    assert cli_main(["reproduce", "biocas", "--scale", "tiny", "--out", str(out),
+    assert cli_main(["reproduce", "biocas", "--scale", "tiny", "-o", str(out),
                      "--no-progress"]) == 0
     return out, json.loads((out / "results.json").read_text())
 
@@ -47,10 +47,10 @@ def _arsnr_of(prob, x, y, A, D, threshold):
 def test_outputs_are_all_there(run):
     out, res = run
     cfg = res["config"]
-    for name in ("results.json", "report.md", "manifest.json", "arsnr_vs_pruned.png",
+    for name in ("results.json", "report.md", "manifest.json", "arsnr_vs_remaining.png",
                  "reconstruction.png"):
         assert (out / name).is_file(), name
-    for png in ("arsnr_vs_pruned.png", "reconstruction.png"):
+    for png in ("arsnr_vs_remaining.png", "reconstruction.png"):
         data = (out / png).read_bytes()
         assert data.startswith(PNG) and len(data) > 10_000
     for kind in ("mac", "mam"):
@@ -58,11 +58,13 @@ def test_outputs_are_all_there(run):
     # One point per (sweep, fine-tuned or not, fraction), each with the fields asked for.
     want = {(k, biocas.method_name(m, s), ft, f) for k, m, s in cfg["sweeps"]
             for ft in (False, True) for f in cfg["fractions"]}
-    got = {(p["kind"], p["method"], p["fine_tuned"], p["pruned"]) for p in res["points"]}
+    got = {(p["kind"], p["method"], p["fine_tuned"], p["remaining"]) for p in res["points"]}
     assert got == want and len(res["points"]) == len(want)
+    assert res["experiment"] == "biocas" and res["scale"] == "tiny" and res["seeds"] == [0]
     for p in res["points"]:
-        assert {"kind", "method", "fine_tuned", "pruned", "arsnr_mean", "arsnr_min",
+        assert {"kind", "method", "fine_tuned", "remaining", "arsnr_mean", "arsnr_min",
                 "arsnr_max"} <= set(p)
+        assert 0 < p["remaining"] <= 1
         assert p["arsnr_min"] <= p["arsnr_mean"] <= p["arsnr_max"]
         assert p["arsnr_mean"] > 5.0  # a support was found: far above an empty reconstruction
     report = (out / "report.md").read_text()
@@ -71,28 +73,39 @@ def test_outputs_are_all_there(run):
     assert manifest["experiment"] == "biocas" and manifest["config"]["scale"] == "tiny"
 
 
-def test_max_pruned_keeping_baseline_recomputed_from_the_points(run):
+def test_min_remaining_keeping_baseline_recomputed_from_the_points(run):
     _, res = run
     b, tol = res["baseline_arsnr"], 0.5
     for kind in ("mac", "mam"):
-        fractions = [p["pruned"] for p in res["points"]
+        fractions = [p["remaining"] for p in res["points"]
                      if p["kind"] == kind and p["arsnr_mean"] >= b - tol]
         if res["unpruned"][kind]["mean"] >= b - tol:
-            fractions.append(0.0)
-        want = max(fractions) if fractions else None
-        assert res["max_pruned_keeping_baseline"][kind] == want
+            fractions.append(1.0)
+        want = min(fractions) if fractions else None
+        assert res["min_remaining_keeping_baseline"][kind] == want
 
 
-def test_max_pruned_keeping_baseline_rule():
-    pts = [{"kind": "mam", "pruned": 0.5, "arsnr_mean": 29.6},
-           {"kind": "mam", "pruned": 0.9, "arsnr_mean": 29.4},   # 0.6 dB below: not kept
-           {"kind": "mam", "pruned": 0.94, "arsnr_mean": 29.5},  # exactly 0.5 dB below: kept
-           {"kind": "mac", "pruned": 0.98, "arsnr_mean": 35.0}]
-    f = biocas.max_pruned_keeping_baseline
-    assert f(pts, 30.0, "mam") == 0.94
+def test_min_remaining_keeping_baseline_rule():
+    pts = [{"kind": "mam", "remaining": 0.5, "arsnr_mean": 29.6},
+           {"kind": "mam", "remaining": 0.1, "arsnr_mean": 29.4},   # 0.6 dB below: not kept
+           {"kind": "mam", "remaining": 0.06, "arsnr_mean": 29.5},  # exactly 0.5 dB below: kept
+           {"kind": "mac", "remaining": 0.02, "arsnr_mean": 35.0}]
+    f = biocas.min_remaining_keeping_baseline
+    assert f(pts, 30.0, "mam") == 0.06
     assert f(pts, 30.1, "mam") == 0.5
     assert f(pts, 31.0, "mam") is None
-    assert f(pts, 31.0, "mam", unpruned=30.6) == 0.0
+    assert f(pts, 31.0, "mam", unpruned=30.6) == 1.0
+
+
+def test_the_old_pruned_spelling_is_deprecated_and_agrees():
+    from mam_tf._moved import MamTfDeprecationWarning
+
+    pts = [{"kind": "mam", "pruned": 0.5, "arsnr_mean": 29.6},
+           {"kind": "mam", "pruned": 0.94, "arsnr_mean": 29.5}]
+    with pytest.warns(MamTfDeprecationWarning, match="min_remaining_keeping_baseline"):
+        assert biocas.max_pruned_keeping_baseline(pts, 30.0, "mam") == 0.94
+    with pytest.warns(MamTfDeprecationWarning):
+        assert biocas.max_pruned_keeping_baseline(pts, 31.0, "mam", unpruned=30.6) == 0.0
 
 
 def test_baseline_is_the_saved_mac_oracle_measured_independently(run):
@@ -113,17 +126,17 @@ def test_deployed_oracles_run_as_reported_and_follow_their_keras_model(run):
     assert {d["kind"] for d in res["deployed"]} == {"mac", "mam"}
     for d in res["deployed"]:
         tag = "_fine_tuned" if d["fine_tuned"] else ""
-        name = f"{d['kind']}_seed0_pruned{round(100 * d['pruned'])}{tag}_int8.tflite"
+        name = f"{d['kind']}_seed0_{d['method']}_{100 * d['remaining']:g}pct{tag}_int8.tflite"
         interp = Interpreter((out / "models" / name).read_bytes())
         prob = interp.run(y)
         assert _arsnr_of(prob, x, y, A, D, cfg["threshold"]) == pytest.approx(
             d["device_arsnr"], abs=1e-6)
         sparse_op = "MAM_SPARSE" if d["kind"] == "mam" else "MAC_SPARSE"
-        if d["pruned"] >= 0.5:  # pruned hidden layers are stored sparse
+        if d["remaining"] <= 0.5:  # pruned hidden layers are stored sparse
             assert d["ops"][:2] == [sparse_op, sparse_op]
             nonzeros = sum(layer["nonzeros"] for layer in d["layers"][:2])
             total = cfg["m"] * 2 * cfg["n"] + (2 * cfg["n"]) ** 2
-            assert nonzeros <= round((1 - d["pruned"]) * total)
+            assert nonzeros <= round(d["remaining"] * total)
         # int8 output, scale 1/256: a few steps from the float oracle, same support nearly always
         step = d["output_step"]
         assert step == pytest.approx(1 / 256)
@@ -133,18 +146,20 @@ def test_deployed_oracles_run_as_reported_and_follow_their_keras_model(run):
 
 def test_a_rerun_reads_every_stage_back(run, capsys):
     out, res = run
-    again = biocas.run_biocas("tiny", out=out, progress=False)
+    again = biocas.run(biocas.config_for("tiny"), out, progress=False, print_fn=None)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["stages_computed"] == 0 and manifest["stages_read_back"] > 0
     assert again["points"] == res["points"]
-    assert again["max_pruned_keeping_baseline"] == res["max_pruned_keeping_baseline"]
+    assert again["min_remaining_keeping_baseline"] == res["min_remaining_keeping_baseline"]
 
 
 def test_unknown_settings_and_scales_are_named():
     with pytest.raises(ValueError, match="unknown setting 'epoch'"):
-        biocas.config_for("tiny", {"epoch": 3})
+        biocas.config_for("tiny", epoch=3)
     with pytest.raises(ValueError, match="scale is 'huge'"):
         biocas.config_for("huge")
+    with pytest.raises(ValueError, match=r"kept fractions in \(0, 1\], got \[94\]"):
+        biocas.config_for("tiny", fractions=(94,))
 
 
 def test_notebook_runs_at_tiny_scale(run, monkeypatch):
@@ -175,11 +190,16 @@ def test_notebook_runs_at_tiny_scale(run, monkeypatch):
 def test_merge_imports_the_stages_and_seeds_of_other_runs(run, tmp_path):
     out, res = run
     merged = tmp_path / "merged"
-    again = biocas.run_biocas("tiny", out=merged, merge=[out], progress=False)
+    again = biocas.run(biocas.config_for("tiny", seeds=()), merged, merge=[out],
+                       progress=False, print_fn=None)
     manifest = json.loads((merged / "manifest.json").read_text())
-    assert manifest["config"]["seeds"] == [0]  # taken from the merged run's manifest
+    assert manifest["config"]["seeds"] == [0]  # taken from the merged run's results.json
     assert manifest["stages_computed"] == 0
     assert again["points"] == res["points"]
-    with pytest.raises(FileNotFoundError, match="has no manifest.json"):
-        biocas.run_biocas("tiny", out=tmp_path / "x", merge=[tmp_path / "nothing"],
-                          progress=False)
+    with pytest.raises(FileNotFoundError, match="has no results.json"):
+        biocas.run(biocas.config_for("tiny"), tmp_path / "x", merge=[tmp_path / "nothing"],
+                   progress=False, print_fn=None)
+    with pytest.raises(ValueError, match="is a 'biocas' run at scale 'tiny', this one "
+                       "'biocas' at 'demo'"):
+        biocas.run(biocas.config_for("demo"), tmp_path / "y", merge=[out], progress=False,
+                   print_fn=None)

@@ -261,21 +261,31 @@ def test_blend_must_leave_pure_mam_epochs():
 
 
 def test_report_command_repeats_the_overrides():
+    from mam_tf.experiments.mwscas.config import command_overrides
+
     cfg = mwscas.config_for("small", epochs=20, vc_epochs=3, seeds=(1,))
-    assert mwscas._command_overrides(cfg, [1]) == " --seeds 1 --epochs 20 --vc-epochs 3"
-    assert mwscas._command_overrides(mwscas.config_for("small"), [0, 1, 2]) == ""
-    assert mwscas._command_overrides(mwscas.config_for("small", fine_tune=()), [0, 1, 2]) == \
+    assert command_overrides(cfg, [1]) == " --seeds 1 --epochs 20 --vc-epochs 3"
+    assert command_overrides(mwscas.config_for("small"), [0, 1, 2]) == ""
+    assert command_overrides(mwscas.config_for("small", fine_tune=()), [0, 1, 2]) == \
         " --fine-tune none"
+    assert command_overrides(mwscas.config_for("small", fine_tune=(0.05, 0.02)), [0, 1, 2]) == \
+        " --fine-tune 0.05,0.02"
 
 
-def test_fine_tune_option_takes_pruned_percentages():
+def test_fine_tune_option_takes_kept_fractions(capsys):
     import argparse
 
-    assert mwscas._fine_tune_arg("5,2") == (0.05, 0.02)
-    assert mwscas._fine_tune_arg("none") == ()
-    for bad in ("3", "100", "5,x", ""):
+    from mam_tf.experiments.mwscas.cli import fine_tune_arg
+
+    assert fine_tune_arg("0.05,0.02") == (0.05, 0.02)
+    assert fine_tune_arg("none") == ()
+    assert capsys.readouterr().err == ""
+    # The old percent spelling still reads, with a deprecation line.
+    assert fine_tune_arg("5,2") == (0.05, 0.02)
+    assert "deprecated" in capsys.readouterr().err
+    for bad in ("0.03", "1", "100", "0.05,x", "", "-0.05"):
         with pytest.raises(argparse.ArgumentTypeError, match="--fine-tune"):
-            mwscas._fine_tune_arg(bad)
+            fine_tune_arg(bad)
     with pytest.raises(ValueError, match=r"fine_tune fractions must be .* got \[0.03\]"):
         mwscas.config_for("small", fine_tune=(0.03,))
     with pytest.raises(ValueError, match="fine_tune starts from the magnitude masks"):
@@ -288,8 +298,8 @@ def test_cli_lists_the_experiment(capsys):
     with pytest.raises(SystemExit):
         main(["reproduce", "mwscas", "--help"])
     text = capsys.readouterr().out
-    for option in ("--scale", "--seeds", "--merge", "--records", "--train-records", "--vc-epochs",
-                   "--fine-tune"):
+    for option in ("--scale", "-o DIR, --out DIR", "--seeds", "--merge", "--recompute", "--records",
+                   "--train-records", "--vc-epochs", "--fine-tune"):
         assert option in text
 
 
@@ -315,3 +325,30 @@ def test_seeds_run_apart_merge_into_one_report(tiny, tmp_path):
         assert p["arsnr_min"] == min(a["arsnr_mean"], b["arsnr_mean"])
         assert p["arsnr_max"] == max(a["arsnr_mean"], b["arsnr_mean"])
         assert p["arsnr_mean"] == pytest.approx((a["arsnr_mean"] + b["arsnr_mean"]) / 2)
+
+
+def test_quantized_kernel_is_the_variable_the_qat_model_computes_with():
+    """pruning.quantized_kernel: assigning the returned kernel and mask prunes the QAT model,
+    seen in its output against the float model pruned by hand."""
+    from mam_tf.train import pruning, quantization
+
+    tail, _ = split(ecg_autoencoder("mam", seed=0, beta=0.0))
+    qat = quantization.quantize_model(tail, "int16x8", weight_range=(-1, 1), input_range=(-1, 1))
+    kernel, mask = pruning.quantized_kernel(qat, "fc1")
+    assert tuple(kernel.shape) == tuple(tail.get_layer("fc1").kernel.shape) == tuple(mask.shape)
+    wrapper = next(layer for layer in qat.layers if getattr(layer, "layer", None) is not None
+                   and layer.layer.name == "fc1")
+    assert pruning.quantized_kernel(qat, wrapper.name)[0] is kernel
+    x = np.random.default_rng(0).random((4, 256), np.float32)
+    before = qat.predict(x, verbose=0)
+    mask.assign(np.zeros(mask.shape, np.float32))  # the mask alone removes FC1's weights
+    after = qat.predict(x, verbose=0)
+    # FC1 without weights outputs relu(bias) for every window: FC2's input is one constant row.
+    assert not np.allclose(before, after)
+    np.testing.assert_allclose(after, after[:1].repeat(4, 0), atol=1e-6)
+    mask.assign(np.ones(mask.shape, np.float32))  # and so does the kernel alone
+    np.testing.assert_allclose(qat.predict(x, verbose=0), before, atol=1e-6)
+    kernel.assign(np.zeros(kernel.shape, np.float32))
+    np.testing.assert_allclose(qat.predict(x, verbose=0), after, atol=1e-6)
+    with pytest.raises(ValueError, match="has no QAT-wrapped layer 'fc9'"):
+        pruning.quantized_kernel(qat, "fc9")

@@ -1,10 +1,12 @@
 """`mam-tf reproduce <experiment>`: the papers' experiments as resumable pipelines.
 
-Each experiment is a module of this package with an ``add_command(subparsers, common)``
-function that adds its sub-command (``common`` is the parent parser holding the options every
-experiment shares, see :func:`common_options`) and builds on :mod:`.pipeline` (cached stages,
-progress, manifest) and :mod:`.report` (figures, tables). To add one, write the module and add
-its name to ``EXPERIMENTS``.
+Each experiment is a package of this one (its config, stages, aggregation, report and command
+line) with an ``add_command(subparsers, common)`` function that adds its sub-command
+(``common`` is the parent parser holding the options every experiment shares, see
+:func:`common_options`). It builds on :mod:`.base` (the config type with its scales, ``run``,
+``--merge``, the output layout), :mod:`.pipeline` (cached stages, progress, manifest) and
+:mod:`.report` (figures, tables). To add one, write the package and add its name to
+``EXPERIMENTS``.
 """
 from __future__ import annotations
 
@@ -44,13 +46,13 @@ def parse_seeds(text: str | None) -> list[int] | None:
 
 def common_options() -> argparse.ArgumentParser:
     """The options every ``reproduce`` experiment takes (a parent parser, ``add_help=False``):
-    ``--scale``, ``--out``, ``--seeds``, ``--merge``, ``--no-progress``."""
+    ``--scale``, ``-o/--out``, ``--seeds``, ``--merge``, ``--recompute``, ``--no-progress``."""
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("common options")
     g.add_argument("--scale", choices=SCALES, default="demo",
                    help="how big a run: tiny (tests, < 2 min), demo (1 seed, minutes), small "
                    "(3 seeds), paper (the paper's sizes, for a bigger machine); default demo")
-    g.add_argument("--out", default=None,
+    g.add_argument("-o", "--out", default=None, metavar="DIR",
                    help="output folder (default runs/<experiment>-<scale>); a rerun into the "
                    "same folder reads finished stages back instead of redoing them")
     g.add_argument("--seeds", type=parse_seeds, default=None, metavar="LIST",
@@ -59,6 +61,9 @@ def common_options() -> argparse.ArgumentParser:
     g.add_argument("--merge", nargs="+", default=None, metavar="DIR",
                    help="join the finished stages of these run folders (same scale, other "
                    "seeds) into --out and report all their seeds together")
+    g.add_argument("--recompute", nargs="+", default=None, metavar="STAGE",
+                   help="compute these stages again even when the output folder holds them "
+                   "(stage names as in the progress lines: data, train, ...)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars or stage lines")
     return p
 
@@ -68,7 +73,9 @@ def add_reproduce_command(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "reproduce", help="reproduce a paper's experiment end to end (resumable)",
         description=__doc__.split("\n\n")[0] + " Each stage's result is cached in the output "
-        "folder, keyed by every parameter that shapes it: a rerun reads finished stages back.",
+        "folder, keyed by every parameter that shapes it, its inputs and the code that computes "
+        "it (the package version and a hash of the sources): a rerun reads finished stages "
+        "back.",
     )
     sub = p.add_subparsers(dest="experiment", metavar="EXPERIMENT")
     common = common_options()

@@ -1,10 +1,10 @@
-"""Resumable experiment pipelines: stages cached on disk by the parameters that shape them.
+"""Resumable experiment pipelines: stages cached on disk by what shapes them.
 
 An experiment is a sequence of stages (make the data, train a model, prune it, ...). Each call
 of :meth:`Pipeline.stage` names a stage, gives every parameter that shapes its result and the
 stages it reads (``deps``), and a function that computes it::
 
-    run = Pipeline("runs/exp", "exp", config={"scale": "demo"})
+    run = Pipeline("runs/exp", "exp", config={"scale": "demo"}, code=code_fingerprint(...))
     data = run.stage("data", {"n": 1000, "seed": 0}, make_data)          # make_data(workdir)
     model = run.stage("train", {"epochs": 5}, train, deps=[data])        # train(workdir)
     print(model.value, model.path / "model.keras")
@@ -12,10 +12,14 @@ stages it reads (``deps``), and a function that computes it::
 
 * The result lives in ``<out>/stages/<name>-<key>/``: the files the function wrote into the
   ``workdir`` it was given, and ``stage.json`` holding the JSON value it returned, its
-  parameters and how long it took. ``key`` is a hash of the stage name, its parameters and the
-  keys of its dependencies, so changing a parameter reruns that stage and every stage that
-  depends on it, and nothing else.
-* A stage found on disk is read back, not recomputed (``result.cached`` is True).
+  parameters and how long it took. ``key`` is a hash of the stage name, its parameters, the
+  keys of its dependencies and the run's ``code`` (what computes it: the package version and a
+  hash of the sources, :func:`code_fingerprint`), so changing a parameter reruns that stage and
+  every stage that depends on it, and nothing else, and a stage computed by other code is never
+  read back as this code's.
+* A stage found on disk is read back, not recomputed (``result.cached`` is True), unless its
+  name is in ``recompute`` (then it is computed again and replaces the stored one; the stages
+  reading it keep their keys, its parameters being the same).
 * Stages are computed in a temporary directory renamed into place when the function returns:
   an interrupted run leaves no half-written stage, and a rerun resumes after the last finished
   one.
@@ -43,14 +47,15 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-__all__ = ["Pipeline", "StageResult", "stage_key", "write_json", "read_json"]
+__all__ = ["Pipeline", "StageResult", "stage_key", "code_fingerprint", "jsonable", "write_json",
+           "read_json"]
 
 STAGES_DIR = "stages"
 STAGE_FILE = "stage.json"
 MANIFEST = "manifest.json"
 
 
-def _canonical(obj):
+def jsonable(obj):
     """``obj`` as stored in JSON (tuples become lists, numpy scalars numbers)."""
     return json.loads(json.dumps(obj, sort_keys=True, default=_json_default))
 
@@ -72,11 +77,45 @@ def _json_default(obj):
     raise TypeError(f"pipeline: {type(obj).__name__} value {obj!r} cannot be stored as JSON")
 
 
-def stage_key(name: str, params: dict, deps: Sequence["StageResult"] = ()) -> str:
-    """The cache key of a stage: a hash of its name, its parameters and its dependencies' keys."""
-    blob = json.dumps({"name": name, "params": _canonical(params),
-                       "deps": [d.key for d in deps]}, sort_keys=True)
+def stage_key(name: str, params: dict, deps: Sequence["StageResult"] = (), code: str = "") -> str:
+    """The cache key of a stage: a hash of its name, its parameters, its dependencies' keys and
+    ``code``, the fingerprint of the code that computes it (:func:`code_fingerprint`)."""
+    blob = json.dumps({"name": name, "params": jsonable(params),
+                       "deps": [d.key for d in deps], "code": code}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+_SOURCE_SUFFIXES = (".py", ".c", ".cc", ".h")
+
+
+def code_fingerprint(modules: Iterable[str], version: str | None = None) -> str:
+    """What computes a stage: ``"<version>+<hash>"``, the package version (default
+    ``mam_tf.__version__``) and a hash of the source files (``.py``, ``.c``, ``.cc``, ``.h``) of
+    the named modules or packages (a package: every such file under its folder), by path and
+    content. Editing any of those files, or upgrading the package, changes it."""
+    import importlib.util
+
+    if version is None:
+        import mam_tf
+
+        version = mam_tf.__version__
+    h = hashlib.sha256()
+    for module in sorted(set(modules)):
+        spec = importlib.util.find_spec(module)
+        if spec is None or spec.origin is None:
+            raise ModuleNotFoundError(f"code_fingerprint: module '{module}' is not installed")
+        origin = Path(spec.origin)
+        if spec.submodule_search_locations:  # a package: all its sources
+            root = origin.parent
+            files = sorted(p for p in root.rglob("*") if p.suffix in _SOURCE_SUFFIXES
+                           and p.is_file() and "__pycache__" not in p.parts)
+        else:
+            root, files = origin.parent, [origin]
+        for f in files:
+            h.update(f"{module}:{f.relative_to(root).as_posix()}\0".encode())
+            h.update(f.read_bytes())
+            h.update(b"\0")
+    return f"{version}+{h.hexdigest()[:16]}"
 
 
 def write_json(path, obj) -> Path:
@@ -142,15 +181,21 @@ class Pipeline:
       progress: show tqdm bars (:meth:`progress`) and stage lines.
       log: where stage lines go (default: print to stderr; ``None`` with ``progress=False``
         prints nothing).
+      code: the fingerprint of the code that computes the stages (:func:`code_fingerprint`),
+        part of every stage's key and stored in the manifest.
+      recompute: names of stages to compute again even when they are on disk.
     """
 
     def __init__(self, out_dir, experiment: str, *, config: dict | None = None,
-                 progress: bool = True, log: Callable[[str], None] | None = None):
+                 progress: bool = True, log: Callable[[str], None] | None = None,
+                 code: str = "", recompute: Iterable[str] = ()):
         self.out = Path(out_dir)
         self.stages_dir = self.out / STAGES_DIR
         self.stages_dir.mkdir(parents=True, exist_ok=True)
         self.experiment = experiment
         self.config = dict(config or {})
+        self.code = str(code)
+        self.recompute = frozenset(recompute)
         self.show_progress = bool(progress)
         if log is None:
             log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if progress else (lambda msg: None)
@@ -170,7 +215,7 @@ class Pipeline:
 
     def lookup(self, name: str, params: dict, deps: Sequence[StageResult] = ()) -> StageResult | None:
         """The stage's result if it is on disk, else None (computes nothing)."""
-        key = stage_key(name, params, deps)
+        key = stage_key(name, params, deps, self.code)
         path = self.stage_path(name, key)
         meta_path = path / STAGE_FILE
         if not meta_path.is_file():
@@ -179,7 +224,8 @@ class Pipeline:
             meta = read_json(meta_path)
         except (OSError, ValueError):
             return None
-        if meta.get("key") != key or meta.get("params") != _canonical(params):
+        if (meta.get("key") != key or meta.get("params") != jsonable(params)
+                or meta.get("code") != self.code):
             return None
         return StageResult(name, key, path, meta.get("value"), meta["params"], True,
                            float(meta.get("seconds", 0.0)))
@@ -201,22 +247,23 @@ class Pipeline:
           A :class:`StageResult`.
         """
         label = label or name
-        found = self.lookup(name, params, deps)
+        found = None if name in self.recompute else self.lookup(name, params, deps)
         if found is not None:
             self.log(f"{label}: read back ({found.path.name}, computed in {found.seconds:.1f} s)")
             self._record(found, label, 0.0)
             return found
-        key = stage_key(name, params, deps)
+        key = stage_key(name, params, deps, self.code)
         final = self.stage_path(name, key)
         self.log(f"{label}: computing ...")
         work = Path(tempfile.mkdtemp(dir=self.stages_dir, prefix=f".tmp-{name}-{key}-"))
         t0 = time.perf_counter()
         try:
-            value = _canonical(compute(work))
+            value = jsonable(compute(work))
             seconds = time.perf_counter() - t0
             write_json(work / STAGE_FILE, {
-                "name": name, "key": key, "label": label, "params": _canonical(params),
-                "deps": [d.key for d in deps], "value": value, "seconds": round(seconds, 3),
+                "name": name, "key": key, "label": label, "params": jsonable(params),
+                "deps": [d.key for d in deps], "code": self.code, "value": value,
+                "seconds": round(seconds, 3),
                 "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             })
             if final.exists():  # an identical stage finished meanwhile (another process)
@@ -226,7 +273,7 @@ class Pipeline:
             if work.exists():
                 shutil.rmtree(work, ignore_errors=True)
         self.log(f"{label}: done in {seconds:.1f} s")
-        result = StageResult(name, key, final, value, _canonical(params), False, seconds)
+        result = StageResult(name, key, final, value, jsonable(params), False, seconds)
         self._record(result, label, seconds)
         return result
 
@@ -286,7 +333,8 @@ class Pipeline:
         its path. ``extra`` is merged in (e.g. the outputs written)."""
         manifest = {
             "experiment": self.experiment,
-            "config": _canonical(self.config),
+            "config": jsonable(self.config),
+            "code": self.code,
             "argv": sys.argv,
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started)),
             "wall_seconds": round(self.elapsed(), 2),
@@ -297,7 +345,7 @@ class Pipeline:
             "loadavg_start": self._load_start,
             "loadavg_end": _loadavg(),
         }
-        manifest.update(_canonical(extra or {}))
+        manifest.update(jsonable(extra or {}))
         return write_json(self.out / MANIFEST, manifest)
 
 

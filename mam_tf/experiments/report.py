@@ -2,7 +2,11 @@
 
 * :func:`summarize` -> ``{"mean", "min", "max", "n"}`` of values over seeds.
 * :func:`plot_curves` -> a PNG of y-vs-x curves, each point with a min-max error bar (the
-  papers' figures: ARSNR vs % of weights kept, ARSNR vs memory), optional reference lines.
+  papers' figures: ARSNR vs % of weights kept, ARSNR vs memory), optional reference lines;
+  :func:`plot_panels` -> the same style, several panels on one x axis.
+* :func:`plot_signals` -> a PNG of a window and its reconstructions, one panel per model.
+
+Every experiment draws its figures with these, so that they share one style.
 * :func:`markdown_table` -> a GitHub markdown table from rows of values.
 """
 from __future__ import annotations
@@ -11,7 +15,8 @@ import math
 from pathlib import Path
 from typing import Iterable, Sequence
 
-__all__ = ["summarize", "Curve", "plot_curves", "markdown_table", "fmt"]
+__all__ = ["summarize", "Curve", "Panel", "plot_curves", "plot_panels", "plot_signals",
+           "markdown_table", "fmt"]
 
 
 def summarize(values: Iterable[float]) -> dict:
@@ -43,21 +48,24 @@ class Curve:
         self.label, self.x, self.mean, self.lo, self.hi, self.style = label, list(x), list(mean), lo, hi, style
 
 
-def plot_curves(path, curves: Sequence[Curve], *, xlabel: str, ylabel: str, title: str = "",
-                xscale: str = "linear", xlim=None, ylim=None, vlines: Sequence[tuple] = (),
-                hlines: Sequence[tuple] = (), invert_x: bool = False, figsize=(6.4, 4.2)) -> Path:
-    """Writes a PNG of curves with min-max error bars; returns its path.
+class Panel:
+    """One set of axes of :func:`plot_panels`: curves, reference lines, labels and scales.
 
     ``vlines`` / ``hlines``: ``(value, label)`` or ``(value, label, style_dict)`` reference lines
     (e.g. a device's memory budget).
     """
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    def __init__(self, curves: Sequence[Curve], *, xlabel: str = "", ylabel: str = "",
+                 title: str = "", xscale: str = "linear", yscale: str = "linear", xlim=None,
+                 ylim=None, vlines: Sequence[tuple] = (), hlines: Sequence[tuple] = (),
+                 invert_x: bool = False):
+        self.curves, self.xlabel, self.ylabel, self.title = list(curves), xlabel, ylabel, title
+        self.xscale, self.yscale, self.xlim, self.ylim = xscale, yscale, xlim, ylim
+        self.vlines, self.hlines, self.invert_x = list(vlines), list(hlines), invert_x
 
-    fig, ax = plt.subplots(figsize=figsize)
-    for c in curves:
+
+def _draw(ax, panel: Panel) -> None:
+    for c in panel.curves:
         pts = [(x, m, lo, hi) for x, m, lo, hi in zip(
             c.x, c.mean, c.lo if c.lo is not None else [None] * len(c.x),
             c.hi if c.hi is not None else [None] * len(c.x)) if m is not None]
@@ -72,31 +80,100 @@ def plot_curves(path, curves: Sequence[Curve], *, xlabel: str, ylabel: str, titl
         else:
             style.pop("capsize", None)
             ax.plot(xs, ys, label=c.label, **style)
-    for spec in vlines:
+    for spec in panel.vlines:
         value, label, style = spec[0], spec[1], (spec[2] if len(spec) > 2 else {})
         ax.axvline(value, label=label, **{"color": "gray", "linestyle": ":", **style})
-    for spec in hlines:
+    for spec in panel.hlines:
         value, label, style = spec[0], spec[1], (spec[2] if len(spec) > 2 else {})
         ax.axhline(value, label=label, **{"color": "gray", "linestyle": ":", **style})
-    ax.set_xscale(xscale)
-    if xlim is not None:
-        ax.set_xlim(*xlim)
-    if ylim is not None:
-        ax.set_ylim(*ylim)
-    if invert_x:
+    ax.set_xscale(panel.xscale)
+    ax.set_yscale(panel.yscale)
+    if panel.xscale == "log":  # plain numbers at the points drawn, not powers of ten
+        from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+
+        xs = sorted({x for c in panel.curves for x, m in zip(c.x, c.mean) if m is not None})
+        if 0 < len(xs) <= 12:
+            ax.xaxis.set_major_locator(FixedLocator(xs))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    if panel.xlim is not None:
+        ax.set_xlim(*panel.xlim)
+    if panel.ylim is not None:
+        ax.set_ylim(*panel.ylim)
+    if panel.invert_x:
         ax.invert_xaxis()
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    if title:
-        ax.set_title(title, fontsize=10)
+    if panel.xlabel:
+        ax.set_xlabel(panel.xlabel)
+    ax.set_ylabel(panel.ylabel)
+    if panel.title:
+        ax.set_title(panel.title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
+
+
+def _save(fig, path) -> Path:
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=130)
     plt.close(fig)
     return path
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_panels(path, panels: Sequence[Panel], *, figsize=None, sharex: bool = True) -> Path:
+    """Writes a PNG of panels stacked top to bottom (one x axis when ``sharex``), each drawn as
+    :func:`plot_curves` draws its one; returns its path."""
+    plt = _pyplot()
+    figsize = figsize or (6.4, 0.6 + 3.0 * len(panels))
+    fig, axes = plt.subplots(len(panels), 1, figsize=figsize, sharex=sharex, squeeze=False)
+    for ax, panel in zip(axes[:, 0], panels):
+        _draw(ax, panel)
+    return _save(fig, path)
+
+
+def plot_curves(path, curves: Sequence[Curve], *, xlabel: str, ylabel: str, title: str = "",
+                xscale: str = "linear", xlim=None, ylim=None, vlines: Sequence[tuple] = (),
+                hlines: Sequence[tuple] = (), invert_x: bool = False, figsize=(6.4, 4.2)) -> Path:
+    """Writes a PNG of curves with min-max error bars; returns its path.
+
+    ``vlines`` / ``hlines``: ``(value, label)`` or ``(value, label, style_dict)`` reference lines
+    (e.g. a device's memory budget).
+    """
+    return plot_panels(path, [Panel(curves, xlabel=xlabel, ylabel=ylabel, title=title,
+                                    xscale=xscale, xlim=xlim, ylim=ylim, vlines=vlines,
+                                    hlines=hlines, invert_x=invert_x)], figsize=figsize)
+
+
+def plot_signals(path, panels: Sequence[tuple], *, xlabel: str, ylabel: str = "amplitude (scaled)",
+                 title: str = "", figsize=(7, 5)) -> Path:
+    """Writes a PNG of signals (a window and its reconstructions), one panel per
+    ``(panel title, [(label, values, style_dict), ...])``, stacked on one x axis; the first
+    signal of a panel is the reference, drawn in black unless its style says otherwise."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(panels), 1, figsize=figsize, sharex=True, squeeze=False)
+    for ax, (panel_title, lines) in zip(axes[:, 0], panels):
+        for i, (label, values, style) in enumerate(lines):
+            base = {"color": "black", "lw": 1.4} if i == 0 else {"lw": 1.1}
+            ax.plot(values, label=label, **{**base, **style})
+        ax.set_ylabel(ylabel)
+        if panel_title:
+            ax.set_title(panel_title, fontsize=9)
+        ax.legend(fontsize=8, loc="upper right")
+    axes[-1, 0].set_xlabel(xlabel)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
 
 
 def fmt(value, digits: int = 2) -> str:

@@ -44,6 +44,7 @@ __all__ = [
     "iterative_prune",
     "sweep",
     "summary",
+    "quantized_kernel",
     "SCOPES",
 ]
 
@@ -643,6 +644,38 @@ def _kernel_variable(outer, inner):
         if w.name.split("/")[-1].split(":")[0] == "kernel":
             return w
     raise ValueError(f"summary: cannot find the kernel variable of layer '{inner.name}'")
+
+
+def quantized_kernel(model, layer):
+    """The kernel variable of ``layer`` inside a QAT model, and the sparsity mask its wrapper
+    holds for it.
+
+    A QAT wrapper (``mam_tf.train.quantization.quantize_model``) owns the float kernel that QAT
+    trains and, with a sparsity-preserving quantizer, a ``kernel_sparsity_mask`` variable that
+    keeps pruned weights at zero. Assigning both prunes the QAT model in place: the wrapped
+    layer's ``kernel`` attribute is the fake-quantized tensor, not a variable.
+
+    Args:
+      model: a QAT model.
+      layer: the wrapped layer's own name (e.g. ``"fc1"``) or its wrapper's name.
+    Returns:
+      ``(kernel, mask)``: two ``tf.Variable`` s, ``mask`` None when the wrapper holds no mask.
+    """
+    for outer in model.layers:
+        inner = getattr(outer, "layer", None)
+        if inner is None or layer not in (outer.name, inner.name):
+            continue
+        if not _is_quantize_wrapper(outer):
+            raise ValueError(f"quantized_kernel: layer '{layer}' of model '{model.name}' is "
+                             f"wrapped by a {type(outer).__name__}, not a QAT wrapper")
+        # tfmot's record of the wrapped weights: (variable, quantizer, quantizer variables)
+        for weight, _, qvars in outer._weight_vars:  # noqa: SLF001 (tfmot's record)
+            if weight.name.split("/")[-1].split(":")[0] == "kernel":
+                return weight, qvars.get("sparsity_mask")
+        raise ValueError(f"quantized_kernel: the QAT wrapper of layer '{layer}' quantizes no "
+                         "kernel")
+    raise ValueError(f"quantized_kernel: model '{model.name}' has no QAT-wrapped layer "
+                     f"'{layer}'")
 
 
 def summary(model, print_fn=print):
