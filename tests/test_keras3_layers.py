@@ -289,3 +289,55 @@ def test_tensorflow_backend_runs_the_fused_kernel(rng, monkeypatch):
     x, w, g = _int_data(rng, 4, 9, 3)
     vjp(mam_op.mam_reduce, [x, w], g)
     assert calls == ["f", "b"]
+
+
+def _largest_tensor_built(fn, x, w, g):
+    """The most elements any one intermediate of the forward + backward holds."""
+    if BACKEND == "jax":
+        import jax
+
+        def step(x, w, g):
+            y, pull = jax.vjp(mam_op.mam_reduce, x, w)
+            return y, pull(g)
+
+        sizes = []
+
+        def walk(jaxpr):
+            for eqn in jaxpr.eqns:
+                sizes.extend(int(np.prod(v.aval.shape)) for v in eqn.outvars)
+                for sub in jax.core.jaxprs_in_params(eqn.params):
+                    walk(sub)
+
+        walk(jax.make_jaxpr(step)(x, w, g).jaxpr)
+        return max(sizes)
+    if BACKEND == "torch":
+        import torch
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        class Record(TorchDispatchMode):
+            largest = 0
+
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                for t in out if isinstance(out, (tuple, list)) else (out,):
+                    if isinstance(t, torch.Tensor):
+                        Record.largest = max(Record.largest, t.numel())
+                return out
+
+        with Record():
+            vjp(mam_op.mam_reduce, [x, w], g)
+        return Record.largest
+    raise AssertionError(BACKEND)
+
+
+@pytest.mark.skipif(BACKEND == "tensorflow",
+                    reason="TensorFlow's paths are covered by tests/test_memory.py")
+def test_op_never_builds_the_batch_inputs_units_product(rng, monkeypatch):
+    from mam_tf.keras3 import _chunks
+    b, n, m = 8, 512, 16
+    monkeypatch.setattr(_chunks, "CHUNK_PRODUCTS", 1024)  # 8 columns a chunk
+    x = rng.standard_normal((b, n)).astype(np.float32)
+    w = rng.standard_normal((n, m)).astype(np.float32)
+    g = rng.standard_normal((b, m)).astype(np.float32)
+    largest = _largest_tensor_built(mam_op.mam_reduce, x, w, g)
+    assert largest <= max(b * n, n * m, 1024), (largest, b * n * m)
