@@ -1,7 +1,6 @@
 """Training helpers: the vanishing-contributions schedule and selection counting."""
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import numpy as np
@@ -12,26 +11,7 @@ from mam_tf.train.layers import MAMLayerMixin, mam_layers
 
 __all__ = ["VanishingContributions", "vanishing_beta", "SelectionCounts", "selection_counts"]
 
-_SCHEDULES = ("linear", "exponential")
-_UNITS = ("epoch", "step")
-
-
-def vanishing_beta(t, length, start=1.0, schedule="linear", eps=1e-3):
-    """beta after ``t`` epochs or steps of a schedule running from ``start`` to 0 over ``length``.
-
-    linear:      start * (1 - t / length)
-    exponential: start * (eps / start) ** (t / length), which reaches eps at t = length.
-    Either way, a value below ``eps`` (and anything from t >= length on) snaps to exactly 0,
-    so training ends in pure MAM.
-    """
-    if t >= length:
-        return 0.0
-    frac = max(0.0, float(t)) / float(length)
-    if schedule == "linear":
-        beta = start * (1.0 - frac)
-    else:
-        beta = start * math.pow(eps / start, frac) if start > eps else 0.0
-    return 0.0 if beta < eps else float(beta)
+from mam_tf.common.vanishing import _SCHEDULES, _UNITS, vanishing_beta
 
 
 class VanishingContributions(keras.callbacks.Callback):
