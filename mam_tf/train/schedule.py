@@ -5,13 +5,12 @@ from typing import NamedTuple
 
 import numpy as np
 
+from mam_tf.common.vanishing import _SCHEDULES, _UNITS, vanishing_beta
 from mam_tf.train import mam_op
 from mam_tf.train.compat import keras, tf
 from mam_tf.train.layers import MAMLayerMixin, mam_layers
 
 __all__ = ["VanishingContributions", "vanishing_beta", "SelectionCounts", "selection_counts"]
-
-from mam_tf.common.vanishing import _SCHEDULES, _UNITS, vanishing_beta
 
 
 class VanishingContributions(keras.callbacks.Callback):
