@@ -146,7 +146,8 @@ def layer_selection_counts(fn, model, data, layers, batch_size=256):
     """``[(layer, argmax counts, argmin counts)]`` over ``data``, with the kernels as they act
     (masks applied), ties to the lowest input."""
     try:
-        probe = keras.Model(model.inputs, [layer.input for layer in layers])
+        inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+        probe = keras.Model(inputs, [layer.input for layer in layers])
     except (AttributeError, ValueError, TypeError) as err:
         raise ValueError(f"{fn}: needs a functional or Sequential model whose MAM layers have "
                          f"known inputs (build it on a keras.Input first): {err}") from err
