@@ -54,6 +54,30 @@ def test_schedule_per_step_follows_the_optimizer_steps(rng):
     assert model.get_layer("mam2").get_beta() == 0.0
 
 
+def test_schedule_per_step_reaches_the_computation(rng):
+    """With a zero learning rate the weights stay put, so each step's loss shows which beta
+    the step computed with: beta_t = 1 - t / 4 for steps t = 0..3."""
+    inp = keras.Input((20,))
+    layer = MAMDense(3, use_bias=False, name="mam")
+    model = keras.Model(inp, layer(inp))
+    model.compile(keras.optimizers.SGD(0.0), "mse")
+    x = rng.standard_normal((32, 20)).astype(np.float32)
+    y = rng.standard_normal((32, 3)).astype(np.float32)
+    means = []
+    record = keras.callbacks.LambdaCallback(
+        on_train_batch_end=lambda batch, logs: means.append(float(logs["loss"])))
+    cb = training.VanishingContributions(length=4, unit="step")
+    model.fit(x, y, epochs=1, batch_size=8, shuffle=False, callbacks=[cb, record], verbose=0)
+    # logs hold the running mean over the epoch: recover each step's loss
+    got = [means[0]] + [means[t] * (t + 1) - means[t - 1] * t for t in range(1, 4)]
+    w = _k(layer)
+    expect = []
+    for t in range(4):
+        xb, yb = x[8 * t:8 * t + 8], y[8 * t:8 * t + 8]
+        expect.append(float(np.mean((npref.mam_dense(xb, w, beta=1 - t / 4) - yb) ** 2)))
+    np.testing.assert_allclose(got, expect, rtol=1e-4)
+
+
 def test_selection_counts_equal_npref_indices(rng):
     model = _model()
     x = rng.integers(-2, 3, size=(37, 20)).astype(np.float32)  # ties
