@@ -8,6 +8,7 @@ weight; this module ranks them, builds keep masks, counts selections and offset-
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -17,6 +18,7 @@ __all__ = [
     "n_pruned",
     "n_kept",
     "keep_masks",
+    "SelectionCounts",
     "selection_counts_from_indices",
     "csr_entries",
     "footprint_row",
@@ -78,6 +80,13 @@ def keep_masks(fn, layers, count, scope):
             masks[name] = keep[start:start + size].reshape(np.shape(kernel))
             start += size
     return masks
+
+
+class SelectionCounts(NamedTuple):
+    """How often each weight was chosen, over a data set: arrays of the kernel's shape [N, M]."""
+
+    argmax: np.ndarray
+    argmin: np.ndarray
 
 
 def selection_counts_from_indices(amax, amin, n):

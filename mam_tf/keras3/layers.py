@@ -4,19 +4,14 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from mam_tf.common.inputs import check_beta, check_units
+from mam_tf.common.walk import find_layers, walk_layers  # noqa: F401  (public here)
 from mam_tf.keras3 import mam_op
 
 __all__ = ["MAMDense", "mam_layers", "walk_layers"]
 
 
-def _check_beta(owner, value):
-    try:
-        beta = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{owner}: beta must be a number in [0, 1], got {value!r}") from None
-    if not 0.0 <= beta <= 1.0:  # also rejects NaN
-        raise ValueError(f"{owner}: beta must be in [0, 1], got {value!r}")
-    return beta
+_check_beta = check_beta
 
 
 @keras.saving.register_keras_serializable(package="mam_tf")
@@ -43,12 +38,7 @@ class MAMDense(keras.layers.Dense):
                  kernel_constraint=None, bias_constraint=None, beta=0.0, masked=False,
                  **kwargs):
         name = kwargs.get("name") or "mam_dense"
-        try:
-            n_units = int(units)
-        except (TypeError, ValueError):
-            n_units = None
-        if isinstance(units, bool) or n_units is None or n_units != units or n_units <= 0:
-            raise ValueError(f"MAMDense '{name}': units must be a positive integer, got {units!r}")
+        n_units = check_units(name, units)
         for unsupported in ("lora_rank", "quantization_config"):
             if kwargs.get(unsupported) is not None:
                 raise ValueError(f"MAMDense '{name}': {unsupported} is not supported, got "
@@ -199,19 +189,6 @@ def _tf_export_reduce(x, kernel):
         return tf_mam_op.mam_reduce_builtin(x, kernel)
 
 
-def walk_layers(obj):
-    """Yields a layer or model and every layer inside it, depth first, in model order."""
-    yield obj
-    for child in getattr(obj, "layers", None) or ():
-        yield from walk_layers(child)
-
-
 def mam_layers(model_or_layers):
     """All Keras 3 MAM layers inside a model (nested models included), in model order."""
-    items = model_or_layers if isinstance(model_or_layers, (list, tuple)) else [model_or_layers]
-    found = []
-    for item in items:
-        for layer in walk_layers(item):
-            if isinstance(layer, MAMDense) and not any(layer is f for f in found):
-                found.append(layer)
-    return found
+    return find_layers(model_or_layers, MAMDense)
