@@ -8,7 +8,8 @@ never imports tf_keras or tensorflow-model-optimization and never sets
 - :mod:`.layers`   ``MAMDense`` (with ``beta`` and an optional fixed pruning mask);
 - :mod:`.mam_op`   the MAM op of the current backend;
 - :mod:`.training` the vanishing-contributions schedule and selection counts;
-- :mod:`.pruning`  one-shot and iterative pruning with fixed masks, and the pruning summary.
+- :mod:`.pruning`  one-shot and iterative pruning with fixed masks, and the pruning summary;
+- :mod:`.export`   the Keras 3 model rebuilt as tf_keras for `mam_tf.deploy.convert`.
 """
 from mam_tf.keras3.layers import MAMDense, mam_layers
 
