@@ -548,7 +548,8 @@ def convert(model, representative_data, mode="int8", *, per_row=True, float_io=F
     """Converts a Keras model with MAM layers to a .tflite holding MAM_SPARSE ops.
 
     Args:
-      model: a functional or Sequential tf_keras model, single input. Every MAMDense must
+      model: a functional or Sequential tf_keras model, single input, or a Keras 3 chain
+        model (any backend; rebuilt as tf_keras by ``mam_tf.keras3.export``). Every MAMDense must
         have beta == 0 and rank-2 inputs.
       representative_data: float samples shaped like the model input (a [K, ...] array);
         up to ``calibration_samples`` of them calibrate the activations. A model trained
@@ -567,6 +568,7 @@ def convert(model, representative_data, mode="int8", *, per_row=True, float_io=F
     """
     if mode not in MODES:
         raise ValueError(f"convert: mode must be one of {MODES}, got {mode!r}")
+    model = _from_keras3(model)
     model = _strip_pruning(model)
     found = _check_model(model, require_mam)
     qat = None
@@ -601,6 +603,18 @@ def convert(model, representative_data, mode="int8", *, per_row=True, float_io=F
     if return_report:
         return Conversion(out, mode, reports)
     return out
+
+
+def _from_keras3(model):
+    """A Keras 3 model (any backend) rebuilt as tf_keras (mam_tf.keras3.export)."""
+    import sys
+
+    if "keras" in sys.modules:  # no Keras 3 model exists before Keras 3 is imported
+        from mam_tf.keras3.export import is_keras3_model, to_tf_keras
+
+        if is_keras3_model(model):
+            return to_tf_keras(model)
+    return model
 
 
 def _strip_pruning(model):

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mam_tf.train.compat import in_save_context, in_xla_context, tf
+from mam_tf.train.tfcore import in_save_context, in_xla_context, tf
 from mam_tf.common.buildcache import cache_root
 
 __all__ = [

@@ -1,20 +1,15 @@
 """Keras layers built on Multiply-And-Max/min neurons."""
 from __future__ import annotations
 
+from mam_tf.common.inputs import check_beta, check_units
+from mam_tf.common.walk import find_layers, walk_layers
 from mam_tf.train import mam_op
 from mam_tf.train.compat import keras, tf
 
 __all__ = ["MAMLayerMixin", "MAMDense", "mam_layers", "walk_layers", "require_graph_model"]
 
 
-def _check_beta(owner, value):
-    try:
-        beta = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{owner}: beta must be a number in [0, 1], got {value!r}") from None
-    if not 0.0 <= beta <= 1.0:  # also rejects NaN
-        raise ValueError(f"{owner}: beta must be in [0, 1], got {value!r}")
-    return beta
+_check_beta = check_beta
 
 
 class MAMLayerMixin:
@@ -95,12 +90,7 @@ class MAMDense(MAMLayerMixin, keras.layers.Dense):
         **kwargs,
     ):
         name = kwargs.get("name") or "mam_dense"
-        try:
-            n_units = int(units)
-        except (TypeError, ValueError):
-            n_units = None
-        if isinstance(units, bool) or n_units is None or n_units != units or n_units <= 0:
-            raise ValueError(f"MAMDense '{name}': units must be a positive integer, got {units!r}")
+        n_units = check_units(name, units)
         super().__init__(
             units=n_units,
             activation=activation,
@@ -176,26 +166,9 @@ class MAMDense(MAMLayerMixin, keras.layers.Dense):
         return {**super().get_config(), "beta": self.get_beta()}
 
 
-def walk_layers(obj):
-    """Yields a layer or model and everything inside it: sub-models' layers and the layers
-    that wrappers (pruning, quantization, TimeDistributed) hold, depth first, in model order."""
-    yield obj
-    for child in getattr(obj, "layers", None) or ():
-        yield from walk_layers(child)
-    inner = getattr(obj, "layer", None)
-    if inner is not None:
-        yield from walk_layers(inner)
-
-
 def mam_layers(model_or_layers):
     """All MAM layers inside a model (nested models and wrappers included), in model order."""
-    items = model_or_layers if isinstance(model_or_layers, (list, tuple)) else [model_or_layers]
-    found = []
-    for item in items:
-        for layer in walk_layers(item):
-            if isinstance(layer, MAMLayerMixin) and not any(layer is f for f in found):
-                found.append(layer)
-    return found
+    return find_layers(model_or_layers, MAMLayerMixin)
 
 
 def require_graph_model(fn, model):

@@ -19,7 +19,7 @@ import os
 import threading
 
 from mam_tf.train import fused
-from mam_tf.train.compat import tf
+from mam_tf.train.tfcore import tf
 
 __all__ = [
     "mam_reduce",

@@ -19,7 +19,6 @@ model: the one passed in is never modified.
 """
 from __future__ import annotations
 
-import math
 import numbers
 from dataclasses import dataclass
 
@@ -28,6 +27,7 @@ from mam_tf.train._tfmot import pruning_schedule as _schedules
 from mam_tf.train._tfmot import pruning_wrapper as _wrapper
 from mam_tf.train._tfmot import tfmot
 
+from mam_tf.common import masks as _masks
 from mam_tf.train import mam_op
 from mam_tf.train.compat import keras, tf
 from mam_tf.train.layers import MAMDense, MAMLayerMixin, require_graph_model, walk_layers
@@ -48,7 +48,7 @@ __all__ = [
     "SCOPES",
 ]
 
-SCOPES = ("layer", "global")
+SCOPES = _masks.SCOPES
 PruneLowMagnitude = _wrapper.PruneLowMagnitude
 
 # MAM layers are tfmot PrunableLayers (they define get_prunable_weights; registering makes
@@ -111,14 +111,8 @@ def _check_sparsity(fn, sparsity):
     return s
 
 
-def _check_scope(fn, scope):
-    if scope not in SCOPES:
-        raise ValueError(f"{fn}: scope must be one of {SCOPES}, got {scope!r}")
-
-
-def _n_pruned(sparsity, n):
-    """How many of n weights a sparsity prunes: round(sparsity * n), halves up."""
-    return int(math.floor(sparsity * n + 0.5))
+_check_scope = _masks.check_scope
+_n_pruned = _masks.n_pruned
 
 
 def _is_quantize_wrapper(layer):
@@ -269,37 +263,12 @@ def _masks_from_scores(fn, targets, scores, sparsity, scope):
     Weights already pruned (masked or exactly zero) go first; ties in score are broken by
     smaller magnitude, then by position (row-major in the Keras kernel, layers in order).
     """
-    def order(pruned, score, absw):
-        idx = np.arange(pruned.size)
-        return np.lexsort((idx, absw.ravel(), score.ravel(), (~pruned).ravel().astype(np.int8)))
-
-    groups = [targets] if scope == "global" else [[t] for t in targets]
-    masks = {}
-    for group in groups:
-        pruned = [t.pruned() for t in group]
-        absw = [np.abs(t.kernel()) for t in group]
-        score = [np.asarray(scores[t.name], np.float64) for t in group]
-        sizes = [p.size for p in pruned]
-        n = sum(sizes)
-        k = _n_pruned(sparsity, n)
-        already = int(sum(p.sum() for p in pruned))
-        if already > k:
-            where = (f"layer '{group[0].name}'" if scope == "layer"
-                     else f"layers {[t.name for t in group]}")
-            raise ValueError(
-                f"{fn}: {where} already has {already} of {n} weights pruned (sparsity "
-                f"{already / n:.4g}); sparsity {sparsity:g} keeps {n - k}, which would bring back "
-                "pruned weights: the new mask conflicts with the one held"
-            )
-        cat = lambda arrs: np.concatenate([a.ravel() for a in arrs])  # noqa: E731
-        ranked = order(cat(pruned), cat(score), cat(absw))
-        keep = np.ones(n, bool)
-        keep[ranked[:k]] = False
-        start = 0
-        for t, size in zip(group, sizes):
-            masks[t.name] = keep[start:start + size].reshape(t.inner.kernel.shape)
-            start += size
-    return masks
+    return _masks.keep_masks(
+        fn,
+        [(t.name, t.kernel(), t.pruned(), scores[t.name]) for t in targets],
+        lambda n: _n_pruned(sparsity, n),
+        scope,
+    )
 
 
 def _prune_with_scores(fn, model, sparsity, layers, scope, scores):
@@ -603,28 +572,7 @@ def sweep(model, remaining, metric, *, method="magnitude", data=None, layers=Non
 # ------------------------------------------------------------------------------------------
 # Footprint summary
 # ------------------------------------------------------------------------------------------
-def _csr_entries(mask_rows):
-    """Offset-CSR entries E of a weight matrix given its nonzero mask, one row per output.
-
-    docs/operator-contract.md section 2: every nonzero is stored, plus floor(gap / 256) dummy
-    entries for each gap between consecutive stored columns of a row (and from the row start), with
-    gap = c - prev - 1 and prev starting at -1. Trailing zeros cost nothing.
-
-    Private stand-in for ``mam_tf.deploy.offset_csr.encode(...).num_entries`` (same count), kept here so
-    the summary needs no quantization; swap it for the encoder when both live on one branch.
-    """
-    mask_rows = np.asarray(mask_rows, bool)
-    if mask_rows.ndim != 2:
-        raise ValueError(f"_csr_entries: mask must be [M rows, N columns], got {mask_rows.shape}")
-    rows, cols = np.nonzero(mask_rows)  # row-major: columns increase within each row
-    if rows.size == 0:
-        return 0
-    prev = np.empty_like(cols)
-    prev[0] = -1
-    prev[1:] = cols[:-1]
-    prev[np.r_[True, rows[1:] != rows[:-1]]] = -1  # the first entry of each row
-    gaps = cols - prev - 1
-    return int(rows.size + (gaps // 256).sum())
+_csr_entries = _masks.csr_entries
 
 
 def _quantized_sparsity_mask(layer):
@@ -707,39 +655,8 @@ def summary(model, print_fn=print):
         k = _kernel_variable(layer, inner).numpy()
         if mask is not None:
             k = k * mask
-        n, m = k.shape
-        nonzero = k != 0
-        entries = _csr_entries(nonzero.T)
-        bias = 4 * m if inner.use_bias else 0
-        rows.append({
-            "layer": inner.name,
-            "class": type(inner).__name__,
-            "inputs": int(n),
-            "units": int(m),
-            "total": int(k.size),
-            "nonzero": int(nonzero.sum()),
-            "sparsity": float(1.0 - nonzero.sum() / k.size),
-            "dense_int8_bytes": int(n * m + bias),
-            "csr_entries": entries,
-            "csr_bytes": int(2 * entries + 2 * m + bias),
-        })
-    total = {
-        "layer": "total", "class": "",
-        "inputs": None, "units": None,
-        **{key: sum(r[key] for r in rows)
-           for key in ("total", "nonzero", "dense_int8_bytes", "csr_entries", "csr_bytes")},
-    }
-    total["sparsity"] = float(1.0 - total["nonzero"] / total["total"]) if total["total"] else 0.0
+        rows.append(_masks.footprint_row(inner.name, type(inner).__name__, k, inner.use_bias))
+    total = _masks.footprint_total(rows)
     if print_fn is not None:
-        head = (f"{'layer':<24}{'class':<10}{'N x M':>12}{'weights':>10}{'nonzero':>10}"
-                f"{'sparsity':>10}{'dense int8 B':>14}{'offset-CSR B':>14}")
-        lines = [head, "-" * len(head)]
-        for r in rows + [total]:
-            shape = f"{r['inputs']}x{r['units']}" if r["inputs"] is not None else ""
-            lines.append(f"{r['layer']:<24}{r['class']:<10}{shape:>12}{r['total']:>10}"
-                         f"{r['nonzero']:>10}{r['sparsity']:>10.4f}{r['dense_int8_bytes']:>14}"
-                         f"{r['csr_bytes']:>14}")
-        lines.append("bytes: dense int8 = M*N + 4*M (bias); offset-CSR = 2*E + 2*M + 4*M (bias), "
-                     "E = stored entries incl. dummies (docs/operator-contract.md section 2)")
-        print_fn("\n".join(lines))
+        print_fn(_masks.format_footprint(rows, total))
     return {"layers": rows, "total": total}
