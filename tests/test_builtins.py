@@ -120,6 +120,11 @@ def _quantize_two_scales(tfl, sg):
     q.scale, q.zeroPoint = np.asarray([q.scale[0]] * 2, np.float32), np.asarray([q.zeroPoint[0]] * 2)
 
 
+def _quantize_output_flattened(tfl, sg):  # found by the fuzzer: SIGABRT, same size
+    t = sg.tensors[_op(tfl, "QUANTIZE").outputs[0]]
+    t.shape = np.array([int(np.prod(t.shape))], np.int32)
+
+
 def _dequantize_to_int32(tfl, sg):
     sg.tensors[_op(tfl, "DEQUANTIZE").outputs[0]].type = fb.schema().TensorType.INT32
 
@@ -148,6 +153,7 @@ EDITS = [
     (_pool_filter_0, ("int8",), ["MAX_POOL_2D", "filterWidth is 0"], False),
     (_quantize_two_scales, ("int8",), ["QUANTIZE", "2 scales"], True),
     (_dequantize_to_int32, ("int8",), ["DEQUANTIZE", "INT32"], True),
+    (_quantize_output_flattened, ("int8",), ["QUANTIZE", "must be the same"], True),
     (_reshape_grows, ("int8",), ["RESHAPE", "elements"], True),
 ]
 CASES = [(e, m, w, r) for e, modes, w, r in EDITS for m in modes]
@@ -210,3 +216,25 @@ def test_mam_tf_run_refuses_the_sample_instead_of_dying(tmp_path):
         assert "zero point 114" in out.stderr + out.stdout
     with pytest.raises(ValueError, match="zero point 114"):
         Interpreter(SAMPLE)
+
+
+def test_the_runtime_probes_by_itself_only_models_with_operators_the_rules_do_not_know(
+        converted, monkeypatch):
+    from mam_tf import keras
+    from mam_tf.deploy.convert import convert
+
+    calls = []
+    real = probe.probe_model
+    monkeypatch.setattr(probe, "probe_model", lambda model: calls.append(1) or real(model))
+    Interpreter(converted["int8"])
+    assert calls == []  # every builtin here has its rules
+    keras.backend.clear_session()
+    inp = keras.Input((8,))
+    h = keras.layers.Dense(8, name="a")(inp)
+    model = keras.Model(inp, keras.layers.Add()([h, inp]))  # ADD: no static rules
+    tflite = convert(model, np.random.default_rng(0).standard_normal((16, 8), np.float32),
+                     mode="int8", require_mam=False)
+    Interpreter(tflite)
+    assert calls == [1]
+    Interpreter(tflite, probe=False)
+    assert calls == [1]

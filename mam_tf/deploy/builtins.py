@@ -327,9 +327,9 @@ def _quantize(op: _Op, options) -> Optional[str]:
     if problem:
         return problem
     x, y = op.ins[0], op.outs[0]
-    if elements(op.tensor(x)) != elements(op.tensor(y)):
-        return (f"input {op.label(x)} and output {op.label(y)} hold different numbers of "
-                "elements")
+    if op.shape(x) != op.shape(y):  # the kernel asserts matching shapes, not only sizes
+        return (f"input {op.label(x)} has shape {op.shape(x)} but output {op.label(y)} "
+                f"{op.shape(y)}; they must be the same")
     if (op.type(x), op.type(y)) not in _QUANTIZE_PAIRS:
         return f"quantizes {op.type(x)} to {op.type(y)}, which TFLite-Micro does not"
     scales, zps = op.quant(y)
@@ -347,9 +347,9 @@ def _dequantize(op: _Op, options) -> Optional[str]:
     if problem:
         return problem
     x, y = op.ins[0], op.outs[0]
-    if elements(op.tensor(x)) != elements(op.tensor(y)):
-        return (f"input {op.label(x)} and output {op.label(y)} hold different numbers of "
-                "elements")
+    if op.shape(x) != op.shape(y):
+        return (f"input {op.label(x)} has shape {op.shape(x)} but output {op.label(y)} "
+                f"{op.shape(y)}; they must be the same")
     if op.type(x) not in ("INT8", "INT16", "UINT8") or op.type(y) != "FLOAT32":
         return f"dequantizes {op.type(x)} to {op.type(y)}; TFLite-Micro takes INT8, INT16 " \
                "or UINT8 to FLOAT32"

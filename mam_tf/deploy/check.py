@@ -443,9 +443,11 @@ def check_model(data: bytes, probe: bool = False):
     """(the model object or None, [one line per problem]): an empty list means TFLite-Micro
     and the MAM_SPARSE kernels can be given this model.
 
-    With ``probe``, a model that passes the static checks also has its builtin operators run
-    through TFLite-Micro in a child process (:mod:`mam_tf.deploy.probe`, a few seconds): what
-    aborts there is refused, naming the operator."""
+    With ``probe=True``, a model that passes the static checks also has its builtin operators
+    run through TFLite-Micro in a child process (:mod:`mam_tf.deploy.probe`, a few seconds):
+    what aborts there is refused, naming the operator. ``probe="auto"`` does so only when the
+    model holds a builtin operator outside :data:`mam_tf.deploy.builtins.CHECKED_OPERATORS`,
+    whose preconditions the static checks do not know."""
     try:
         model = verify_flatbuffer(data)
     except ValueError as err:
@@ -454,11 +456,17 @@ def check_model(data: bytes, probe: bool = False):
         problems = _check_content(_normalize(model))
     except RecursionError:
         return None, ["the model is nested too deeply to check"]
-    if probe and not problems:
+    if not problems and (probe is True or (probe == "auto" and _unchecked_builtins(model))):
         from mam_tf.deploy import probe as _probe
 
         problems = _probe.probe_model(model)
     return model, problems
+
+
+def _unchecked_builtins(model) -> bool:
+    """Whether a builtin operator of subgraph 0 lies outside what the static rules know."""
+    known = set(builtins.CHECKED_OPERATORS) | {options.MAM_SPARSE, options.MAC_SPARSE}
+    return any(fb.op_name(model, op) not in known for op in model.subgraphs[0].operators or [])
 
 
 def check_file(path, probe: bool = False) -> list:

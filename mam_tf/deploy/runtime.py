@@ -114,13 +114,14 @@ class Interpreter:
       model: a path to a .tflite file, or its bytes.
       backend: ``"auto"`` (the C core if it can be built, else the numpy reference),
         ``"core"`` or ``"reference"``.
-      probe: also run each builtin operator through TFLite-Micro in a child process before
-        this process does (:mod:`mam_tf.deploy.probe`, a few seconds): a model whose kernel
-        would abort is refused, naming the operator. The static checks, which run always,
-        hold every precondition :mod:`mam_tf.deploy.builtins` knows.
+      probe: ``True``: also run each builtin operator through TFLite-Micro in a child process
+        before this process does (:mod:`mam_tf.deploy.probe`, a few seconds): a model whose
+        kernel would abort is refused, naming the operator. ``"auto"`` (the default): only for
+        models holding a builtin operator the static checks do not know (they run always and
+        hold every precondition :mod:`mam_tf.deploy.builtins` states). ``False``: never.
     """
 
-    def __init__(self, model, backend="auto", probe=False):
+    def __init__(self, model, backend="auto", probe="auto"):
         name = "the model"
         if isinstance(model, (str, Path)):
             path = Path(model)
