@@ -238,3 +238,21 @@ def test_the_runtime_probes_by_itself_only_models_with_operators_the_rules_do_no
     assert calls == [1]
     Interpreter(tflite, probe=False)
     assert calls == [1]
+
+
+def test_a_rank_one_model_input_is_refused_naming_the_tensor():
+    # found by the fuzzer: a bit flip made the input [12]; the batch split then failed in numpy
+    from mam_tf import MAMDense, keras
+    from mam_tf.deploy.convert import convert
+
+    keras.backend.clear_session()
+    inp = keras.Input((12,))
+    tflite = convert(keras.Model(inp, MAMDense(6, name="only")(inp)),
+                     np.random.default_rng(0).standard_normal((16, 12), np.float32), mode="int8")
+
+    def flatten_input(tfl, sg):
+        t = sg.tensors[int(sg.inputs[0])]
+        t.shape = np.array([int(np.prod(t.shape))], np.int32)
+    with pytest.raises(ValueError, match=r"model input tensor \d+ '.*' has shape \[12\]; the "
+                                         r"host runtime takes \[batch, \.\.\.\]"):
+        Interpreter(_edit(tflite, flatten_input), probe=False)

@@ -164,6 +164,11 @@ class Interpreter:
         except ValueError as err:
             raise ValueError(f"mam_tf.deploy.runtime: {name}: model input/output: {err}") from None
         self.input_shape = [int(d) for d in sg.tensors[self.input_index].shape]
+        if len(self.input_shape) < 2:
+            raise ValueError(
+                f"mam_tf.deploy.runtime: {name}: model input tensor {self.input_index} "
+                f"'{self.input_name}' has shape {self.input_shape}; the host runtime takes "
+                "[batch, ...] inputs (rank 2 or more)")
         self.input_quantization = fb.quantization(sg.tensors[self.input_index])
         self.output_quantization = fb.quantization(sg.tensors[self.output_index])
         try:
