@@ -32,7 +32,7 @@ MUTATIONS = ("bitflip", "overwrite", "truncate", "splice", "insert", "delete")
 def base_models() -> dict:
     """{name: tflite bytes}: a Dense -> MAMDense -> pruned Dense model converted int8 and
     int16x8 (FULLY_CONNECTED, MAM_SPARSE, MAC_SPARSE), and a MAMDense-only model."""
-    from mam_tf import MAMDense
+    from mam_tf.train.layers import MAMDense
     from mam_tf.train.compat import keras
     from mam_tf.deploy.convert import convert
 
