@@ -35,6 +35,7 @@ import numpy as np
 
 from mam_tf.deploy import flatbuffer as fb
 from mam_tf.deploy import options
+from mam_tf.deploy.node import element_count
 
 __all__ = ["check_model", "check_file", "verify_flatbuffer", "add_check_command"]
 
@@ -301,10 +302,6 @@ def _check_tensor(model, sg, k, i, owned, problems) -> bool:
     return True
 
 
-def _elements(t) -> int:
-    return int(np.prod([int(d) for d in t.shape], dtype=object)) if t.shape is not None else 1
-
-
 def _builtin_shapes(sg, kind, ins, outs):
     """The shape rules of the builtin ops converted models hold, which TFLite-Micro's kernels
     assume rather than check (a FULLY_CONNECTED whose filter is not [units, in] aborts it)."""
@@ -317,20 +314,20 @@ def _builtin_shapes(sg, kind, ins, outs):
         if len(wshape) != 2 or wshape[1] < 1:
             return f"filter {_tensor_label(sg, ins[1])} has shape {wshape}; it must be [units, in]"
         units, n = wshape
-        if _elements(x) % n:
-            return (f"input {_tensor_label(sg, ins[0])} holds {_elements(x)} elements, not a "
+        if element_count(x) % n:
+            return (f"input {_tensor_label(sg, ins[0])} holds {element_count(x)} elements, not a "
                     f"multiple of the filter's {n} columns")
-        batches = _elements(x) // n
+        batches = element_count(x) // n
         yshape = [] if y.shape is None else [int(d) for d in y.shape]
-        if _elements(y) != batches * units or not yshape or yshape[-1] != units:
+        if element_count(y) != batches * units or not yshape or yshape[-1] != units:
             return (f"output {_tensor_label(sg, outs[0])} has shape {yshape}; the input and "
                     f"filter make [{batches}, {units}]")
-        if len(ins) == 3 and ins[2] >= 0 and _elements(t[ins[2]]) != units:
+        if len(ins) == 3 and ins[2] >= 0 and element_count(t[ins[2]]) != units:
             return f"bias {_tensor_label(sg, ins[2])} does not hold {units} elements"
     elif kind in ("QUANTIZE", "DEQUANTIZE"):
         if len(ins) != 1 or len(outs) != 1 or ins[0] < 0:
             return f"takes one input and one output; has {ins} -> {outs}"
-        if _elements(t[ins[0]]) != _elements(t[outs[0]]):
+        if element_count(t[ins[0]]) != element_count(t[outs[0]]):
             return (f"input {_tensor_label(sg, ins[0])} and output {_tensor_label(sg, outs[0])} "
                     "hold different numbers of elements")
     return None
