@@ -23,7 +23,7 @@ import numpy as np
 from mam_tf.deploy import flatbuffer as fb
 from mam_tf.deploy import options
 from mam_tf.deploy import reference
-from mam_tf.deploy.offset_csr import OffsetCSR
+from mam_tf.deploy.offset_csr import OffsetCSR, layout_error
 
 __all__ = ["SparseNode", "prepare", "tflite_type_code"]
 
@@ -269,20 +269,9 @@ def validate(fields: dict) -> None:
         if present and got != need:
             fail(f"{name} holds {got} bytes; its shape needs {need}")
     row_counts = np.asarray(f["row_counts"], np.int64)[:m]
-    offsets = np.asarray(f["offsets"], np.int64)
-    for j, count in enumerate(row_counts):
-        if count < 0:
-            fail(f"row {j} has a negative row count {count}")
-    if int(row_counts.sum()) != f["values_len"]:
-        fail(f"row_counts sum to {int(row_counts.sum())} but values has {f['values_len']} "
-             "entries")
-    k = 0
-    for j, count in enumerate(row_counts):
-        cols = np.cumsum(offsets[k:k + count] + 1) - 1  # col = -1; col += offset + 1
-        k += count
-        beyond = np.flatnonzero(cols >= n)
-        if beyond.size:
-            fail(f"row {j} entry {beyond[0]} decodes column {cols[beyond[0]]} >= in_features {n}")
+    problem = layout_error(f["offsets"], row_counts, f["values_len"], n)
+    if problem:
+        fail(problem)
 
     count, ws = f["weight_scale_count"], np.asarray(f["weight_scales"], np.float32)
     if count not in (1, m):
