@@ -6,8 +6,8 @@ layers through this module.
 
 Which library: ``$MAM_TF_CORE_LIB`` when set (a path to ``libmam_sparse_core.so``); else the
 core is built once with CMake from ``tflm_ops/`` into ``~/.cache/mam-tf/core-<hash of the
-sources>/`` (``$MAM_TF_CACHE`` overrides ``~/.cache/mam-tf``) and reused while the sources
-are unchanged.
+sources and tools>/`` (``$MAM_TF_CACHE`` overrides ``~/.cache/mam-tf``; the build is
+:func:`mam_tf.common.buildcache.cached_build`'s) and reused while they are unchanged.
 
 Unlike the C kernels, which trust what Prepare validated, every call here first runs the
 core's own validation (``mam_validate`` / ``mam_validate_requant``) on the arrays it is given

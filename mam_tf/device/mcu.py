@@ -12,8 +12,8 @@ multiply latencies. ``mam-tf bench mcu`` (:mod:`mam_tf.bench.mcu`) builds its ta
 
 Builds: the firmware (arm-none-eabi-gcc, CMake toolchain file) and the plugin (host C
 compiler) are built once into ``~/.cache/mam-tf/mcu-<hash of the sources and options>/``
-(``$MAM_TF_CACHE`` overrides ``~/.cache/mam-tf``), under a file lock, published by an atomic
-rename. CMSIS-NN: a static library built for Cortex-M7 by CMSIS-NN's own build, passed as
+(``$MAM_TF_CACHE`` overrides ``~/.cache/mam-tf``) by
+:func:`mam_tf.common.buildcache.cached_build` (a file lock, an atomic rename). CMSIS-NN: a static library built for Cortex-M7 by CMSIS-NN's own build, passed as
 ``cmsis_nn_lib`` / ``cmsis_nn_include`` (or ``$MAM_TF_CMSIS_NN_LIB`` /
 ``$MAM_TF_CMSIS_NN_INCLUDE``); nothing of CMSIS-NN is part of this project.
 """

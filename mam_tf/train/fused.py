@@ -15,9 +15,9 @@ covers the sources, the compiler, every flag and the CPU's feature flags, so a c
 TensorFlow or machine gets its own build. ``$MAM_TF_KERNEL_DIR`` builds from another directory
 of the same two sources instead (another checkout's ``mam_tf/train/fused_kernel``: ``mam-tf bench train
 --kernel-dir`` times two kernel versions side by side), and ``$MAM_TF_MARCH`` replaces
-``-march=native`` (``MARCH_ENV``: the code paths of older CPUs, on this one). A file lock keeps
-parallel processes from compiling twice, and the finished directory appears by an atomic
-rename, so no process ever loads a half-written library. When any of this fails,
+``-march=native`` (``MARCH_ENV``: the code paths of older CPUs, on this one). The build goes
+through :func:`mam_tf.common.buildcache.cached_build` (one compile among parallel processes, a
+finished directory or none, the compiler's log quoted when it fails). When any of this fails,
 ``available()`` is False, one ``FusedKernelWarning`` says why, and mam-tf uses the reference
 path. ``MAM_TF_FUSED=0`` turns the fast path off without a warning.
 """
