@@ -122,7 +122,7 @@ def _prepare(model, sg, op, kind) -> SparseNode:
             status, msg = native.validate_layer(offsets=[], row_counts=[], weight_scales=[],
                                               weight_scale_count=0, **counts)
             raise ValueError(msg)
-        raise ValueError(f"MAM_SPARSE: node has {len(ins)} inputs and {len(outs)} outputs")
+        validate(dict(counts, offsets=[], row_counts=[]))  # refuses on the counts, first
     for i in ins + outs:
         if i >= len(sg.tensors) or i < -1:
             raise ValueError(f"tensor index {i} is out of range (the subgraph has "
