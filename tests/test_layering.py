@@ -41,8 +41,8 @@ KNOWN_UPWARD = {
     ("mam_tf.experiments.biocas", "mam_tf"),
     ("mam_tf.experiments.mwscas", "mam_tf"),
     ("mam_tf.experiments.mwscas", "mam_tf.bench.mcu"),
-    # bench.steps reads the BioCAS sizes from experiments.biocas: they move below both (to
-    # models/) with that rewrite.
+    # bench.steps reads the BioCAS sizes from experiments.biocas: the sizes belong below both
+    # (models/ holds the model they size), a move for that rewrite.
     ("mam_tf.bench.steps", "mam_tf.experiments.biocas"),
 }
 KNOWN_PRIVATE = {
