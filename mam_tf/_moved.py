@@ -8,6 +8,8 @@ import importlib.util
 import sys
 import warnings
 
+from mam_tf.common.deprecation import MamTfDeprecationWarning
+
 #: old module -> new module
 MOVED = {
     "mam_tf.layers": "mam_tf.train.layers",
@@ -36,10 +38,6 @@ MOVED = {
 MOVED_SUBMODULES = {old.split(".", 1)[1] for old in MOVED if old.startswith("mam_tf.")} - {
     "pruning", "quantization"}
 REMOVED_IN = "0.3"
-
-
-class MamTfDeprecationWarning(FutureWarning):
-    """A name of mam-tf that moved; shown by default, unlike DeprecationWarning."""
 
 
 def import_moved(old: str, stacklevel: int = 2):

@@ -351,7 +351,7 @@ def test_library_is_cached_by_source_hash(monkeypatch):
     monkeypatch.delenv("MAM_TF_CORE_LIB", raising=False)
     path = native.library_path()
     assert path.name == "libmam_sparse_core.so" and path.is_file()
-    assert path.parent.name == f"core-{native._source_hash(native._SOURCE_DIR)}"
+    assert path.parent.name == f"core-{native._build_key(native._SOURCE_DIR)}"
 
 
 @pytest.mark.parametrize("per_row", [False, True])

@@ -192,7 +192,7 @@ def test_activation_rate_and_magnitude_differ_where_they_should():
 def test_activation_counts_match_numpy_for_dense_layers(rng):
     model = _model()
     x, _ = _data(rng)
-    copy = pruning._copy_model(model)
+    copy = pruning.copy_model(model)
     targets = pruning._resolve("t", copy, ["mam1", "mac"])
     counts = pruning._activation_counts("t", copy, x, targets, batch_size=20)
     h = np.maximum(npref.mam_dense(x, copy.get_layer("mam1").kernel.numpy(),

@@ -15,7 +15,7 @@ def __getattr__(name: str):
     if name in getattr(steps, "__all__", ()):
         import warnings
 
-        from mam_tf._moved import MamTfDeprecationWarning
+        from mam_tf.common.deprecation import MamTfDeprecationWarning
 
         warnings.warn(f"mam_tf.bench.{name} moved to mam_tf.bench.steps.{name}",
                       MamTfDeprecationWarning, stacklevel=2)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 import warnings
@@ -22,24 +21,9 @@ import numpy as np
 
 from ecg_data.synthetic import synthetic_windows
 from ecg_data.windows import scale_windows
+from mam_tf.common import machine
 
 __all__ = ["run_benchmark", "save_plot", "main", "add_bench_command"]
-
-
-def _machine():
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        usable = os.cpu_count()
-    return {
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "processor": platform.processor() or "unknown",
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": usable,
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-    }
 
 
 def run_benchmark(
@@ -55,7 +39,7 @@ def run_benchmark(
     log=print,
 ):
     """Time ours and neurokit2's ECGSYN; returns a dict of the figures (and logs them)."""
-    res = {"machine": _machine()}
+    res = {"machine": machine.describe()}
     workers = workers or os.cpu_count() or 1
     res["sizes"] = {
         "windows": windows, "length": length, "fs": fs, "heart_rate": list(heart_rate),
@@ -64,8 +48,7 @@ def run_benchmark(
     }
     m = res["machine"]
     log("ECG data benchmark: ECGSYN windows per second, ecg_data vs neurokit2, same run")
-    log(f"machine: {m['platform']} ({m['machine']}, {m['processor']}), {m['cpu_count']} CPUs "
-        f"({m['cpus_usable']} usable), Python {m['python']}, numpy {m['numpy']}")
+    log(machine.line(m))
     log(f"sizes: {windows} windows x {length} samples at {fs} Hz, heart rate "
         f"{heart_rate[0]:g}-{heart_rate[1]:g} bpm, no noise, scaled to [0, 1] per window")
 

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 from pathlib import Path
 
 import numpy as np
+
+from mam_tf.common import machine
 
 from mam_tf.device.mcu import (  # noqa: F401  (re-exported: the public API of the benchmark)
     GCC, KERNEL_IDS, QEMU, KernelCall, McuBuild, McuError, build, count_by_trace, count_loop,
@@ -154,13 +155,10 @@ def plot(records, path):
 
 
 def _machine_lines(b: McuBuild):
-    import platform
-
     qv = subprocess.run([QEMU, "--version"], capture_output=True, text=True).stdout.split("\n")[0]
     gv = subprocess.run([GCC, "--version"], capture_output=True, text=True).stdout.split("\n")[0]
     return [
-        f"host: {platform.machine()}, {os.cpu_count()} cores, load average "
-        f"{' '.join(f'{v:.2f}' for v in os.getloadavg())} (counts do not depend on it)",
+        machine.line(label="host") + " (counts do not depend on it)",
         f"target: Cortex-M7 on {qv} -M mps2-an500; {gv} -O2 "
         "-mcpu=cortex-m7 -mthumb -mfpu=fpv5-d16 -mfloat-abi=hard",
         f"optimized kernels: {'built' if b.optimized else 'not in this tree'}; CMSIS-NN: "

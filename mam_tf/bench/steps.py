@@ -53,7 +53,7 @@ class StepRunner:
     def __init__(self, variant, batch, n_in, units, jit=False, seed=0):
         import numpy as np
 
-        from mam_tf import MAMDense
+        from mam_tf.train.layers import MAMDense
         from mam_tf.train import mam_op
         from mam_tf.train.compat import keras, tf
 

@@ -38,10 +38,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 from pathlib import Path
+
+from mam_tf.common import machine
 
 __all__ = ["main", "add_bench_command", "run_train_bench", "machine_line"]
 
@@ -82,30 +83,12 @@ def default_steps(batch, n_in, units):
 
 
 def machine_line():
-    """The CPU model, vector ISA and core count, Python and TensorFlow versions."""
-    from mam_tf.train.compat import tf
-
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
-    isa = ("AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags
-           else "AVX" if "avx" in flags else platform.machine())
-    return (f"machine: {model}, {isa}, {os.cpu_count()} cores; python "
-            f"{platform.python_version()}, TensorFlow {tf.__version__}")
+    """The machine's line (:func:`mam_tf.common.machine.line`), with TensorFlow's version."""
+    return machine.line(machine.describe(tensorflow=True))
 
 
 def _load():
-    try:
-        return os.getloadavg()
-    except OSError:
-        return (float("nan"),) * 3
+    return machine.load_average() or (float("nan"),) * 3
 
 
 def _quartiles(values):

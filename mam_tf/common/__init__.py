@@ -1,2 +1,3 @@
-"""What every stage may use and that knows nothing of Keras or TFLite: where native builds
-are cached (:mod:`.buildcache`)."""
+"""What every stage may use and that knows nothing of Keras or TFLite: where native builds are
+cached and how they are built (:mod:`.buildcache`), the machine a measurement ran on
+(:mod:`.machine`), and the deprecation warning (:mod:`.deprecation`)."""

@@ -19,6 +19,7 @@ import numpy as np
 
 from mam_tf.deploy import flatbuffer as fb
 from mam_tf.deploy import reference
+from mam_tf.deploy.node import element_count
 
 __all__ = ["CHECKED_OPERATORS", "operator_problem", "elements"]
 
@@ -32,9 +33,8 @@ _ACTIVATIONS = ("NONE", "RELU", "RELU_N1_TO_1", "RELU6")
 
 
 def elements(t) -> int:
-    """Elements of a tensor's shape (a scalar holds one); the checker has refused negative
-    dimensions before any rule here runs."""
-    return int(np.prod([int(d) for d in t.shape], dtype=object)) if t.shape is not None else 1
+    """Elements of a tensor's shape, as TFLite-Micro counts them (a scalar holds one)."""
+    return element_count(t)
 
 
 def _names(enum) -> dict:

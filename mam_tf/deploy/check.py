@@ -37,6 +37,7 @@ import numpy as np
 from mam_tf.deploy import builtins
 from mam_tf.deploy import flatbuffer as fb
 from mam_tf.deploy import options
+from mam_tf.deploy.node import element_count
 
 __all__ = ["check_model", "check_file", "verify_flatbuffer", "add_check_command"]
 

@@ -34,7 +34,7 @@ def base_models() -> dict:
     model (FULLY_CONNECTED, MAM_SPARSE, MAC_SPARSE), a MAMDense-only model, and a Conv1D ->
     MaxPooling1D -> MAMDense -> Dense model with float input and output (CONV_2D,
     MAX_POOL_2D, RESHAPE, QUANTIZE, DEQUANTIZE)."""
-    from mam_tf import MAMDense
+    from mam_tf.train.layers import MAMDense
     from mam_tf.train.compat import keras
     from mam_tf.deploy.convert import convert
 

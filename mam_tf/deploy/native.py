@@ -6,8 +6,8 @@ layers through this module.
 
 Which library: ``$MAM_TF_CORE_LIB`` when set (a path to ``libmam_sparse_core.so``); else the
 core is built once with CMake from ``tflm_ops/`` into ``~/.cache/mam-tf/core-<hash of the
-sources>/`` (``$MAM_TF_CACHE`` overrides ``~/.cache/mam-tf``) and reused while the sources
-are unchanged.
+sources and tools>/`` (``$MAM_TF_CACHE`` overrides ``~/.cache/mam-tf``; the build is
+:func:`mam_tf.common.buildcache.cached_build`'s) and reused while they are unchanged.
 
 Unlike the C kernels, which trust what Prepare validated, every call here first runs the
 core's own validation (``mam_validate`` / ``mam_validate_requant``) on the arrays it is given
@@ -17,11 +17,8 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
-import hashlib
 import os
 import shutil
-import subprocess
-import tempfile
 from ctypes import POINTER, c_char_p, c_double, c_float, c_int, c_int8, c_int16, c_int32, c_int64, c_size_t, c_uint8
 from pathlib import Path
 from typing import Optional
@@ -29,7 +26,7 @@ from typing import Optional
 import numpy as np
 
 from mam_tf.deploy.offset_csr import OffsetCSR
-from mam_tf.common.buildcache import cache_root
+from mam_tf.common.buildcache import build_key, cache_root, cached_build
 
 __all__ = [
     "CoreBuildError",
@@ -85,21 +82,17 @@ def _source_files(src: Path):
     return files
 
 
-def _source_hash(src: Path) -> str:
-    h = hashlib.sha256()
-    for f in _source_files(src):
-        h.update(str(f.relative_to(src)).encode())
-        h.update(b"\0")
-        h.update(f.read_bytes())
-        h.update(b"\0")
-    return h.hexdigest()[:16]
-
-
+def _build_key(src: Path, extra_cmake_args=()) -> str:
+    """The key of a build: the sources, the tools CMake will find, the extra arguments."""
+    tools = [shutil.which("cmake") or "", os.environ.get("CC", ""), shutil.which("cc") or ""]
+    return build_key(_source_files(src), root=src, parts=[*tools, *extra_cmake_args])
 
 
 def build_library(src: Path = _SOURCE_DIR, dest_dir: Optional[Path] = None,
                   extra_cmake_args=()) -> Path:
-    """Configure and build the core with CMake; returns the path of the shared library."""
+    """Configure and build the core with CMake into ``dest_dir`` (default: the cache directory
+    keyed by the sources, tools and arguments), unless it is built there already; returns the
+    path of the shared library."""
     if not (src / "CMakeLists.txt").is_file():
         raise CoreBuildError(
             f"the C core sources are not at {src} (mam_tf.deploy.native needs the tflm_ops/ tree of a "
@@ -111,25 +104,17 @@ def build_library(src: Path = _SOURCE_DIR, dest_dir: Optional[Path] = None,
             "cmake is not on PATH; install CMake (>= 3.16) and a C compiler (e.g. "
             "`apt-get install cmake gcc`), or set $MAM_TF_CORE_LIB to a built libmam_sparse_core.so"
         )
-    dest_dir = dest_dir or (cache_root() / f"core-{_source_hash(src)}")
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="build-", dir=dest_dir) as build:
-        for cmd in (
-            [cmake, "-S", str(src), "-B", build, "-DCMAKE_BUILD_TYPE=Release", *extra_cmake_args],
-            [cmake, "--build", build, "--target", "mam_sparse_core"],
-        ):
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise CoreBuildError(
-                    f"building the C core failed (`{' '.join(cmd)}` exited {proc.returncode}); "
-                    f"is a C compiler installed?\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-                )
-        # A private temporary name (two processes may build at once), then an atomic rename:
-        # a reader sees all of a library or nothing.
-        fd, tmp = tempfile.mkstemp(prefix=_LIB_NAME + ".", suffix=".tmp", dir=dest_dir)
-        os.close(fd)
-        shutil.copy2(Path(build) / _LIB_NAME, tmp)
-        os.replace(tmp, dest_dir / _LIB_NAME)
+    dest_dir = dest_dir or (cache_root() / f"core-{_build_key(src, extra_cmake_args)}")
+
+    def build(b):
+        work = b.dir / "cmake"
+        b.run([cmake, "-S", src, "-B", work, "-DCMAKE_BUILD_TYPE=Release", *extra_cmake_args],
+              "configuring the C core (is a C compiler installed?)")
+        b.run([cmake, "--build", work, "--target", "mam_sparse_core"], "compiling the C core")
+        shutil.copy2(work / _LIB_NAME, b.dir / _LIB_NAME)
+        shutil.rmtree(work)
+
+    cached_build(dest_dir, build, what="the C core", error=CoreBuildError)
     return dest_dir / _LIB_NAME
 
 
@@ -141,20 +126,7 @@ def library_path() -> Path:
         if not p.is_file():
             raise CoreBuildError(f"$MAM_TF_CORE_LIB is {env!r}, which is not a file")
         return p
-    if not (_SOURCE_DIR / "CMakeLists.txt").is_file():
-        build_library()  # raises the explanatory error
-    dest = cache_root() / f"core-{_source_hash(_SOURCE_DIR)}"
-    lib = dest / _LIB_NAME
-    if lib.is_file():
-        return lib
-    dest.mkdir(parents=True, exist_ok=True)
-    import fcntl
-
-    with open(dest / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one build at a time; others wait and reuse it
-        if not lib.is_file():
-            build_library(_SOURCE_DIR, dest)
-    return lib
+    return build_library()
 
 
 class _CSR(ctypes.Structure):

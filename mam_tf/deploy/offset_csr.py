@@ -52,6 +52,40 @@ def _as_1d(arr, dtype, what: str) -> np.ndarray:
     return np.ascontiguousarray(a.astype(dtype))
 
 
+def _decode_columns(offsets, rc: np.ndarray, e: int) -> np.ndarray:
+    """The decoded column of each of the first ``e`` entries (int64 [e]): per row, from -1,
+    ``col += offset + 1``. ``rc`` (int64, non-negative) sums to ``e``."""
+    if e == 0:
+        return np.zeros(0, np.int64)
+    steps = np.asarray(offsets).astype(np.int64)[:e] + 1
+    csum = np.cumsum(steps)
+    starts = np.cumsum(rc) - rc                       # first entry of each row
+    base = (csum - steps)[np.minimum(starts, e - 1)]  # steps taken before the row
+    return csum - np.repeat(base, rc) - 1
+
+
+def layout_error(offsets, row_counts, values_len: int, n: int) -> Optional[str]:
+    """The first rule of the C core's layout checks (``mam_validate``, with its words) that an
+    offset-CSR layout breaks, or None: no negative row count, row counts summing to the number
+    of values, every decoded column < N. ``offsets`` and ``row_counts`` hold what they say
+    (lengths are checked by the callers, before these arrays are read)."""
+    rc = np.asarray(row_counts).astype(np.int64)
+    if (rc < 0).any():
+        j = int(np.flatnonzero(rc < 0)[0])
+        return f"row {j} has a negative row count {int(rc[j])}"
+    if int(rc.sum()) != values_len:
+        return f"row_counts sum to {int(rc.sum())} but values has {values_len} entries"
+    cols = _decode_columns(offsets, rc, values_len)
+    starts = np.cumsum(rc) - rc
+    beyond = np.flatnonzero(cols >= n)
+    if beyond.size:
+        k = int(beyond[0])
+        j = int(np.searchsorted(np.cumsum(rc), k, side="right"))
+        return (f"row {j} entry {k - int(starts[j])} decodes column {int(cols[k])} >= "
+                f"in_features {n}")
+    return None
+
+
 @dataclass(eq=False)
 class OffsetCSR:
     """A pruned int8 weight matrix in offset-CSR form (see the module docstring).
@@ -114,31 +148,15 @@ class OffsetCSR:
             raise ValueError(
                 f"{where}: row_counts has {self.row_counts.shape[0]} entries, shape says M = {m}"
             )
-        e = self.num_entries
-        if self.offsets.shape[0] != e:
-            raise ValueError(f"{where}: values has {e} entries but offsets has {self.offsets.shape[0]}")
-        rc = self.row_counts.astype(np.int64)
-        if (rc < 0).any():
-            j = int(np.flatnonzero(rc < 0)[0])
-            raise ValueError(f"{where}: row {j} has a negative row count {int(rc[j])}")
-        if int(rc.sum()) != e:
-            raise ValueError(f"{where}: row_counts sum to {int(rc.sum())} but there are {e} entries")
-        cols = self._columns_unchecked()
-        if e and (cols >= n).any():
-            k = int(np.flatnonzero(cols >= n)[0])
-            j = int(np.searchsorted(np.cumsum(rc), k, side="right"))
-            raise ValueError(f"{where}: row {j} decodes column {int(cols[k])} >= N = {n}")
+        if self.offsets.shape[0] != self.num_entries:
+            raise ValueError(f"{where}: values has {self.num_entries} entries but offsets has "
+                             f"{self.offsets.shape[0]}")
+        problem = layout_error(self.offsets, self.row_counts, self.num_entries, n)
+        if problem:
+            raise ValueError(f"{where}: {problem}")
 
     def _columns_unchecked(self) -> np.ndarray:
-        e = self.num_entries
-        if e == 0:
-            return np.zeros(0, np.int64)
-        rc = self.row_counts.astype(np.int64)
-        steps = self.offsets.astype(np.int64) + 1
-        csum = np.cumsum(steps)
-        starts = np.cumsum(rc) - rc                       # first entry of each row
-        base = (csum - steps)[np.minimum(starts, e - 1)]  # steps taken before the row
-        return csum - np.repeat(base, rc) - 1
+        return _decode_columns(self.offsets, self.row_counts.astype(np.int64), self.num_entries)
 
     def columns(self) -> np.ndarray:
         """The decoded column of every entry (int64 [E]), dummies included."""

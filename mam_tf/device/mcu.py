@@ -12,14 +12,13 @@ multiply latencies. ``mam-tf bench mcu`` (:mod:`mam_tf.bench.mcu`) builds its ta
 
 Builds: the firmware (arm-none-eabi-gcc, CMake toolchain file) and the plugin (host C
 compiler) are built once into ``~/.cache/mam-tf/mcu-<hash of the sources and options>/``
-(``$MAM_TF_CACHE`` overrides ``~/.cache/mam-tf``), under a file lock, published by an atomic
-rename. CMSIS-NN: a static library built for Cortex-M7 by CMSIS-NN's own build, passed as
+(``$MAM_TF_CACHE`` overrides ``~/.cache/mam-tf``) by
+:func:`mam_tf.common.buildcache.cached_build` (a file lock, an atomic rename). CMSIS-NN: a static library built for Cortex-M7 by CMSIS-NN's own build, passed as
 ``cmsis_nn_lib`` / ``cmsis_nn_include`` (or ``$MAM_TF_CMSIS_NN_LIB`` /
 ``$MAM_TF_CMSIS_NN_INCLUDE``); nothing of CMSIS-NN is part of this project.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -33,7 +32,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from mam_tf.deploy.offset_csr import OffsetCSR
-from mam_tf.common.buildcache import cache_root
+from mam_tf.common.buildcache import build_key as _hash_key, cache_root, cached_build
 
 __all__ = [
     "McuBuild", "McuError", "KernelCall", "KERNEL_IDS", "toolchain_available", "build", "build_key",
@@ -160,21 +159,15 @@ _BUILD_FORMAT = b"3"  # bump when what a build records changes
 
 
 def _build_key(cmsis_lib, cmsis_include, tflm=None) -> str:
-    h = hashlib.sha256(_BUILD_FORMAT)
-    if tflm:
-        st = Path(tflm[0]).stat()
-        h.update(f"{tflm}\0{st.st_size}\0{st.st_mtime_ns}".encode())
     files = []
     for sub in ("include", "src", "firmware"):
         files += sorted(p for p in (_OPS / sub).rglob("*") if p.is_file())
-    for f in files:
-        h.update(str(f.relative_to(_OPS)).encode() + b"\0" + f.read_bytes() + b"\0")
-    if cmsis_lib:
-        st = Path(cmsis_lib).stat()
-        h.update(f"{cmsis_lib}\0{st.st_size}\0{st.st_mtime_ns}\0{cmsis_include}".encode())
-    return h.hexdigest()[:16]
-
-
+    parts = [_BUILD_FORMAT, shutil.which("cmake") or "", shutil.which(GCC) or ""]
+    for lib, extra in ((tflm[0] if tflm else None, tflm), (cmsis_lib, cmsis_include)):
+        if lib:  # a library the user built: its path, size and time stand for its contents
+            st = Path(lib).stat()
+            parts.append(f"{lib}\0{st.st_size}\0{st.st_mtime_ns}\0{extra}")
+    return _hash_key(files, root=_OPS, parts=parts)
 
 
 def _run_tool(cmd, what, cwd=None):
@@ -195,62 +188,60 @@ def _load_build(dest: Path) -> McuBuild:
                     size=tuple(info["size"]))
 
 
-def _do_build(dest: Path, cmsis_lib, cmsis_include, tflm=None):
+def _build_into(b, cmsis_lib, cmsis_include, tflm=None):
+    """Builds the firmware and the plugin in ``b.dir`` (a :class:`buildcache.Builder`)."""
     cmake = shutil.which("cmake")
-    with tempfile.TemporaryDirectory(prefix="build-", dir=dest.parent) as tmp:
-        tmp = Path(tmp)
-        fw, pl, out = tmp / "fw", tmp / "plugin", tmp / "out"
-        args = [cmake, "-S", str(_FW), "-B", str(fw), "-DCMAKE_BUILD_TYPE=Release",
-                f"-DCMAKE_TOOLCHAIN_FILE={_FW / 'cmake' / 'arm-none-eabi-cortex-m7.cmake'}"]
-        if cmsis_lib:
-            args += [f"-DCMSIS_NN_LIB={cmsis_lib}", f"-DCMSIS_NN_INCLUDE={cmsis_include}"]
-        if tflm:
-            args += [f"-DTFLM_LIB={tflm[0]}", f"-DTFLM_ROOT={tflm[1]}",
-                     f"-DFLATBUFFERS_INCLUDE_DIR={tflm[2]}"]
-        _run_tool(args, "configuring the Cortex-M7 firmware")
-        _run_tool([cmake, "--build", str(fw)], "building the Cortex-M7 firmware")
-        _run_tool([cmake, "-S", str(_FW / "plugin"), "-B", str(pl), "-DCMAKE_BUILD_TYPE=Release"],
-                  "configuring the QEMU counting plugin")
-        _run_tool([cmake, "--build", str(pl)], "building the QEMU counting plugin")
-        cfg = dict(line.split("=", 1) for line in
-                   (fw / "mam_bench.cfg").read_text().split() if "=" in line)
-        nm = _run_tool(["arm-none-eabi-nm", "-S", str(fw / "mam_bench.elf")], "reading symbols")
-        symbols, addr = {}, {}
-        for line in nm.splitlines():
-            parts = line.split()
-            if len(parts) == 4 and parts[2] in "tT":
-                symbols[parts[3]] = int(parts[1], 16)
-            if len(parts) >= 3:
-                addr[parts[-1]] = int(parts[0], 16)
-        size = _run_tool(["arm-none-eabi-size", str(fw / "mam_bench.elf")], "arm-none-eabi-size")
-        text, data_b, bss = (int(v) for v in size.splitlines()[1].split()[:3])
-        callees, current = {}, None
-        dis = _run_tool(["arm-none-eabi-objdump", "-d", str(fw / "mam_bench.elf")], "disassembling")
-        for line in dis.splitlines():
-            if line.endswith(">:"):
-                current = line.split("<", 1)[1][:-2]
-                callees[current] = []
-            elif current and "\t" in line and "<" in line:
-                op = line.split("\t")[2].split()[0] if line.count("\t") >= 2 else ""
-                target = line.rsplit("<", 1)[1].rstrip(">").split("+")[0]
-                if op.startswith(("bl", "b.", "b")) and target != current:
-                    callees[current].append(target)
-        out.mkdir()
-        shutil.copy2(fw / "mam_bench.elf", out / "mam_bench.elf")
-        shutil.copy2(pl / "libmam_insn_count.so", out / "libmam_insn_count.so")
-        if cfg.get("model") == "1":
-            shutil.copy2(fw / "mam_model.elf", out / "mam_model.elf")
-        (out / "build.json").write_text(json.dumps({
-            "optimized": cfg.get("optimized") == "1", "cmsis_nn": cfg.get("cmsis_nn") == "1",
-            "begin": addr["mcu_mark_begin"] & ~1, "end": addr["mcu_mark_end"] & ~1,
-            "symbols": symbols, "callees": callees, "cmsis_nn_lib": cmsis_lib,
-            "model": cfg.get("model") == "1", "size": [text, data_b, bss],
-        }))
-        try:  # a reader sees a whole build or none
-            os.replace(out, dest)
-        except OSError:
-            if not (dest / "build.json").is_file():
-                raise
+    fw, pl, out = b.dir / "fw", b.dir / "plugin", b.dir  # out: what the build keeps
+    args = [cmake, "-S", str(_FW), "-B", str(fw), "-DCMAKE_BUILD_TYPE=Release",
+            f"-DCMAKE_TOOLCHAIN_FILE={_FW / 'cmake' / 'arm-none-eabi-cortex-m7.cmake'}"]
+    if cmsis_lib:
+        args += [f"-DCMSIS_NN_LIB={cmsis_lib}", f"-DCMSIS_NN_INCLUDE={cmsis_include}"]
+    if tflm:
+        args += [f"-DTFLM_LIB={tflm[0]}", f"-DTFLM_ROOT={tflm[1]}",
+                 f"-DFLATBUFFERS_INCLUDE_DIR={tflm[2]}"]
+    b.run(args, "configuring the Cortex-M7 firmware")
+    b.run([cmake, "--build", str(fw)], "building the Cortex-M7 firmware")
+    b.run([cmake, "-S", str(_FW / "plugin"), "-B", str(pl), "-DCMAKE_BUILD_TYPE=Release"],
+          "configuring the QEMU counting plugin")
+    b.run([cmake, "--build", str(pl)], "building the QEMU counting plugin")
+    cfg = dict(line.split("=", 1) for line in
+               (fw / "mam_bench.cfg").read_text().split() if "=" in line)
+    nm = b.run(["arm-none-eabi-nm", "-S", str(fw / "mam_bench.elf")], "reading symbols",
+               log_stdout=False)
+    symbols, addr = {}, {}
+    for line in nm.splitlines():
+        parts = line.split()
+        if len(parts) == 4 and parts[2] in "tT":
+            symbols[parts[3]] = int(parts[1], 16)
+        if len(parts) >= 3:
+            addr[parts[-1]] = int(parts[0], 16)
+    size = b.run(["arm-none-eabi-size", str(fw / "mam_bench.elf")], "arm-none-eabi-size",
+                 log_stdout=False)
+    text, data_b, bss = (int(v) for v in size.splitlines()[1].split()[:3])
+    callees, current = {}, None
+    dis = b.run(["arm-none-eabi-objdump", "-d", str(fw / "mam_bench.elf")], "disassembling",
+                log_stdout=False)
+    for line in dis.splitlines():
+        if line.endswith(">:"):
+            current = line.split("<", 1)[1][:-2]
+            callees[current] = []
+        elif current and "\t" in line and "<" in line:
+            op = line.split("\t")[2].split()[0] if line.count("\t") >= 2 else ""
+            target = line.rsplit("<", 1)[1].rstrip(">").split("+")[0]
+            if op.startswith(("bl", "b.", "b")) and target != current:
+                callees[current].append(target)
+    shutil.copy2(fw / "mam_bench.elf", out / "mam_bench.elf")
+    shutil.copy2(pl / "libmam_insn_count.so", out / "libmam_insn_count.so")
+    if cfg.get("model") == "1":
+        shutil.copy2(fw / "mam_model.elf", out / "mam_model.elf")
+    (out / "build.json").write_text(json.dumps({
+        "optimized": cfg.get("optimized") == "1", "cmsis_nn": cfg.get("cmsis_nn") == "1",
+        "begin": addr["mcu_mark_begin"] & ~1, "end": addr["mcu_mark_end"] & ~1,
+        "symbols": symbols, "callees": callees, "cmsis_nn_lib": cmsis_lib,
+        "model": cfg.get("model") == "1", "size": [text, data_b, bss],
+    }))
+    shutil.rmtree(fw)
+    shutil.rmtree(pl)
 
 
 def build_key(cmsis_nn_lib=None, cmsis_nn_include=None, tflm_lib=None, tflm_root=None,
@@ -274,17 +265,10 @@ def build(cmsis_nn_lib=None, cmsis_nn_include=None, tflm_lib=None, tflm_root=Non
         raise McuError(f"cannot build the Cortex-M7 firmware: {why}")
     lib, inc = _cmsis_paths(cmsis_nn_lib, cmsis_nn_include)
     tflm = _tflm_paths(tflm_lib, tflm_root, flatbuffers_include)
-    root = cache_root()
-    dest = root / f"mcu-{_build_key(lib, inc, tflm)}"  # build_key() with these arguments
-    if (dest / "build.json").is_file():
-        return _load_build(dest)
-    root.mkdir(parents=True, exist_ok=True)
-    import fcntl
-
-    with open(root / f"{dest.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one build at a time; the others wait and reuse it
-        if not (dest / "build.json").is_file():
-            _do_build(dest, lib, inc, tflm)
+    dest = cache_root() / f"mcu-{_build_key(lib, inc, tflm)}"  # build_key() with these arguments
+    cached_build(dest, lambda b: _build_into(b, lib, inc, tflm), what="the Cortex-M7 firmware",
+                 error=McuError)
+    return _load_build(dest)
     return _load_build(dest)
 
 

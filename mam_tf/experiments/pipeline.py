@@ -357,17 +357,7 @@ def _loadavg():
 
 
 def machine() -> dict:
-    """The machine a run ran on: OS, CPU, cores, Python and TensorFlow versions."""
-    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(), "python": platform.python_version()}
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    info["processor"] = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    if "tensorflow" in sys.modules:
-        info["tensorflow"] = sys.modules["tensorflow"].__version__
-    return info
+    """The machine a run ran on (:func:`mam_tf.common.machine.describe`)."""
+    from mam_tf.common.machine import describe
+
+    return describe()

@@ -47,7 +47,7 @@ def ecg_autoencoder(kind="mam", *, length=256, channels=(16, 32, 64), kernel_siz
       An uncompiled functional ``keras.Model`` [batch, length] -> [batch, length]; its layers
       are named as in :data:`TAIL_LAYERS` and :data:`HEAD_LAYERS`.
     """
-    from mam_tf import MAMDense
+    from mam_tf.train.layers import MAMDense
     from mam_tf.train.compat import keras
 
     if kind not in KINDS:

@@ -16,23 +16,19 @@ covers the sources, the compiler, every flag and the CPU's feature flags, so a c
 TensorFlow or machine gets its own build. ``$MAM_TF_KERNEL_DIR`` builds from another directory
 of the same two sources instead (another checkout's ``mam_tf/train/fused_kernel``: ``mam-tf bench train
 --kernel-dir`` times two kernel versions side by side), and ``$MAM_TF_MARCH`` replaces
-``-march=native`` (``MARCH_ENV``: the code paths of older CPUs, on this one). A file lock keeps
-parallel processes from compiling twice, and the finished directory appears by an atomic
-rename, so no process ever loads a half-written library. When any of this fails,
+``-march=native`` (``MARCH_ENV``: the code paths of older CPUs, on this one). The build goes
+through :func:`mam_tf.common.buildcache.cached_build` (one compile among parallel processes, a
+finished directory or none, the compiler's log quoted when it fails). When any of this fails,
 ``available()`` is False, one ``FusedKernelWarning`` says why, and mam-tf uses the reference
 path. ``MAM_TF_FUSED=0`` turns the fast path off without a warning.
 """
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import platform
 import re
 import shutil
-import subprocess
-import sys
-import tempfile
 import threading
 import warnings
 from pathlib import Path
@@ -40,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from mam_tf.train.tfcore import in_save_context, in_xla_context, tf
-from mam_tf.common.buildcache import cache_root
+from mam_tf.common.buildcache import build_key, cache_root, cached_build
 
 __all__ = [
     "FusedKernelWarning",
@@ -129,27 +125,9 @@ def kernel_dir() -> Path:
 
 def library_dir(cxx: str) -> Path:
     """The cache directory of the library for this TensorFlow, compiler, sources and CPU."""
-    h = hashlib.sha256()
-    for name in SOURCES:
-        h.update(name.encode() + b"\0" + (kernel_dir() / name).read_bytes() + b"\0")
-    h.update(" ".join(_build_command(cxx, Path("src"), Path("out"))).encode())
-    h.update(_cpu_signature().encode())
-    return cache_root() / f"ops-{tf.__version__}-{h.hexdigest()[:16]}"
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path):
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: the atomic rename alone keeps builds from clashing
-        yield
-        return
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    key = build_key([kernel_dir() / name for name in SOURCES], parts=[
+        " ".join(_build_command(cxx, Path("src"), Path("out"))), _cpu_signature()])
+    return cache_root() / f"ops-{tf.__version__}-{key}"
 
 
 def build() -> Path:
@@ -157,29 +135,15 @@ def build() -> Path:
     cxx = _compiler()
     if cxx is None:
         raise RuntimeError("no C++ compiler found (tried $CXX, c++, g++, clang++)")
-    final = library_dir(cxx)
-    library = final / LIBRARY_NAME
-    if library.exists():
-        return library
-    final.parent.mkdir(parents=True, exist_ok=True)
-    with _file_lock(final.parent / f"{final.name}.lock"):
-        if library.exists():  # another process built it while we waited
-            return library
-        print(f"[mam-tf] compiling the fused CPU kernel (once): {final}", file=sys.stderr)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
-        try:
-            command = _build_command(cxx, kernel_dir() / "mam_fused_op.cc", tmp / LIBRARY_NAME)
-            proc = subprocess.run(command, capture_output=True, text=True,
-                                  timeout=BUILD_TIMEOUT_S)
-            (tmp / "build.log").write_text(" ".join(command) + "\n\n" + proc.stdout + proc.stderr)
-            if proc.returncode != 0:
-                tail = "\n".join(proc.stderr.strip().splitlines()[-5:])
-                raise RuntimeError(f"{Path(cxx).name} exited with {proc.returncode}:\n{tail}")
-            tmp.chmod(0o755)  # mkdtemp made it private; the cache may be shared
-            os.rename(tmp, final)  # atomic: the directory is complete or absent
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return library
+
+    def compile_into(b):
+        command = _build_command(cxx, kernel_dir() / "mam_fused_op.cc", b.dir / LIBRARY_NAME)
+        b.run(command, f"compiling the fused CPU kernel with {Path(cxx).name}",
+              timeout=BUILD_TIMEOUT_S)
+
+    final = cached_build(library_dir(cxx), compile_into, what="the fused CPU kernel",
+                         error=RuntimeError)
+    return final / LIBRARY_NAME
 
 
 def _self_test(module) -> None:

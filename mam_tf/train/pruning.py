@@ -212,7 +212,7 @@ def _resolve(fn, model, layers):
 # ------------------------------------------------------------------------------------------
 # Building the pruned model
 # ------------------------------------------------------------------------------------------
-def _copy_model(model):
+def copy_model(model):
     """An independent copy of a functional/Sequential model, every variable copied (masks too)."""
     copy = keras.models.clone_model(model)
     new_vars, old_vars = copy.weights, model.weights
@@ -272,7 +272,7 @@ def _masks_from_scores(fn, targets, scores, sparsity, scope):
 
 
 def _prune_with_scores(fn, model, sparsity, layers, scope, scores):
-    copy = _copy_model(model)
+    copy = copy_model(model)
     targets = _resolve(fn, copy, layers)
     masks = _masks_from_scores(fn, targets, scores, sparsity, scope)
     return _wrap_with_masks(fn, copy, targets, masks, sparsity)
@@ -355,7 +355,7 @@ def _activation_counts(fn, model, data, targets, batch_size=256):
 def _activation_scores(fn, model, data, layers, batch_size=256):
     # Counted on a private copy: its layers have one call site each, so layer.input is the
     # input in this graph even when the model's layers were used in another model before.
-    copy = _copy_model(model)
+    copy = copy_model(model)
     return _activation_counts(fn, copy, data, _resolve(fn, copy, layers), batch_size)
 
 
@@ -407,7 +407,7 @@ def apply_masks(model, masks):
         chosen[t.name] = m
     sparsity = float(1.0 - sum(m.sum() for m in chosen.values())
                      / sum(m.size for m in chosen.values()))
-    copy = _copy_model(model)
+    copy = copy_model(model)
     targets = _resolve(fn, copy, list(masks))
     return _wrap_with_masks(fn, copy, targets, chosen, min(sparsity, np.nextafter(1.0, 0.0)))
 

@@ -755,11 +755,11 @@ def _pre_activation(layer, x):
 
 
 def _calibrate(fn, float_model, qat, data):
-    from mam_tf.train.pruning import _copy_model
+    from mam_tf.train.pruning import copy_model
     from mam_tf.train.schedule import iter_batches
 
     # A private copy: its layers have exactly one call site, so layer.input is this graph's.
-    float_model = _copy_model(float_model)
+    float_model = copy_model(float_model)
     dense = [layer for layer in float_model.layers if _dense_like(layer)]
     try:
         probe = keras.Model(float_model.inputs,

@@ -1,0 +1,8 @@
+"""The warning every stage raises for a name of mam-tf that moved or is going away."""
+from __future__ import annotations
+
+__all__ = ["MamTfDeprecationWarning"]
+
+
+class MamTfDeprecationWarning(FutureWarning):
+    """A name of mam-tf that moved; shown by default, unlike DeprecationWarning."""
