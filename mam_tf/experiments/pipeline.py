@@ -90,15 +90,15 @@ _SOURCE_SUFFIXES = (".py", ".c", ".cc", ".h")
 
 def code_fingerprint(modules: Iterable[str], version: str | None = None) -> str:
     """What computes a stage: ``"<version>+<hash>"``, the package version (default
-    ``mam_tf.__version__``) and a hash of the source files (``.py``, ``.c``, ``.cc``, ``.h``) of
+    the installed distribution's) and a hash of the source files (``.py``, ``.c``, ``.cc``, ``.h``) of
     the named modules or packages (a package: every such file under its folder), by path and
     content. Editing any of those files, or upgrading the package, changes it."""
     import importlib.util
 
     if version is None:
-        import mam_tf
+        from importlib.metadata import version as _dist_version
 
-        version = mam_tf.__version__
+        version = _dist_version("mam-tf")
     h = hashlib.sha256()
     for module in sorted(set(modules)):
         spec = importlib.util.find_spec(module)

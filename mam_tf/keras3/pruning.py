@@ -19,7 +19,7 @@ from keras import ops
 
 from mam_tf.common import masks as _masks
 from mam_tf.keras3.layers import mam_layers
-from mam_tf.keras3.training import _chosen, layer_selection_counts
+from mam_tf.keras3.training import chosen_layers, layer_selection_counts
 
 __all__ = ["prune_magnitude", "prune_activation_rate", "apply_masks", "get_masks",
            "fine_tune", "iterative_prune", "summary", "SCOPES"]
@@ -55,7 +55,7 @@ def _set_masks(model, masks):
 
 
 def _prune(fn, model, remaining, layers, scope, scores):
-    chosen = _chosen(fn, model, layers)
+    chosen = chosen_layers(fn, model, layers)
     items = []
     for layer in chosen:
         k, pruned = _current(layer)
@@ -86,7 +86,7 @@ def prune_activation_rate(model, data, remaining, layers=None, scope="layer", ba
     fn = "prune_activation_rate"
     remaining = _check_remaining(fn, remaining)
     _masks.check_scope(fn, scope)
-    chosen = _chosen(fn, model, layers)
+    chosen = chosen_layers(fn, model, layers)
     counts = {layer.name: a + b for layer, a, b in
               layer_selection_counts(fn, model, data, chosen, batch_size)}
     return _prune(fn, model, remaining, [l.name for l in chosen], scope,

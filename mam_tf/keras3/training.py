@@ -43,7 +43,7 @@ class VanishingContributions(VanishingSchedule, keras.callbacks.Callback):
             self.model.jax_state_sync()
 
 
-def _chosen(fn, model, layers):
+def chosen_layers(fn, model, layers):
     found = mam_layers(model)
     if layers is None:
         chosen = found
@@ -97,6 +97,6 @@ def selection_counts(model, data, layers=None, batch_size=256):
     shape; each sums to (input rows) x units.
     """
     fn = "selection_counts"
-    chosen = _chosen(fn, model, layers)
+    chosen = chosen_layers(fn, model, layers)
     return {layer.name: SelectionCounts(a, b)
             for layer, a, b in layer_selection_counts(fn, model, data, chosen, batch_size)}

@@ -54,7 +54,7 @@ run = EXPERIMENT.run
 
 
 def _deprecated(old, new):
-    from mam_tf._moved import MamTfDeprecationWarning
+    from mam_tf.common.deprecation import MamTfDeprecationWarning
 
     warnings.warn(f"mam_tf.experiments.biocas.{old} is deprecated; use {new}",
                   MamTfDeprecationWarning, stacklevel=3)

@@ -75,7 +75,8 @@ def _fit_callbacks(progress, epochs, desc):
 
 def _train(data_stage, p, progress):
     def compute(work):
-        from mam_tf import VanishingContributions, keras
+        from mam_tf.train.compat import keras
+        from mam_tf.train.schedule import VanishingContributions
         from mam_tf.models import cs_oracle
 
         d = Data(data_stage)
@@ -98,7 +99,7 @@ def _train(data_stage, p, progress):
 
 
 def _fine_tune_args(p, d):
-    from mam_tf import keras
+    from mam_tf.train.compat import keras
 
     return dict(x=d.y_train, y=d.l_train, optimizer=keras.optimizers.Adam(p["fine_tune_lr"]),
                 loss="binary_crossentropy", epochs=p["fine_tune_epochs"],
@@ -107,7 +108,7 @@ def _fine_tune_args(p, d):
 
 def _sweep(data_stage, train_stage, p, progress):
     def compute(work):
-        from mam_tf import keras
+        from mam_tf.train.compat import keras
         from mam_tf.train import pruning
 
         d = Data(data_stage)
@@ -139,7 +140,7 @@ def _sweep(data_stage, train_stage, p, progress):
 
 def _deploy(data_stage, train_stage, p):
     def compute(work):
-        from mam_tf import keras
+        from mam_tf.train.compat import keras
         from mam_tf.train import pruning
         from mam_tf.deploy.convert import convert
         from mam_tf.deploy.runtime import Interpreter

@@ -51,7 +51,8 @@ def _fit_verbose(run):
 
 def _stage_train(cfg, run, data_stage, kind, seed):
     def compute(work):
-        from mam_tf import VanishingContributions, mam_layers
+        from mam_tf.train.layers import mam_layers
+        from mam_tf.train.schedule import VanishingContributions
         from mam_tf.train.compat import keras
         from mam_tf.models import ecg_autoencoder
         from ecg_data import arsnr
