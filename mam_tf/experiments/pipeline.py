@@ -39,13 +39,14 @@ import dataclasses
 import hashlib
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
+
+from mam_tf.common.machine import load_average
 
 __all__ = ["Pipeline", "StageResult", "stage_key", "code_fingerprint", "jsonable", "write_json",
            "read_json"]
@@ -203,7 +204,7 @@ class Pipeline:
         self.records: list[dict] = []
         self.started = time.time()
         self._t0 = time.perf_counter()
-        self._load_start = _loadavg()
+        self._load_start = load_average()
 
     # -- stages -------------------------------------------------------------------------
     def log(self, message: str) -> None:
@@ -343,17 +344,10 @@ class Pipeline:
             "stages": self.records,
             "machine": machine(),
             "loadavg_start": self._load_start,
-            "loadavg_end": _loadavg(),
+            "loadavg_end": load_average(),
         }
         manifest.update(jsonable(extra or {}))
         return write_json(self.out / MANIFEST, manifest)
-
-
-def _loadavg():
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except OSError:  # pragma: no cover (not on every OS)
-        return None
 
 
 def machine() -> dict:
