@@ -79,7 +79,8 @@ class CoreBuildError(RuntimeError):
 # Finding / building the library
 # ----------------------------------------------------------------------------------------
 def _source_files(src: Path):
-    files = [src / "CMakeLists.txt"]
+    """What the core's build reads: the CMake files at the top and every file of the core."""
+    files = [src / "CMakeLists.txt", *sorted(src.glob("*.cmake"))]
     for sub in ("include", "src"):
         files += sorted(p for p in (src / sub).rglob("*") if p.is_file())
     return files

@@ -164,8 +164,8 @@ def _build_key(cmsis_lib, cmsis_include, tflm=None) -> str:
     if tflm:
         st = Path(tflm[0]).stat()
         h.update(f"{tflm}\0{st.st_size}\0{st.st_mtime_ns}".encode())
-    files = []
-    for sub in ("include", "src", "firmware"):
+    files = sorted(_OPS.glob("*.cmake"))  # the source lists the firmware includes
+    for sub in ("include", "src", "tflm", "firmware"):
         files += sorted(p for p in (_OPS / sub).rglob("*") if p.is_file())
     for f in files:
         h.update(str(f.relative_to(_OPS)).encode() + b"\0" + f.read_bytes() + b"\0")
