@@ -29,6 +29,7 @@ from typing import Optional
 import numpy as np
 
 from mam_tf.deploy.offset_csr import OffsetCSR
+from mam_tf._native import tflm_ops_dir
 from mam_tf.common.buildcache import cache_root
 
 __all__ = [
@@ -67,7 +68,7 @@ TYPE_CODES = {
 TYPE_NONE = 0
 TYPE_UNSUPPORTED = 99
 
-_SOURCE_DIR = Path(__file__).resolve().parents[2] / "tflm_ops"
+_SOURCE_DIR = tflm_ops_dir()  # in the installed package, else the checkout's
 _LIB_NAME = "libmam_sparse_core.so"
 
 
@@ -103,8 +104,9 @@ def build_library(src: Path = _SOURCE_DIR, dest_dir: Optional[Path] = None,
     """Configure and build the core with CMake; returns the path of the shared library."""
     if not (src / "CMakeLists.txt").is_file():
         raise CoreBuildError(
-            f"the C core sources are not at {src} (mam_tf.deploy.native needs the tflm_ops/ tree of a "
-            "source checkout, or $MAM_TF_CORE_LIB pointing to a built libmam_sparse_core.so)"
+            f"the C core sources are not at {src} (an installed mam-tf carries them as "
+            "mam_tf/_native/tflm_ops, a checkout as tflm_ops/: reinstall mam-tf, or set "
+            "$MAM_TF_CORE_LIB to a built libmam_sparse_core.so)"
         )
     cmake = shutil.which("cmake")
     if cmake is None:

@@ -33,6 +33,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from mam_tf.deploy.offset_csr import OffsetCSR
+from mam_tf._native import tflm_ops_dir
 from mam_tf.common.buildcache import cache_root
 
 __all__ = [
@@ -40,7 +41,7 @@ __all__ = [
     "run_calls", "run_kernel", "count_loop", "count_by_trace", "run_model",
 ]
 
-_OPS = Path(__file__).resolve().parents[2] / "tflm_ops"
+_OPS = tflm_ops_dir()  # in the installed package, else the checkout's
 _FW = _OPS / "firmware"
 QEMU = "qemu-system-arm"
 GCC = "arm-none-eabi-gcc"
