@@ -111,8 +111,9 @@ def build_library(src: Path = _SOURCE_DIR, dest_dir: Optional[Path] = None,
     cmake = shutil.which("cmake")
     if cmake is None:
         raise CoreBuildError(
-            "cmake is not on PATH; install CMake (>= 3.16) and a C compiler (e.g. "
-            "`apt-get install cmake gcc`), or set $MAM_TF_CORE_LIB to a built libmam_sparse_core.so"
+            "cmake is not on PATH; install CMake (>= 3.16: pip install 'mam-tf[deploy]', or "
+            "`apt-get install cmake`) and a C compiler, or set $MAM_TF_CORE_LIB to a built "
+            "libmam_sparse_core.so"
         )
     dest_dir = dest_dir or (cache_root() / f"core-{_source_hash(src)}")
     dest_dir.mkdir(parents=True, exist_ok=True)
