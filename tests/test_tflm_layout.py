@@ -6,6 +6,7 @@ caches (``mam_tf.deploy.native``, ``mam_tf.device.mcu``) hash what is on disk: a
 must invalidate both caches.
 """
 import re
+import textwrap
 import shutil
 from pathlib import Path
 
@@ -56,3 +57,42 @@ def test_build_caches_follow_the_source_lists_and_new_files(monkeypatch, tmp_pat
     glue = ops / "tflm" / "mam_sparse_op.cc"  # compiled into the whole-model firmware
     glue.write_text(glue.read_text() + "\n// changed\n")
     assert mcu.build_key() != fw_key
+
+
+def test_a_cmake_project_builds_the_core_from_sources_cmake_alone(tmp_path):
+    """What a firmware project does: include() the list, compile it, call the API."""
+    import subprocess
+
+    import pytest
+
+    if shutil.which("cmake") is None or shutil.which("cc") is None:
+        pytest.skip("cmake or a C compiler is missing")
+    (tmp_path / "CMakeLists.txt").write_text(textwrap.dedent(f"""
+        cmake_minimum_required(VERSION 3.16)
+        project(user_app C)
+        include({TFLM_OPS.as_posix()}/sources.cmake)
+        add_executable(app main.c ${{MAM_SPARSE_CORE_SOURCES}} ${{MAM_SPARSE_CORTEX_M_SOURCES}})
+        target_include_directories(app PRIVATE ${{MAM_SPARSE_INCLUDE_DIR}})
+        target_link_libraries(app PRIVATE m)
+    """))
+    (tmp_path / "main.c").write_text(textwrap.dedent("""
+        #include <stdio.h>
+        #include "mam_sparse/core.h"
+        int main(void) {
+          int32_t mult = 0, shift = 0;
+          char msg[128];
+          int st = mam_quantize_multiplier(0.375, &mult, &shift);
+          int bad = mam_validate(NULL, msg, sizeof msg);
+          printf("%d %ld %ld %s|%s\\n", st, (long)mult, (long)shift, mam_status_name(bad), msg);
+          return 0;
+        }
+    """))
+    build = tmp_path / "build"
+    for cmd in (["cmake", "-S", str(tmp_path), "-B", str(build)],
+                ["cmake", "--build", str(build)]):
+        run = subprocess.run(cmd, capture_output=True, text=True)
+        assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    out = subprocess.run([str(build / "app")], capture_output=True, text=True, check=True)
+    # 0.375 = 0.75 * 2^-1: multiplier round(0.75 * 2^31), shift -1 (TFLite's QuantizeMultiplier).
+    assert out.stdout.strip() == \
+        "0 1610612736 -1 MAM_ERR_ARGUMENT|MAM_SPARSE: no layer description"
