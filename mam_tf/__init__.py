@@ -21,6 +21,9 @@ from __future__ import annotations
 import importlib
 
 from mam_tf import _moved
+from mam_tf.common import extras as _extras
+
+_extras.install()  # a missing optional module names the extra that installs it
 
 __version__ = "0.1.0"
 

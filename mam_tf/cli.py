@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from mam_tf.common.extras import EXTRA_OF
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -70,6 +72,11 @@ def main(argv=None) -> int:
         # refuses): one line, argparse's exit status. Anything else is a bug: its traceback.
         text = " ".join(str(err).split()) or type(err).__name__
         print(f"{name}: error: {text}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as err:
+        if err.name not in EXTRA_OF:
+            raise
+        print(f"{name}: error: {err}", file=sys.stderr)  # names the extra to install
         return 2
     except SystemExit as stop:  # a command that stopped with a message
         if isinstance(stop.code, str):

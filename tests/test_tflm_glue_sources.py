@@ -31,7 +31,7 @@ def test_glue_option_keys_are_exactly_those_of_options_py():
 
 
 def test_core_checks_the_version_of_options_py():
-    core = _code((TFLM_OPS / "src" / "core.c").read_text())
+    core = _code("\n".join(f.read_text() for f in sorted((TFLM_OPS / "src").rglob("*.c"))))
     versions = re.findall(r"d->version != (\d+)", core)
     assert versions == [str(options.VERSION)], versions
 

@@ -26,6 +26,7 @@ from typing import Optional
 import numpy as np
 
 from mam_tf.deploy.offset_csr import OffsetCSR
+from mam_tf._native import tflm_ops_dir
 from mam_tf.common.buildcache import build_key, cache_root, cached_build
 
 __all__ = [
@@ -64,7 +65,7 @@ TYPE_CODES = {
 TYPE_NONE = 0
 TYPE_UNSUPPORTED = 99
 
-_SOURCE_DIR = Path(__file__).resolve().parents[2] / "tflm_ops"
+_SOURCE_DIR = tflm_ops_dir()  # in the installed package, else the checkout's
 _LIB_NAME = "libmam_sparse_core.so"
 
 
@@ -76,7 +77,8 @@ class CoreBuildError(RuntimeError):
 # Finding / building the library
 # ----------------------------------------------------------------------------------------
 def _source_files(src: Path):
-    files = [src / "CMakeLists.txt"]
+    """What the core's build reads: the CMake files at the top and every file of the core."""
+    files = [src / "CMakeLists.txt", *sorted(src.glob("*.cmake"))]
     for sub in ("include", "src"):
         files += sorted(p for p in (src / sub).rglob("*") if p.is_file())
     return files
@@ -95,14 +97,16 @@ def build_library(src: Path = _SOURCE_DIR, dest_dir: Optional[Path] = None,
     path of the shared library."""
     if not (src / "CMakeLists.txt").is_file():
         raise CoreBuildError(
-            f"the C core sources are not at {src} (mam_tf.deploy.native needs the tflm_ops/ tree of a "
-            "source checkout, or $MAM_TF_CORE_LIB pointing to a built libmam_sparse_core.so)"
+            f"the C core sources are not at {src} (an installed mam-tf carries them as "
+            "mam_tf/_native/tflm_ops, a checkout as tflm_ops/: reinstall mam-tf, or set "
+            "$MAM_TF_CORE_LIB to a built libmam_sparse_core.so)"
         )
     cmake = shutil.which("cmake")
     if cmake is None:
         raise CoreBuildError(
-            "cmake is not on PATH; install CMake (>= 3.16) and a C compiler (e.g. "
-            "`apt-get install cmake gcc`), or set $MAM_TF_CORE_LIB to a built libmam_sparse_core.so"
+            "cmake is not on PATH; install CMake (>= 3.16: pip install 'mam-tf[deploy]', or "
+            "`apt-get install cmake`) and a C compiler, or set $MAM_TF_CORE_LIB to a built "
+            "libmam_sparse_core.so"
         )
     dest_dir = dest_dir or (cache_root() / f"core-{_build_key(src, extra_cmake_args)}")
 

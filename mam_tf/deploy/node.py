@@ -199,7 +199,7 @@ def _type_name(code: int) -> str:
 
 
 def validate(fields: dict) -> None:
-    """The C core's ``mam_validate`` (tflm_ops/src/core.c) rule by rule, in its order and with
+    """The C core's ``mam_validate`` (tflm_ops/src/validate.c) rule by rule, in its order and with
     its words, for when the core cannot be built: raises ValueError naming the first rule a
     node's description (the fields of :func:`mam_tf.deploy.native.layer_desc`) breaks.
     tests/test_validation_parity.py runs both on every rule."""

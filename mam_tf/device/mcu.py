@@ -32,6 +32,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from mam_tf.deploy.offset_csr import OffsetCSR
+from mam_tf._native import tflm_ops_dir
 from mam_tf.common.buildcache import build_key as _hash_key, cache_root, cached_build
 
 __all__ = [
@@ -39,7 +40,7 @@ __all__ = [
     "run_calls", "run_kernel", "count_loop", "count_by_trace", "run_model",
 ]
 
-_OPS = Path(__file__).resolve().parents[2] / "tflm_ops"
+_OPS = tflm_ops_dir()  # in the installed package, else the checkout's
 _FW = _OPS / "firmware"
 QEMU = "qemu-system-arm"
 GCC = "arm-none-eabi-gcc"
@@ -159,8 +160,8 @@ _BUILD_FORMAT = b"3"  # bump when what a build records changes
 
 
 def _build_key(cmsis_lib, cmsis_include, tflm=None) -> str:
-    files = []
-    for sub in ("include", "src", "firmware"):
+    files = sorted(_OPS.glob("*.cmake"))  # the source lists the firmware includes
+    for sub in ("include", "src", "tflm", "firmware"):
         files += sorted(p for p in (_OPS / sub).rglob("*") if p.is_file())
     parts = [_BUILD_FORMAT, shutil.which("cmake") or "", shutil.which(GCC) or ""]
     for lib, extra in ((tflm[0] if tflm else None, tflm), (cmsis_lib, cmsis_include)):

@@ -8,8 +8,9 @@
  *   resolver.AddCustom("MAC_SPARSE", tflite::Register_MAC_SPARSE());
  *
  * Build with the TFLM sources of your project (-DTF_LITE_STATIC_MEMORY as TFLM itself) plus
- * src/core.c and -I include. Init reads the custom options, Prepare validates the node once
- * (docs/operator-contract.md section 4) and precomputes the requantization, Eval only computes.
+ * every C file under src/ (sources.cmake lists them) and -I include. Init reads the custom
+ * options, Prepare validates the node once (docs/operator-contract.md section 4) and precomputes the
+ * requantization, Eval only computes.
  */
 #ifndef MAM_SPARSE_TFLM_MAM_SPARSE_OP_H_
 #define MAM_SPARSE_TFLM_MAM_SPARSE_OP_H_

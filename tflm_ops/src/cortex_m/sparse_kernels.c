@@ -1,27 +1,24 @@
-/* ARMv7E-M (Cortex-M4/M7/M33, DSP extension) variants of the sparse kernels of core.c.
+/* ARMv7E-M (Cortex-M4/M7/M33, DSP extension) variants of the sparse kernels of
+ * src/reference_kernels.c.
  *
- * TFLM's layout: the optimized variant beside the reference, same entry points; core.c's
- * mam_sparse_s8() etc. call these where __ARM_FEATURE_DSP is set (unless
+ * TFLM's layout: the optimized variant beside the reference, same entry points;
+ * src/kernel_select.c's mam_sparse_s8() etc. call these where __ARM_FEATURE_DSP is set (unless
  * MAM_SPARSE_PORTABLE_ONLY is defined). Bit-exact with the *_portable kernels: same integer
  * semantics (docs/operator-contract.md section 3), same wrap-around of the accumulators.
  *
  * Compiled by GCC/Clang for Arm only, where signed integers are two's complement and the
  * conversion of an out-of-range unsigned value to a signed type wraps.
  */
-#include "mam_sparse/core.h"
+#include "../internal.h"
 
 #if defined(MAM_SPARSE_HAVE_ARMV7EM) /* __ARM_FEATURE_DSP, little-endian (see core.h) */
 
 #include <arm_acle.h>
 #include <string.h>
 
-static inline int32_t clamp_i32(int32_t v, int32_t lo, int32_t hi) {
-  return v < lo ? lo : (v > hi ? hi : v);
-}
-
-/* Requantization, bit-exact with core.c's mam_multiply_by_quantized_multiplier(_64), its
- * constants worked out once per call (per-tensor scale) or once per row (per-row scales)
- * and applied inline.
+/* Requantization, bit-exact with src/fixed_point.c's
+ * mam_multiply_by_quantized_multiplier(_64), its constants worked out once per call
+ * (per-tensor scale) or once per row (per-row scales) and applied inline.
  *
  * int16 (TFLM's 64-bit form): r = acc * reduced + 2^(ts-1) modulo 2^64, then bits ts..ts+31
  * of r as int64 (ts = 15 - shift, in 8..46): one UMLAL + MLA and a 64-bit shift. */
