@@ -21,6 +21,7 @@ PACKAGES = ("mam_tf", "ecg_data")
 STAGES = {
     "ecg_data": 0,
     "mam_tf.common": 1,
+    "mam_tf._native": 1,  # where the packaged tflm_ops/ sources are: data, imports nothing
     "mam_tf.train": 2,
     "mam_tf.keras3": 3,  # the Keras 3 side: reuses train's Keras-free op (the fused kernel)
     "mam_tf.deploy": 4,  # reads the layers of both Keras sides
