@@ -254,18 +254,19 @@ def _cmd_train(args):
     rows = run_train_bench(args.shape, steps=args.steps, rounds=args.rounds,
                            threads=args.threads, variants=variants, model=args.model,
                            ops=args.ops, kernel_dir=args.kernel_dir)
-    if args.json:
+    if args.out:
         import json
 
-        with open(args.json, "w") as fh:
+        with open(args.out, "w") as fh:
             json.dump(rows, fh, indent=2)
-        print(f"wrote {args.json}")
+        print(f"wrote {args.out}")
     return 0
 
 
 def add_bench_command(subparsers):
     """Adds ``train`` to a ``bench`` sub-command's subparsers."""
     from mam_tf.bench.steps import parse_shape
+    from mam_tf.common.cliargs import add_deprecated, add_out
 
     p = subparsers.add_parser(
         "train",
@@ -299,17 +300,17 @@ def add_bench_command(subparsers):
                                       "the baseline is the first in the order listed here")
     p.add_argument("--all", action="store_true",
                    help="also time the reference path, plain and under XLA (slow: seconds a step)")
-    p.add_argument("--json", help="also write the rows (with every step's times) to this file")
+    add_out(p, "also write the rows (with every step's times) as JSON to this file")
+    add_deprecated(p, "--json", "-o/--out", dest="out")
     p.set_defaults(func=_cmd_train)
     return p
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mam_tf.bench.train")
-    sub = parser.add_subparsers(dest="command")
-    add_bench_command(sub)
-    args = parser.parse_args(["train", *(sys.argv[1:] if argv is None else argv)])
-    return args.func(args)
+    """``python -m mam_tf.bench.train ARGS``: ``mam-tf bench train ARGS``."""
+    from mam_tf.cli import main as cli_main
+
+    return cli_main(["bench", "train", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
