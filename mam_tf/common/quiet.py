@@ -27,7 +27,8 @@ NOISE = re.compile(
     r"(?:[IW]\d{4} \d+:\d+:\d+\.\d+\s+\d+ \S+:\d+\]"
     r"|E\d{4} \d+:\d+:\d+\.\d+\s+\d+ \S+:\d+\] .*(?:cuInit|CUDA|cuda)"
     r"|WARNING: All log messages before absl::InitializeLog\(\) is called"
-    r"|fully_quantize: \d+, inference_type: )"
+    r"|fully_quantize: \d+, inference_type: "
+    r"|To enable the following instructions: .*rebuild TensorFlow)"
 )
 #: Python packages whose warnings are TensorFlow's, not the user's
 _TF_MODULES = r"(?:tensorflow|tf_keras|keras|tensorflow_model_optimization|absl|h5py)(?:\.|$)"
