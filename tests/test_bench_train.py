@@ -1,6 +1,10 @@
 """`mam-tf bench train`: variants interleaved in rounds, medians with spread, load and a busy
 warning, each variant in its own process."""
+import contextlib
+import io
 import json
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -43,15 +47,15 @@ def fake(monkeypatch):
 
 
 def _run(argv):
-    lines = []
-    args = cli.build_parser().parse_args(["bench", "train", *argv])
-    assert args.func is train._cmd_train
-    variants = [v[0] for v in train.LAYER_VARIANTS] if args.all else args.variants
-    rows = train.run_train_bench(args.shape, steps=args.steps, rounds=args.rounds,
-                                       threads=args.threads, variants=variants,
-                                       model=args.model, ops=args.ops,
-                                       kernel_dir=args.kernel_dir, out=lines.append)
-    return rows, "\n".join(lines)
+    """``mam-tf bench train ARGV -o rows.json`` through the real command line (the workers are
+    the fake ones): the rows it wrote and what it printed."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "rows.json"
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            status = cli.main(["bench", "train", *argv, "-o", str(path)])
+        assert status == 0, printed.getvalue()
+        return json.loads(path.read_text()), printed.getvalue()
 
 
 def test_rounds_interleave_the_variants_in_rotating_order(fake):
@@ -171,7 +175,7 @@ def test_an_unknown_model_is_refused_before_any_work(fake):
 def test_real_workers_time_each_variant_in_its_own_process(tmp_path):
     path = tmp_path / "rows.json"
     args = cli.build_parser().parse_args(
-        ["bench", "train", "--shape", "8x40x6", "--rounds", "2", "--steps", "2", "--json",
+        ["bench", "train", "--shape", "8x40x6", "--rounds", "2", "--steps", "2", "-o",
          str(path)])
     assert args.func(args) == 0
     rows = json.loads(path.read_text())
