@@ -58,7 +58,7 @@ def _run_download(args):
 
     from .records import download_records
 
-    required_out(args, "mam-tf data download")
+    required_out(args)
     dest = download_records(args.out, database=args.database, records=args.records or "all")
     print(f"PhysioNet database {args.database} downloaded into {dest}")
     return 0

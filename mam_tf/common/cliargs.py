@@ -24,10 +24,11 @@ def add_out(parser, help, *, required=False, metavar="PATH"):
     return parser.add_argument("-o", "--out", metavar=metavar, help=help)
 
 
-def required_out(args, command):
-    """``args.out``, or ValueError ``<command>: -o/--out is required`` when it was not given."""
+def required_out(args):
+    """``args.out``, or ValueError ``-o/--out is required`` when it was not given (``mam-tf``
+    prefixes the command's name)."""
     if not args.out:
-        raise ValueError(f"{command}: -o/--out is required (where to write)")
+        raise ValueError("-o/--out is required: where to write")
     return args.out
 
 

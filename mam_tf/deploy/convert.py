@@ -646,9 +646,9 @@ def _cmd_convert(args):
 
     from mam_tf.train.compat import keras as _keras
 
+    required_out(args)
     if not os.path.exists(args.model):
         raise ValueError(f"no model at {args.model!r}")
-    required_out(args, "mam-tf convert")
     if args.calibration_samples < 1:
         raise ValueError(f"--calibration-samples must be >= 1, got {args.calibration_samples}")
     try:
