@@ -72,6 +72,9 @@ def _checked_table_class():
         __slots__ = ("_objlen", "_vt", "_vtlen")
 
         def __init__(self, buf, pos):
+            if len(buf) and not 0 <= pos <= len(buf) - 4:  # before the base refuses it unnamed
+                raise _Bad(f"a table at byte {pos} is misaligned or outside the file "
+                           f"({len(buf)} bytes)")
             super().__init__(buf, pos)
             self._vt = self._vtlen = self._objlen = 0
             if len(buf):  # a blank union table is filled (and checked) by Union()
