@@ -91,7 +91,7 @@ def test_model_block_compares_the_autoencoders(fake):
     model_rows = [r for r in rows if r["label"].startswith("ecg")]
     assert [r["label"] for r in model_rows] == ["ecg-mac", "ecg-mam"]
     assert model_rows[0]["batch"] == 128 and model_rows[1]["ratio"] == pytest.approx(1.1)
-    assert (model_rows[0]["n_in"], model_rows[0]["units"]) == (16384, 128)
+    assert (model_rows[0]["inputs"], model_rows[0]["units"]) == (16384, 128)
     assert "the seed's ECG autoencoder" in text and "x ecg-mac" in text
 
 
@@ -113,7 +113,7 @@ def test_ops_time_the_kernels_after_each_shape_and_another_kernel_dir_beside_the
     assert [r["label"] for r in rows] == ["dense", "mam-fused", "dense-gemms", "mam-forward",
                                           "mam-backward"] * 2
     assert [r["ratio"] for r in rows[2:5]] == pytest.approx([1.0, 1.5, 0.5])
-    assert (rows[7]["batch"], rows[7]["n_in"], rows[7]["units"]) == (3, 5, 7)
+    assert (rows[7]["batch"], rows[7]["inputs"], rows[7]["units"]) == (3, 5, 7)
     assert "kernels alone: batch 4, 8 inputs -> 2 units" in text and "x dense-gemms" in text
     kernels = tmp_path / "kernels"
     kernels.mkdir()

@@ -60,7 +60,7 @@ OP_VARIANTS = (
     ("mam-backward", "op-mam-backward", False),
 )
 #: Per --model: batch, default steps per round, the first MAM layer's (inputs, units) (the
-#: JSON rows' n_in and units), the variants [(label, mam_tf.bench.steps variant, jit)], what it is.
+#: JSON rows' inputs and units), the variants [(label, mam_tf.bench.steps variant, jit)], what it is.
 MODELS = {
     "ecg": dict(batch=128, steps=3, layer=(16384, 128),
                 variants=[("ecg-mac", "ecg-mac", False), ("ecg-mam", "ecg-mam", False)],
@@ -232,7 +232,7 @@ def _run_block(step_bench, variants, batch, n_in, units, n_steps, rounds, env, o
         median = statistics.median(wall)
         q1, q3 = _quartiles(wall)
         ratios = [a / b for a, b in zip(per_round[label], per_round[base])]
-        row = {"label": label, "variant": variant, "jit": jit, "batch": batch, "n_in": n_in,
+        row = {"label": label, "variant": variant, "jit": jit, "batch": batch, "inputs": n_in,
                "units": units, "median_s": median, "q1_s": q1, "q3_s": q3,
                "min_s": min(wall), "cpu_median_s": statistics.median(cpu),
                "ratio": median / base_median, "round_ratio_min": min(ratios),
