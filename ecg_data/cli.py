@@ -139,7 +139,10 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="command", required=True, metavar="{data}")
     add_data_commands(sub)
     args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ValueError, OSError) as err:  # a user error: one line, argparse's exit status
+        parser.exit(2, f"{parser.prog} data {args.data_command}: error: {err}\n")
 
 
 if __name__ == "__main__":

@@ -89,7 +89,8 @@ def main(argv=None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    name = " ".join(filter(None, ["mam-tf", args.command, getattr(args, "bench_command", None)]))
+    name = " ".join(filter(None, ["mam-tf", args.command, *(
+        getattr(args, dest, None) for dest in ("bench_command", "data_command", "experiment"))]))
     try:
         result = args.func(args)
     except (ValueError, OSError) as err:

@@ -65,3 +65,19 @@ def _printed(text, label):
     m = re.search(re.escape(label) + r"\s*(-?[0-9.]+)", text)
     assert m, f"the notebook printed no {label!r}:\n{text[-3000:]}"
     return float(m.group(1))
+
+
+def test_quickstart_trains_prunes_and_converts(tmp_path, monkeypatch):
+    r, text = _run("quickstart", tmp_path, monkeypatch)
+    # trained to pure MAM, pruned to 10% of the encoder's weights
+    assert r["beta"] == 0.0, r
+    assert r["kept"] == pytest.approx(0.10, abs=1e-3), r
+    # the tiny run reconstructs its test windows: ARSNR above 4 dB (it reaches about 6)
+    assert r["arsnr_trained"] > 4.0 and r["arsnr_pruned"] > 4.0, r
+    # the .tflite computes what the pruned Keras model computes, within int16x8 quantization:
+    # 1% of the output range, and the same ARSNR to 0.1 dB
+    assert r["tflite_minus_keras"] <= 0.01 * r["keras_max"], r
+    assert abs(r["arsnr_tflite"] - r["arsnr_pruned"]) < 0.1, r
+    # and what the notebook printed is what it computed
+    assert _printed(text, "ARSNR of the .tflite (dB):") == pytest.approx(r["arsnr_tflite"])
+    assert _printed(text, "beta:") == 0.0

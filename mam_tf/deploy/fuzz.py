@@ -264,9 +264,9 @@ def format_tally(tally) -> str:
 # ------------------------------------------------------------------------------------------
 def _cmd_fuzz(args):
     if args.cases < 1:
-        raise ValueError(f"mam-tf fuzz: CASES must be >= 1, got {args.cases}")
+        raise ValueError(f"CASES must be >= 1, got {args.cases}")
     if args.workers < 1:
-        raise ValueError(f"mam-tf fuzz: --workers must be >= 1, got {args.workers}")
+        raise ValueError(f"--workers must be >= 1, got {args.workers}")
     tally = run(args.cases, seed=args.seed, workers=args.workers, progress=True)
     print(format_tally(tally))
     if args.out:
