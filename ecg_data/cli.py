@@ -22,7 +22,7 @@ def _run_synth(args):
     t = time.perf_counter()
     data = build_synthetic_dataset(
         args.windows, args.length, args.fs, hr, args.snr_db, args.seed, cache_dir=cache_dir,
-        progress=not args.no_progress, workers=args.workers, **kw,
+        progress=args.progress, workers=args.workers, **kw,
     )
     dt = time.perf_counter() - t
     sizes = ", ".join(f"{k} {v.shape[0]}" for k, v in data.items())
@@ -63,9 +63,12 @@ def _run_records(args):
 
 
 def _run_download(args):
+    from mam_tf.common.cliargs import required_out
+
     from .records import download_records
 
-    dest = download_records(args.dest, database=args.database, records=args.records or "all")
+    required_out(args)
+    dest = download_records(args.out, database=args.database, records=args.records or "all")
     print(f"PhysioNet database {args.database} downloaded into {dest}")
     return 0
 
@@ -75,6 +78,8 @@ def add_data_commands(subparsers):
 
     Every leaf sets ``func``: ``args.func(args)`` runs it and returns an exit code.
     """
+    from mam_tf.common.cliargs import add_deprecated, add_out
+
     data = subparsers.add_parser(
         "data",
         help="ECG data: synthetic ECGSYN data set, windows of WFDB records",
@@ -106,7 +111,8 @@ def add_data_commands(subparsers):
     s.add_argument("--no-cache", action="store_true", help="generate without reading or writing a cache")
     s.add_argument("--workers", type=int, default=None,
                    help="worker processes (default: one per CPU); the data do not depend on it")
-    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                   help="show a progress bar (default; --no-progress: none)")
     s.set_defaults(func=_run_synth)
 
     r = sub.add_parser(
@@ -120,7 +126,7 @@ def add_data_commands(subparsers):
     r.add_argument("--fs", type=float, default=256, help="output sampling rate, Hz (default: %(default)s)")
     r.add_argument("--length", type=int, default=256, help="samples per window (default: %(default)s)")
     r.add_argument("--overlap", type=int, default=0, help="samples shared by consecutive windows (default: %(default)s)")
-    r.add_argument("--out", default=None, help="write the windows to this .npz (key 'windows')")
+    add_out(r, "write the windows to this .npz (key 'windows')")
     r.set_defaults(func=_run_records)
 
     d = sub.add_parser(
@@ -130,7 +136,8 @@ def add_data_commands(subparsers):
         "downloader.",
     )
     d.add_argument("--database", default="mitdb", help="PhysioNet database name (default: %(default)s)")
-    d.add_argument("--dest", required=True, help="destination directory")
+    add_out(d, "the folder to download into", required=True, metavar="DIR")
+    add_deprecated(d, "--dest", "-o/--out", dest="out")
     d.add_argument("--records", nargs="*", default=None, help="record names (default: all)")
     d.set_defaults(func=_run_download)
     return data
@@ -141,7 +148,10 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="command", required=True, metavar="{data}")
     add_data_commands(sub)
     args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ValueError, OSError) as err:  # a user error: one line, argparse's exit status
+        parser.exit(2, f"{parser.prog} data {args.data_command}: error: {err}\n")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import importlib.util
 import sys
 import warnings
 
-from mam_tf.common.deprecation import MamTfDeprecationWarning
+from mam_tf.common.deprecation import REMOVED_IN, MamTfDeprecationWarning
 
 #: old module -> new module
 MOVED = {
@@ -37,7 +37,6 @@ MOVED = {
 #: stay public attributes without a warning)
 MOVED_SUBMODULES = {old.split(".", 1)[1] for old in MOVED if old.startswith("mam_tf.")} - {
     "pruning", "quantization"}
-REMOVED_IN = "0.3"
 
 
 def import_moved(old: str, stacklevel: int = 2):

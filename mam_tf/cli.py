@@ -6,6 +6,7 @@ Each sub-command lives next to the code it drives and registers itself here thro
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from mam_tf.common.extras import EXTRA_OF
@@ -17,6 +18,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Multiply-And-Max/min (MAM) layers: train, prune, quantize, convert and "
         "benchmark MAM models for microcontrollers.",
     )
+    parser.add_argument("--verbose", action="store_true",
+                        help="also show TensorFlow's own log lines and warnings (start-up "
+                        "banners, oneDNN and CUDA notices), which mam-tf hides by default")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     from mam_tf.deploy.convert import add_convert_command
@@ -34,6 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     from mam_tf.deploy.check import add_check_command
 
     add_check_command(sub)
+
+    from mam_tf.deploy.fuzz import add_fuzz_command
+
+    add_fuzz_command(sub)
 
     from ecg_data.cli import add_data_commands
 
@@ -58,13 +66,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _verbose(argv) -> bool:
+    """``--verbose`` before the command's name: known before anything imports TensorFlow."""
+    for arg in argv:
+        if arg == "--verbose":
+            return True
+        if not arg.startswith("-"):
+            return False
+    return False
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    from mam_tf.common import quiet
+
+    if _verbose(argv):
+        # TensorFlow's own default level, not the one mam_tf.train.compat would set
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0")
+        quiet.enable(False)
+    else:
+        quiet.quiet_tensorflow()
+    with quiet.filtered_stderr():
+        import mam_tf.train.compat  # noqa: F401  (TensorFlow's start-up lines go here)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    name = " ".join(filter(None, ["mam-tf", args.command, getattr(args, "bench_command", None)]))
+    name = " ".join(filter(None, ["mam-tf", args.command, *(
+        getattr(args, dest, None) for dest in ("bench_command", "data_command", "experiment"))]))
     try:
         result = args.func(args)
     except (ValueError, OSError) as err:

@@ -1,5 +1,10 @@
 """Corrupted MAM_SPARSE models shared by the TFLM glue test (the device refuses them at
 Prepare) and the host runtime test (the host refuses them with the same words)."""
+import ast
+import functools
+import re
+from pathlib import Path
+
 import numpy as np
 
 from mam_tf.deploy import flatbuffer as fb
@@ -145,3 +150,67 @@ CORRUPTIONS = [
     ("two_weight_scales_for_8_rows", "int8", "values has 2 scales"),
     ("output_last_dim_7", "int8", "output last dimension is 7"),
 ]
+
+
+# ------------------------------------------------------------------------------------------
+# The words of the device: the message formats of the C core and the TFLM glue
+# ------------------------------------------------------------------------------------------
+_C_STRING = r'"(?:[^"\\\n]|\\.)*"'
+_CONVERSION = re.compile(r"%%|%[-+ #0-9.]*(?:ll|l|hh|h|z)?([diuxXsc])")
+
+
+def _format_regex(fmt, pieces):
+    """A printf format as a regex over the text it prints: %d an integer; %s one of the
+    sources' own string literals (``pieces``: "is missing", "int32", ...), a quoted name or
+    one word."""
+    text = "|".join(re.escape(p) for p in sorted(pieces, key=len, reverse=True) if p)
+    out, pos = [], 0
+    for m in _CONVERSION.finditer(fmt):
+        out.append(re.escape(fmt[pos:m.start()]))
+        out.append("%" if m.group(0) == "%%" else
+                   rf"(?:{text}|'[^']*'|[\w.]+)" if m.group(1) in "sc" else "-?[0-9a-fA-F]+")
+        pos = m.end()
+    out.append(re.escape(fmt[pos:]))
+    return re.compile("".join(out), re.S)
+
+
+@functools.lru_cache(maxsize=None)
+def _device_literals(root=None):
+    """The string literals of tflm_ops' C core and TFLM glue sources (not the firmware's or
+    the C tests'), adjacent literals joined as the compiler joins them."""
+    root = Path(__file__).resolve().parents[1] / "tflm_ops" if root is None else Path(root)
+    literals = []
+    for path in sorted(root.rglob("*")):
+        parts = path.relative_to(root).parts
+        if path.suffix not in (".c", ".cc", ".h") or parts[0] in ("firmware", "tests"):
+            continue
+        text = re.sub(r"/\*.*?\*/|//[^\n]*", " ", path.read_text(errors="replace"), flags=re.S)
+        for run in re.finditer(rf"{_C_STRING}(?:\s*{_C_STRING})*", text):
+            literals.append("".join(ast.literal_eval(piece)
+                                    for piece in re.findall(_C_STRING, run.group(0))))
+    return literals
+
+
+def device_formats(root=None):
+    """Every message format of the device's op: the literals of :func:`_device_literals` with
+    two words or more, without the "MAM_SPARSE: " prefix that the core's fail() and the glue
+    put first."""
+    formats = set()
+    for fmt in _device_literals(root):
+        fmt = fmt.removeprefix("MAM_SPARSE: ")
+        if len(re.findall(r"[a-z_]{2,}", _CONVERSION.sub(" ", fmt))) >= 2:
+            formats.add(fmt)
+    return sorted(formats)
+
+
+def device_words(message):
+    """The C format a host message's "MAM_SPARSE: ..." part prints, or None: the device's
+    words, derived from its sources rather than copied by hand."""
+    if "MAM_SPARSE: " not in message:
+        return None
+    said = message[message.index("MAM_SPARSE: ") + len("MAM_SPARSE: "):].strip()
+    said = re.sub(r" \(and \d+ more problems?: .*\)$", "", said)
+    pieces = _device_literals()
+    found = [f for f in device_formats() if _format_regex(f, pieces).fullmatch(said)]
+    # the most specific format: the one with the most literal text
+    return max(found, key=lambda f: len(_CONVERSION.sub("", f)), default=None)

@@ -1,6 +1,10 @@
 """`mam-tf bench train`: variants interleaved in rounds, medians with spread, load and a busy
 warning, each variant in its own process."""
+import contextlib
+import io
 import json
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -43,15 +47,15 @@ def fake(monkeypatch):
 
 
 def _run(argv):
-    lines = []
-    args = cli.build_parser().parse_args(["bench", "train", *argv])
-    assert args.func is train._cmd_train
-    variants = [v[0] for v in train.LAYER_VARIANTS] if args.all else args.variants
-    rows = train.run_train_bench(args.shape, steps=args.steps, rounds=args.rounds,
-                                       threads=args.threads, variants=variants,
-                                       model=args.model, ops=args.ops,
-                                       kernel_dir=args.kernel_dir, out=lines.append)
-    return rows, "\n".join(lines)
+    """``mam-tf bench train ARGV -o rows.json`` through the real command line (the workers are
+    the fake ones): the rows it wrote and what it printed."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "rows.json"
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            status = cli.main(["bench", "train", *argv, "-o", str(path)])
+        assert status == 0, printed.getvalue()
+        return json.loads(path.read_text()), printed.getvalue()
 
 
 def test_rounds_interleave_the_variants_in_rotating_order(fake):
@@ -87,7 +91,7 @@ def test_model_block_compares_the_autoencoders(fake):
     model_rows = [r for r in rows if r["label"].startswith("ecg")]
     assert [r["label"] for r in model_rows] == ["ecg-mac", "ecg-mam"]
     assert model_rows[0]["batch"] == 128 and model_rows[1]["ratio"] == pytest.approx(1.1)
-    assert (model_rows[0]["n_in"], model_rows[0]["units"]) == (16384, 128)
+    assert (model_rows[0]["inputs"], model_rows[0]["units"]) == (16384, 128)
     assert "the seed's ECG autoencoder" in text and "x ecg-mac" in text
 
 
@@ -109,7 +113,7 @@ def test_ops_time_the_kernels_after_each_shape_and_another_kernel_dir_beside_the
     assert [r["label"] for r in rows] == ["dense", "mam-fused", "dense-gemms", "mam-forward",
                                           "mam-backward"] * 2
     assert [r["ratio"] for r in rows[2:5]] == pytest.approx([1.0, 1.5, 0.5])
-    assert (rows[7]["batch"], rows[7]["n_in"], rows[7]["units"]) == (3, 5, 7)
+    assert (rows[7]["batch"], rows[7]["inputs"], rows[7]["units"]) == (3, 5, 7)
     assert "kernels alone: batch 4, 8 inputs -> 2 units" in text and "x dense-gemms" in text
     kernels = tmp_path / "kernels"
     kernels.mkdir()
@@ -171,7 +175,7 @@ def test_an_unknown_model_is_refused_before_any_work(fake):
 def test_real_workers_time_each_variant_in_its_own_process(tmp_path):
     path = tmp_path / "rows.json"
     args = cli.build_parser().parse_args(
-        ["bench", "train", "--shape", "8x40x6", "--rounds", "2", "--steps", "2", "--json",
+        ["bench", "train", "--shape", "8x40x6", "--rounds", "2", "--steps", "2", "-o",
          str(path)])
     assert args.func(args) == 0
     rows = json.loads(path.read_text())

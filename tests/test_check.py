@@ -5,7 +5,8 @@
   glue's words (tests/corruptions.py; no TFLM tree needed here);
 - `mam-tf check` / `mam-tf run` / `mam-tf convert`: one line and exit status 2 (1 for check);
 - the corruption fuzzer: thousands of corrupted int8 / int16x8 models, crash-isolated:
-  no death, no exception but ValueError, every message naming the file, a tensor or an op.
+  no death, no exception but ValueError, every message naming what it refuses (a tensor, an
+  operator, a buffer, a byte of the flatbuffer...), not only the file.
 """
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from mam_tf.deploy import flatbuffer as fb
 from mam_tf.cli import main
 from mam_tf.deploy.runtime import Interpreter
 
-from corruptions import CORRUPTIONS, converted_a, corrupt
+from corruptions import CORRUPTIONS, converted_a, corrupt, device_formats, device_words
 
 
 @pytest.fixture(scope="module")
@@ -185,17 +186,34 @@ def _model_a(mode):
     return _A[mode]
 
 
+def test_the_device_formats_are_read_from_the_sources():
+    formats = device_formats()
+    # the core's validation and the glue's option parsing, as the C sources spell them
+    assert "row_counts sum to %d but values has %d entries" in formats, formats
+    assert "custom option '%s' %s" in formats, formats
+    assert device_words("operator 1 MAM_SPARSE (output 'y'): MAM_SPARSE: row 1 has a negative "
+                        "row count -1") == "row %d has a negative row count %d"
+    assert device_words("MAM_SPARSE: row counts are wrong") is None  # no such format
+    assert device_words("") is None
+
+
 @pytest.mark.parametrize("name, mode, message", CORRUPTIONS, ids=[c[0] for c in CORRUPTIONS])
 def test_host_refuses_what_the_glue_refuses_with_its_words(name, mode, message):
+    x = np.random.default_rng(5).standard_normal((3, 20)).astype(np.float32)
     bad = corrupt(_model_a(mode), name)
-    if not message:
-        Interpreter(bad, backend="core").run(np.zeros((1, 20), np.float32))
+    if not message:  # untouched: it runs, and computes what the model itself computes
+        y = Interpreter(bad, backend="core").run(x)
+        assert y.shape == (3, 20) and np.isfinite(y).all()
+        np.testing.assert_array_equal(y, Interpreter(_model_a(mode), backend="core").run(x))
         return
     with pytest.raises(ValueError) as err:
         Interpreter(bad, backend="core")
     text = str(err.value)
-    assert message in text, text
-    assert "MAM_SPARSE: " in text and "operator 1 MAM_SPARSE" in text, text
+    assert text.strip(), f"{name}: refused with an empty message"
+    assert "operator 1 MAM_SPARSE" in text, text
+    words = device_words(text)  # the device's format this message prints, from tflm_ops/
+    assert words is not None, f"{name}: no message format of tflm_ops prints {text!r}"
+    assert message in text, (message, text)  # and it is the rule this corruption breaks
 
 
 # ------------------------------------------------------------------------------------------
@@ -289,12 +307,12 @@ def cli_files(tmp_path_factory, models):
     (["run", "{m}", "--data", "{d}/nan.npy"], "holds 1 non-finite values"),
     (["run", "{m}", "--data", "{d}/x.npy", "--target", "{d}/t.npy"], "--target"),
     (["run", "{d}/garbage.npy", "--data", "{d}/x.npy"], "no .tflite identifier"),
-    (["run", "{m}", "--data", "{d}/x.npy", "--output", "{d}/no/such/dir/y.npy"], "No such file"),
+    (["run", "{m}", "--data", "{d}/x.npy", "-o", "{d}/no/such/dir/y.npy"], "No such file"),
     (["convert", "{d}/garbage.npy", "--data", "{d}/x.npy", "-o", "{d}/o.tflite"],
      "cannot load a Keras model"),
     (["convert", "{d}/missing.keras", "-o", "{d}/o.tflite"], "no model at"),
-    (["convert", "{d}/m.keras", "--data", "{d}/x.npy", "--samples", "-5", "-o", "{d}/o.tflite"],
-     "--samples must be >= 1, got -5"),
+    (["convert", "{d}/m.keras", "--data", "{d}/x.npy", "--calibration-samples", "-5", "-o",
+      "{d}/o.tflite"], "--calibration-samples must be >= 1, got -5"),
     (["convert", "{d}/m.keras", "--data", "{d}/two.npz", "-o", "{d}/o.tflite"], "choose one"),
     (["convert", "{d}/m.keras", "--data", "{d}/x.npy", "-o", "{d}/no/such/dir/o.tflite"],
      "cannot write"),
@@ -323,6 +341,24 @@ def test_internal_error_still_shows_its_traceback(monkeypatch, tmp_path):
 # The corruption fuzzer
 # ------------------------------------------------------------------------------------------
 FUZZ_CASES = 2000
+
+
+def test_a_refusal_must_name_the_thing_not_only_the_file():
+    """Every runtime error starts with the file's path: that alone names nothing inside it."""
+    path = "/tmp/mam-fuzz-x/case-1.tflite"
+    unnamed = ["something is wrong", "the flatbuffer does not verify: TypeError: bad number "
+               "4294970676 for type uint32", ""]
+    named = ["tensor 3 'x': shape [-1, 4] has a negative dimension",
+             "operator 1 MAM_SPARSE (output 'y'): MAM_SPARSE: row_counts sum to 9",
+             "the flatbuffer does not verify: a vector of 9 elements at byte 120 runs past "
+             "the file", "the flatbuffer does not verify: offset 8 points outside the file",
+             "tensor 2 'b': buffer 77 does not exist (5 buffers)",
+             "model output tensor index 9 is out of range (4 tensors)",
+             "operator code 0: builtin code 9 and deprecated builtin code 83 disagree"]
+    for text in unnamed:
+        assert not fuzz._names_something(f"mam_tf.deploy.runtime: {path}: {text}", path), text
+    for text in named:
+        assert fuzz._names_something(f"mam_tf.deploy.runtime: {path}: {text}", path), text
 
 
 def test_fuzzer_finds_no_crash(models):

@@ -93,7 +93,7 @@ def test_pruned_oracle_converts_with_the_cli_and_runs_on_the_host(tmp_path, kind
     argv = ["convert", str(tmp_path / "oracle.keras"), "--data", str(tmp_path / "calib.npy"),
             "--mode", "int8", "--mac-sparse-below", "0.5", "-o", str(tmp_path / "o.tflite")]
     if kind == "mac":
-        argv.append("--allow-no-mam")
+        argv.append("--no-require-mam")
     assert cli_main(argv) == 0
     tflite = (tmp_path / "o.tflite").read_bytes()
     tfl = fb.load(tflite)

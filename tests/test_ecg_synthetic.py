@@ -290,10 +290,10 @@ def test_cli_data_synth_builds_the_cache(tmp_path, capsys):
 
 def test_benchmark_prints_both_rates_and_the_ratio(capsys):
     pytest.importorskip("neurokit2")
-    from mam_tf.bench import data as bench
+    from mam_tf.cli import main
 
-    assert bench.main(["--windows", "64", "--single-windows", "32", "--workers", "1",
-                       "--nk-windows", "2", "--nk-trace-windows", "4"]) == 0
+    assert main(["bench", "data", "--windows", "64", "--single-windows", "32", "--workers", "1",
+                 "--nk-windows", "2", "--nk-trace-windows", "4"]) == 0
     out = capsys.readouterr().out
     for needle in ["machine: ", " cores", "64 windows x 256 samples", "ours, 1 worker", "ecg_simulate call per window",
                    "extrapolated", "sliced into 4 windows", "ratio ours / neurokit2"]:

@@ -1,5 +1,9 @@
-"""The notebooks run top to bottom (the autoencoder one at the tiny scale)."""
+"""The notebooks run top to bottom (the autoencoder one at the tiny scale) and compute what
+they say: a trained, pruned and converted model whose ARSNR clears a floor, and a .tflite
+whose outputs are Keras' within quantization's bound."""
+import json
 import os
+import re
 from pathlib import Path
 
 import nbformat
@@ -9,12 +13,41 @@ from nbclient import NotebookClient
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
+#: A cell appended to each notebook: the numbers its own variables hold, as one JSON line.
+PROBES = {
+    "quickstart": """
+import json as _json
+_keras = pruned.predict(test, verbose=0)
+print("RESULTS " + _json.dumps({
+    "beta": float(model.get_layer("encoder").get_beta()),
+    "kept": float(np.count_nonzero(pruned.get_layer("encoder").kernel.numpy())
+                  / pruned.get_layer("encoder").kernel.numpy().size),
+    "arsnr_trained": float(ecg_data.arsnr(test, model.predict(test, verbose=0))),
+    "arsnr_pruned": float(ecg_data.arsnr(test, _keras)),
+    "arsnr_tflite": float(ecg_data.arsnr(test, y)),
+    "tflite_minus_keras": float(np.abs(y - _keras).max()),
+    "keras_max": float(np.abs(_keras).max()),
+}))
+""",
+    "ecg_autoencoder": """
+import json as _json
+_q = qat.predict(x, verbose=0)
+print("RESULTS " + _json.dumps({
+    "arsnr_deployed": float(ecg_data.arsnr(x, head.predict(z, verbose=0))),
+    "arsnr_qat": float(ecg_data.arsnr(x, head.predict(_q, verbose=0))),
+    "tflite_minus_keras": float(np.abs(z - _q).max()),
+    "keras_max": float(np.abs(_q).max()),
+    "stages": len(manifest["stages"]),
+}))
+""",
+}
 
-@pytest.mark.parametrize("name", ["quickstart", "ecg_autoencoder"])
-def test_notebook_runs(name, tmp_path, monkeypatch):
+
+def _run(name, tmp_path, monkeypatch):
     nb = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), \
         "notebooks are committed without outputs"
+    nb.cells.append(nbformat.v4.new_code_cell(PROBES[name]))
     monkeypatch.setenv("MAM_TF_NOTEBOOK_SCALE", "tiny")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
         p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
@@ -22,4 +55,43 @@ def test_notebook_runs(name, tmp_path, monkeypatch):
                    resources={"metadata": {"path": str(tmp_path)}}).execute()
     text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
                      for o in c.outputs)
-    assert "ARSNR" in text
+    found = re.findall(r"^RESULTS (.*)$", text, re.M)
+    assert len(found) == 1, text[-3000:]
+    return json.loads(found[0]), text
+
+
+def _printed(text, label):
+    """The number a notebook printed after ``label``."""
+    m = re.search(re.escape(label) + r"\s*(-?[0-9.]+)", text)
+    assert m, f"the notebook printed no {label!r}:\n{text[-3000:]}"
+    return float(m.group(1))
+
+
+def test_quickstart_trains_prunes_and_converts(tmp_path, monkeypatch):
+    r, text = _run("quickstart", tmp_path, monkeypatch)
+    # trained to pure MAM, pruned to 10% of the encoder's weights
+    assert r["beta"] == 0.0, r
+    assert r["kept"] == pytest.approx(0.10, abs=1e-3), r
+    # the tiny run reconstructs its test windows: ARSNR above 4 dB (it reaches about 6)
+    assert r["arsnr_trained"] > 4.0 and r["arsnr_pruned"] > 4.0, r
+    # the .tflite computes what the pruned Keras model computes, within int16x8 quantization:
+    # 1% of the output range, and the same ARSNR to 0.1 dB
+    assert r["tflite_minus_keras"] <= 0.01 * r["keras_max"], r
+    assert abs(r["arsnr_tflite"] - r["arsnr_pruned"]) < 0.1, r
+    # and what the notebook printed is what it computed
+    assert _printed(text, "ARSNR of the .tflite (dB):") == pytest.approx(r["arsnr_tflite"])
+    assert _printed(text, "beta:") == 0.0
+
+
+def test_ecg_autoencoder_reproduces_and_deploys_at_the_tiny_scale(tmp_path, monkeypatch):
+    r, text = _run("ecg_autoencoder", tmp_path, monkeypatch)
+    # every stage of the tiny reproduction ran and printed its line
+    lines = text.count(" computed (") + text.count(" read back (")
+    assert r["stages"] > 0 and lines == r["stages"], text[:3000]
+    # the deployed FC1 (5% of its weights, int16x8) feeds the decoder what QAT Keras computes:
+    # within 1% of the code's range, the same ARSNR to 0.05 dB
+    assert r["tflite_minus_keras"] <= 0.01 * r["keras_max"], r
+    assert abs(r["arsnr_deployed"] - r["arsnr_qat"]) < 0.05, r
+    # the tiny scale trains for seconds: it still reconstructs above 1 dB (it reaches about 1.7)
+    assert r["arsnr_deployed"] > 1.0, r
+    assert _printed(text, "deployed ARSNR (dB):") == pytest.approx(r["arsnr_deployed"])

@@ -432,3 +432,73 @@ def test_sweep_gives_a_metric_per_remaining_fraction(rng):
                                      "epochs": 2, "batch_size": 16, "run_eagerly": True})
     assert tuned[0]["nonzero"] == sum(n - math.floor(0.7 * n + 0.5) for n in (96, 48, 18))
     assert all(np.count_nonzero(k) == k.size for k in _kernels(model).values())
+
+
+# ------------------------------------------------------------------------------------------
+# remaining= (the kept fraction) and the deprecated sparsity=
+# ------------------------------------------------------------------------------------------
+def test_remaining_keeps_that_fraction_of_each_layer(rng):
+    x, _ = _data(rng)
+    for prune in (lambda r: pruning.prune_magnitude(_model(), remaining=r),
+                  lambda r: pruning.prune_activation_rate(_model(), x, remaining=r)):
+        masks = pruning.get_masks(prune(0.25))
+        for name, keep in masks.items():
+            # 25% kept of n weights: n - round(0.75 n) of them, halves up
+            assert keep.sum() == keep.size - math.floor(0.75 * keep.size + 0.5), name
+
+
+def test_sparsity_still_works_with_a_deprecation_warning(rng):
+    from mam_tf._moved import MamTfDeprecationWarning
+
+    x, _ = _data(rng)
+    new = pruning.get_masks(pruning.prune_activation_rate(_model(), x, remaining=0.4))
+    with pytest.warns(MamTfDeprecationWarning, match="sparsity= is deprecated.*remaining="):
+        old = pruning.get_masks(pruning.prune_activation_rate(_model(), x, sparsity=0.6))
+    with pytest.warns(MamTfDeprecationWarning, match="prune_magnitude: sparsity="):
+        pruning.prune_magnitude(_model(), 0.6)  # positional: the second argument is sparsity
+    assert old.keys() == new.keys()
+    for name in new:
+        np.testing.assert_array_equal(old[name], new[name], err_msg=name)
+    with pytest.warns(MamTfDeprecationWarning, match="FixedMask: sparsity="):
+        assert pruning.FixedMask(0.3).remaining == pytest.approx(0.7)
+
+
+def test_remaining_and_sparsity_together_are_refused():
+    with pytest.raises(ValueError, match=r"prune_magnitude: give remaining=.*not both "
+                                         r"\(got remaining=0.5, sparsity=0.5\)"):
+        pruning.prune_magnitude(_model(), remaining=0.5, sparsity=0.5)
+    with pytest.raises(ValueError, match=r"iterative_prune: give remaining=.*not both"):
+        pruning.iterative_prune(_model(), [0.5], remaining=[0.5])
+    with pytest.raises(ValueError, match=r"FixedMask: give remaining=.*not both"):
+        pruning.FixedMask(0.5, remaining=0.5)
+
+
+@pytest.mark.parametrize("remaining", [0.0, 1.2, -0.1, float("nan"), True, "0.5"])
+def test_remaining_outside_zero_one_is_refused(remaining):
+    with pytest.raises(ValueError, match=r"prune_magnitude: remaining must be a number in "
+                                         r"\(0, 1\], got"):
+        pruning.prune_magnitude(_model(), remaining=remaining)
+
+
+def test_iterative_prune_takes_remaining_fractions(rng):
+    x, y = _data(rng)
+    seen = []
+
+    def tune(model):
+        seen.append(pruning.get_masks(model))
+        return _tune(model, x, y)
+
+    pruning.iterative_prune(_model(), remaining=[0.7, 0.4], fine_tune=tune, progress=False)
+    for step, r in zip(seen, (0.7, 0.4)):
+        for name, keep in step.items():
+            assert keep.sum() == keep.size - math.floor((1 - r) * keep.size + 0.5), name
+    with pytest.raises(ValueError, match=r"remaining must not increase.*got \[0.4, 0.7\]"):
+        pruning.iterative_prune(_model(), remaining=[0.4, 0.7])
+
+
+def test_summary_reports_the_remaining_fraction(rng):
+    report = pruning.summary(pruning.prune_magnitude(_model(), remaining=0.25, layers=["mam1"]),
+                             print_fn=None)
+    rows = {r["layer"]: r for r in report["layers"]}
+    assert rows["mam1"]["remaining"] == 24 / 96 and rows["mac"]["remaining"] == 1.0
+    assert report["total"]["remaining"] == (24 + 48 + 18) / (96 + 48 + 18)

@@ -214,7 +214,7 @@ def _cmd_mcu(args):
             print("whole model through TFLite-Micro: no TFLite-Micro library given "
                   "(--tflm-lib / $MAM_TF_TFLM_LIB)")
     else:
-        rows, cols = (16, 1024) if args.quick else (args.rows, args.cols)
+        rows, cols = (16, 1024) if args.quick else (args.units, args.inputs)
         remaining = args.remaining or DEFAULT_REMAINING
         print(f"layer: {cols} -> {rows} (random pruning, seed {args.seed}), kept "
               f"{', '.join(f'{r:.0%}' for r in remaining)}, int{' and int'.join(map(str, args.act_bits))} "
@@ -241,6 +241,8 @@ def _cmd_mcu(args):
 
 def add_bench_command(subparsers):
     """Adds ``mcu`` to a ``bench`` sub-command's subparsers."""
+    from mam_tf.common.cliargs import add_deprecated, add_out
+
     p = subparsers.add_parser(
         "mcu", help="kernels on an emulated Cortex-M7 (QEMU): exact instruction counts",
         description=__doc__.split("\n\n")[1] + "\n\n" + __doc__.split("\n\n")[2],
@@ -249,8 +251,12 @@ def add_bench_command(subparsers):
         f"compares CSR + bias + op data + activations with the STM32F767ZI's 512 kB SRAM. "
         "Without arm-none-eabi-gcc, newlib and qemu-system-arm it says which is missing.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rows", type=int, default=128, help="output rows M (default 128)")
-    p.add_argument("--cols", type=int, default=16384, help="input columns N (default 16384)")
+    p.add_argument("--units", type=int, default=128,
+                   help="the layer's units, its output rows M (default 128)")
+    add_deprecated(p, "--rows", "--units", dest="units", type=int)
+    p.add_argument("--inputs", type=int, default=16384,
+                   help="the layer's inputs, its input columns N (default 16384)")
+    add_deprecated(p, "--cols", "--inputs", dest="inputs", type=int)
     p.add_argument("--remaining", type=float, nargs="+", default=None,
                    help="fractions of weights kept (default 1 .5 .2 .1 .05 .02 .01)")
     p.add_argument("--act-bits", type=int, nargs="+", choices=(8, 16), default=[16, 8],
@@ -258,7 +264,7 @@ def add_bench_command(subparsers):
     p.add_argument("--seed", type=int, default=0, help="seed of the random layer")
     p.add_argument("--quick", action="store_true", help="a small 1024 -> 16 layer (tests)")
     p.add_argument("--model", help="a converted .tflite: every MAM_SPARSE / MAC_SPARSE op")
-    p.add_argument("--out", help="folder for mcu.json and mcu.png")
+    add_out(p, "folder for mcu.json and mcu.png", metavar="DIR")
     p.add_argument("--no-check", action="store_true",
                    help="skip comparing outputs with the host core")
     p.add_argument("--cmsis-nn-lib", help="CMSIS-NN static library built for Cortex-M7 "

@@ -183,7 +183,7 @@ def measure_step(variant, batch, n_in, units, steps=5, warmup=1, jit=False, seed
     runner.run(warmup)
     times = [t for t, _ in runner.run(steps)]
     return {
-        "variant": variant, "batch": batch, "n_in": runner.n_in, "units": runner.units,
+        "variant": variant, "batch": batch, "inputs": runner.n_in, "units": runner.units,
         "jit": jit, "median_s": statistics.median(times), "min_s": min(times), "steps": steps,
         **runner.memory(), "intra_op_threads": runner.intra_op_threads,
     }

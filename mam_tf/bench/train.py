@@ -44,7 +44,7 @@ from pathlib import Path
 
 from mam_tf.common import machine
 
-__all__ = ["main", "add_bench_command", "run_train_bench", "machine_line"]
+__all__ = ["add_bench_command", "run_train_bench", "machine_line"]
 
 # (label, mam_tf.bench.steps variant, jit)
 LAYER_VARIANTS = (
@@ -61,7 +61,7 @@ OP_VARIANTS = (
     ("mam-backward", "op-mam-backward", False),
 )
 #: Per --model: batch, default steps per round, the first MAM layer's (inputs, units) (the
-#: JSON rows' n_in and units), the variants [(label, mam_tf.bench.steps variant, jit)], what it is.
+#: JSON rows' inputs and units), the variants [(label, mam_tf.bench.steps variant, jit)], what it is.
 MODELS = {
     "ecg": dict(batch=128, steps=3, layer=(16384, 128),
                 variants=[("ecg-mac", "ecg-mac", False), ("ecg-mam", "ecg-mam", False)],
@@ -215,7 +215,7 @@ def _run_block(step_bench, variants, batch, n_in, units, n_steps, rounds, env, o
         median = statistics.median(wall)
         q1, q3 = _quartiles(wall)
         ratios = [a / b for a, b in zip(per_round[label], per_round[base])]
-        row = {"label": label, "variant": variant, "jit": jit, "batch": batch, "n_in": n_in,
+        row = {"label": label, "variant": variant, "jit": jit, "batch": batch, "inputs": n_in,
                "units": units, "median_s": median, "q1_s": q1, "q3_s": q3,
                "min_s": min(wall), "cpu_median_s": statistics.median(cpu),
                "ratio": median / base_median, "round_ratio_min": min(ratios),
@@ -237,18 +237,19 @@ def _cmd_train(args):
     rows = run_train_bench(args.shape, steps=args.steps, rounds=args.rounds,
                            threads=args.threads, variants=variants, model=args.model,
                            ops=args.ops, kernel_dir=args.kernel_dir)
-    if args.json:
+    if args.out:
         import json
 
-        with open(args.json, "w") as fh:
+        with open(args.out, "w") as fh:
             json.dump(rows, fh, indent=2)
-        print(f"wrote {args.json}")
+        print(f"wrote {args.out}")
     return 0
 
 
 def add_bench_command(subparsers):
     """Adds ``train`` to a ``bench`` sub-command's subparsers."""
     from mam_tf.bench.steps import parse_shape
+    from mam_tf.common.cliargs import add_deprecated, add_out
 
     p = subparsers.add_parser(
         "train",
@@ -282,18 +283,7 @@ def add_bench_command(subparsers):
                                       "the baseline is the first in the order listed here")
     p.add_argument("--all", action="store_true",
                    help="also time the reference path, plain and under XLA (slow: seconds a step)")
-    p.add_argument("--json", help="also write the rows (with every step's times) to this file")
+    add_out(p, "also write the rows (with every step's times) as JSON to this file")
+    add_deprecated(p, "--json", "-o/--out", dest="out")
     p.set_defaults(func=_cmd_train)
     return p
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mam_tf.bench.train")
-    sub = parser.add_subparsers(dest="command")
-    add_bench_command(sub)
-    args = parser.parse_args(["train", *(sys.argv[1:] if argv is None else argv)])
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -126,7 +126,7 @@ def csr_entries(mask_rows):
 
 def footprint_row(name, cls, kernel, use_bias):
     """One row of the pruning summary for a kernel [N, M] as it acts (masks applied):
-    weights kept, sparsity, dense int8 bytes (M*N + 4*M bias) and offset-CSR bytes
+    weights kept (``remaining``; ``sparsity`` = 1 - remaining, kept for one release), dense int8 bytes (M*N + 4*M bias) and offset-CSR bytes
     (2*E + 2*M + 4*M bias, E = :func:`csr_entries`)."""
     k = np.asarray(kernel)
     n, m = k.shape
@@ -140,6 +140,7 @@ def footprint_row(name, cls, kernel, use_bias):
         "units": int(m),
         "total": int(k.size),
         "nonzero": int(nonzero.sum()),
+        "remaining": float(nonzero.sum() / k.size),
         "sparsity": float(1.0 - nonzero.sum() / k.size),
         "dense_int8_bytes": int(n * m + bias),
         "csr_entries": entries,
@@ -154,19 +155,20 @@ def footprint_total(rows):
         **{key: sum(r[key] for r in rows)
            for key in ("total", "nonzero", "dense_int8_bytes", "csr_entries", "csr_bytes")},
     }
-    total["sparsity"] = float(1.0 - total["nonzero"] / total["total"]) if total["total"] else 0.0
+    total["remaining"] = float(total["nonzero"] / total["total"]) if total["total"] else 1.0
+    total["sparsity"] = 1.0 - total["remaining"]
     return total
 
 
 def format_footprint(rows, total):
     """The summary table as text."""
     head = (f"{'layer':<24}{'class':<10}{'N x M':>12}{'weights':>10}{'nonzero':>10}"
-            f"{'sparsity':>10}{'dense int8 B':>14}{'offset-CSR B':>14}")
+            f"{'remaining':>10}{'dense int8 B':>14}{'offset-CSR B':>14}")
     lines = [head, "-" * len(head)]
     for r in rows + [total]:
         shape = f"{r['inputs']}x{r['units']}" if r["inputs"] is not None else ""
         lines.append(f"{r['layer']:<24}{r['class']:<10}{shape:>12}{r['total']:>10}"
-                     f"{r['nonzero']:>10}{r['sparsity']:>10.4f}{r['dense_int8_bytes']:>14}"
+                     f"{r['nonzero']:>10}{r['remaining']:>10.4f}{r['dense_int8_bytes']:>14}"
                      f"{r['csr_bytes']:>14}")
     lines.append("bytes: dense int8 = M*N + 4*M (bias); offset-CSR = 2*E + 2*M + 4*M (bias), "
                  "E = stored entries incl. dummies (docs/operator-contract.md section 2)")

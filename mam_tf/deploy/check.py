@@ -19,8 +19,8 @@ reader does:
   (:mod:`mam_tf.deploy.node`: its custom options, tensors, E and columns, scales).
 
 The host runtime runs it on every model; ``mam-tf check model.tflite`` runs it before
-flashing (exit 0, or 1 with one line per problem). ``python -m mam_tf.deploy.check --fuzz N`` runs
-the corruption fuzzer (:mod:`mam_tf.deploy.fuzz`).
+flashing (exit 0, or 1 with one line per problem). ``mam-tf fuzz N`` runs the corruption
+fuzzer (:mod:`mam_tf.deploy.fuzz`).
 """
 from __future__ import annotations
 
@@ -28,7 +28,6 @@ import argparse
 import contextlib
 import functools
 import struct
-import sys
 import threading
 from pathlib import Path
 
@@ -76,6 +75,9 @@ def _checked_table_class():
         __slots__ = ("_objlen", "_vt", "_vtlen")
 
         def __init__(self, buf, pos):
+            if len(buf) and not 0 <= pos <= len(buf) - 4:  # before the base refuses it unnamed
+                raise _Bad(f"a table at byte {pos} is misaligned or outside the file "
+                           f"({len(buf)} bytes)")
             super().__init__(buf, pos)
             self._vt = self._vtlen = self._objlen = 0
             if len(buf):  # a blank union table is filled (and checked) by Union()
@@ -516,35 +518,3 @@ def add_check_command(subparsers):
                    help="run each builtin operator through TFLite-Micro in a child process "
                    "(a few seconds a model; default: on)")
     p.set_defaults(func=_cmd_check)
-
-
-def main(argv=None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(
-        prog="python -m mam_tf.deploy.check",
-        description="The model checker (see `mam-tf check --help`), and its corruption "
-        "fuzzer: --fuzz N corrupts converted models N times (bit flips, byte overwrites, "
-        "truncations, splices) and runs each through the checker and the host runtime in "
-        "crash-isolated workers, then prints the tally.")
-    parser.add_argument("models", nargs="*", help=".tflite files to check")
-    parser.add_argument("--fuzz", type=int, metavar="N", help="run N corruption cases")
-    parser.add_argument("--seed", type=int, default=0, help="fuzzer seed")
-    parser.add_argument("--workers", type=int, default=2, help="worker processes")
-    args = parser.parse_args(argv)
-    if args.fuzz is not None:
-        from mam_tf.deploy import fuzz
-
-        if args.fuzz < 1:
-            parser.error(f"--fuzz must be >= 1, got {args.fuzz}")
-        tally = fuzz.run(args.fuzz, seed=args.seed, workers=args.workers, progress=True)
-        print(fuzz.format_tally(tally))
-        return 0 if fuzz.clean(tally) else 1
-    if not args.models:
-        parser.error("give .tflite files to check, or --fuzz N")
-    args.quiet, args.probe = False, True
-    return _cmd_check(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -21,12 +21,15 @@ package) and the custom options are written with ``flatbuffers.flexbuffers``.
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
-
 import dataclasses
 
 import numpy as np
 
+from mam_tf.common import quiet
+from mam_tf.common.arrays import load_array
+from mam_tf.common.cliargs import add_deprecated, add_out, required_out
 from mam_tf.deploy import flatbuffer as fb
 from mam_tf.train import mam_op
 from mam_tf.deploy import options
@@ -207,7 +210,8 @@ def _tflite_builtin(model, data, mode, float_io, calibration_samples):
         conv.inference_input_type = io_type
         conv.inference_output_type = io_type
     try:
-        return conv.convert()
+        with quiet.filtered_stderr():  # TFLite's "fully_quantize: ..." banner (mam-tf only)
+            return conv.convert()
     except Exception as err:  # TFLite raises ConverterError & co with long MLIR dumps
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"convert: TFLite's converter failed on model '{model.name}' "
@@ -653,62 +657,37 @@ def write_header(tflite: bytes, path, name="model_data"):
 # ------------------------------------------------------------------------------------------
 # Command line: mam-tf convert
 # ------------------------------------------------------------------------------------------
-def _load_data(path, key):
-    """The array in a .npy, or the one (or ``key``) array of a .npz; ValueError naming the
-    file for anything unreadable."""
-    import zipfile
-
-    path = str(path)
-    try:
-        loaded = np.load(path)
-        if not hasattr(loaded, "files"):  # a .npy (whatever its name)
-            return loaded
-        with loaded as z:
-            if key is None:
-                if len(z.files) != 1:
-                    raise ValueError(f"{path} holds arrays {z.files}; choose one with --data-key")
-                key = z.files[0]
-            if key not in z.files:
-                raise ValueError(f"{path} has no array {key!r}; it holds {z.files}")
-            return z[key]
-    except OSError as err:
-        raise ValueError(f"cannot read {path!r}: {err.strerror or err}") from None
-    except (zipfile.BadZipFile, EOFError, ValueError) as err:
-        if str(err).startswith(path):
-            raise
-        raise ValueError(f"{path!r} is not a readable .npy/.npz array file ({err})") from None
-
-
 def _cmd_convert(args):
     import os
 
     from mam_tf.train.compat import keras as _keras
 
+    required_out(args)
     if not os.path.exists(args.model):
         raise ValueError(f"no model at {args.model!r}")
-    if args.samples < 1:
-        raise ValueError(f"--samples must be >= 1, got {args.samples}")
+    if args.calibration_samples < 1:
+        raise ValueError(f"--calibration-samples must be >= 1, got {args.calibration_samples}")
     try:
         model = _keras.models.load_model(args.model, compile=False)
     except Exception as err:  # Keras raises assorted types for files it cannot read
         raise ValueError(f"cannot load a Keras model from {args.model!r} "
                          f"({type(err).__name__}: {' '.join(str(err).split())[:300]})") from None
-    data = None if args.data is None else _load_data(args.data, args.data_key)
-    result = convert(model, data, mode=args.mode, per_row=not args.per_tensor,
-                     float_io=args.float_io, calibration_samples=args.samples,
+    data = None if args.data is None else load_array(args.data, args.data_key)
+    result = convert(model, data, mode=args.mode, per_row=args.per_row,
+                     float_io=args.float_io, calibration_samples=args.calibration_samples,
                      mac_sparse_below=args.mac_sparse_below,
-                     require_mam=not args.allow_no_mam, return_report=True)
-    tmp = args.output + ".part"
+                     require_mam=args.require_mam, return_report=True)
+    tmp = args.out + ".part"
     try:
         with open(tmp, "wb") as fh:
             fh.write(result.tflite)
-        os.replace(tmp, args.output)  # never leave a half-written model behind
+        os.replace(tmp, args.out)  # never leave a half-written model behind
     except OSError as err:
         with contextlib.suppress(OSError):
             os.remove(tmp)
-        raise ValueError(f"cannot write {args.output!r}: {err.strerror or err}") from None
+        raise ValueError(f"cannot write {args.out!r}: {err.strerror or err}") from None
     print(result.report())
-    print(f"wrote {args.output}")
+    print(f"wrote {args.out}")
     if args.header:
         name = args.header_name or "model_data"
         write_header(result.tflite, args.header, name=name)
@@ -732,17 +711,24 @@ def add_convert_command(subparsers):
     p.add_argument("--data-key", help="array name inside the .npz (default: its only array)")
     p.add_argument("--mode", choices=MODES, default="int8",
                    help="int8: int8 activations; int16x8: int16 activations, int8 weights")
-    p.add_argument("-o", "--output", required=True, help="the .tflite file to write")
+    add_out(p, "the .tflite file to write", required=True)
+    add_deprecated(p, "--output", "-o/--out", dest="out")
     p.add_argument("--header", help="also write the model as a C array header (for firmware)")
     p.add_argument("--header-name", help="C identifier of the array (default model_data)")
-    p.add_argument("--per-tensor", action="store_true",
-                   help="one weight scale per layer instead of one per output row")
+    p.add_argument("--per-row", action=argparse.BooleanOptionalAction, default=True,
+                   help="one weight scale per output row (default), or with --no-per-row one "
+                   "per layer")
+    add_deprecated(p, "--per-tensor", "--no-per-row", dest="per_row", const=False)
     p.add_argument("--float-io", action="store_true",
                    help="keep float32 model input/output (quantize/dequantize on the device)")
-    p.add_argument("--samples", type=int, default=500, help="calibration samples to use")
+    p.add_argument("--calibration-samples", type=int, default=500, metavar="N",
+                   help="representative samples that calibrate the activations (default 500)")
+    add_deprecated(p, "--samples", "--calibration-samples", dest="calibration_samples", type=int)
     p.add_argument("--mac-sparse-below", type=float, metavar="DENSITY",
                    help="store pruned Dense layers with fewer than this fraction of nonzero "
                    "weights as MAC_SPARSE ops (same results as FULLY_CONNECTED, offset-CSR storage)")
-    p.add_argument("--allow-no-mam", action="store_true",
-                   help="convert a model without MAM layers too (plain builtin int8 model)")
+    p.add_argument("--require-mam", action=argparse.BooleanOptionalAction, default=True,
+                   help="refuse a model without MAM layers (default); --no-require-mam converts "
+                   "it too (a plain builtin int8 model)")
+    add_deprecated(p, "--allow-no-mam", "--no-require-mam", dest="require_mam", const=False)
     p.set_defaults(func=_cmd_convert)

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mam_tf.common.arrays import load_array
+from mam_tf.common.cliargs import add_deprecated, add_out
 from mam_tf.deploy import flatbuffer as fb
 from mam_tf.deploy import check
 from mam_tf.deploy import options
@@ -276,18 +278,16 @@ class Interpreter:
 
 
 def _cmd_run(args):
-    from mam_tf.deploy.convert import _load_data
-
     interp = Interpreter(args.model, backend=args.backend, probe=args.probe)
-    x = _load_data(args.data, args.data_key)
+    x = load_array(args.data, args.data_key)
     y = interp.run(x)
     print(f"ran {len(x)} samples through {args.model} (MAM_SPARSE on the {interp.backend})")
-    if args.output:
-        np.save(args.output, y)
-        print(f"wrote {args.output} {y.shape}")
+    if args.out:
+        np.save(args.out, y)
+        print(f"wrote {args.out} {y.shape}")
     target = None
     if args.target:
-        target = np.asarray(_load_data(args.target, None))
+        target = np.asarray(load_array(args.target, key_flag="a .npy"))
         if target.size != y.size:
             raise ValueError(f"--target {args.target} has shape {list(target.shape)}; the "
                              f"outputs have shape {list(y.shape)}")
@@ -313,7 +313,8 @@ def add_run_command(subparsers):
     p.add_argument("model", help="the .tflite file")
     p.add_argument("--data", required=True, help="inputs: .npy, or .npz (see --data-key)")
     p.add_argument("--data-key", help="array name inside the .npz (default: its only array)")
-    p.add_argument("--output", help="save the outputs to this .npy")
+    add_out(p, "save the outputs to this .npy")
+    add_deprecated(p, "--output", "-o/--out", dest="out")
     p.add_argument("--target", help="expected outputs (.npy/.npz): print the ARSNR against them")
     p.add_argument("--autoencoder", action="store_true",
                    help="the target is the input itself: print the reconstruction ARSNR")

@@ -106,9 +106,10 @@ def random_layer(rows, cols, remaining, act_bits, seed=0, per_row=False, bias=Tr
 DEFAULT_REMAINING = (1.0, 0.5, 0.2, 0.1, 0.05, 0.02, 0.01)
 
 
-def bench_layer(rows=128, cols=16384, remaining=DEFAULT_REMAINING, act_bits=(16, 8), seed=0,
+def bench_layer(units=128, inputs=16384, remaining=DEFAULT_REMAINING, act_bits=(16, 8), seed=0,
                 b: Optional[McuBuild] = None, check=True, progress=True) -> list[dict]:
-    """Instruction counts of every kernel on one random layer per (act_bits, remaining).
+    """Instruction counts of every kernel on one random layer (``inputs`` -> ``units``) per
+    (act_bits, remaining); its records give the sizes as ``rows`` (units) and ``cols`` (inputs).
 
     The sparse kernels (MAM and MAC, portable and, where built, optimized) run at each
     remaining fraction; the dense MAC and CMSIS-NN (when built in) once per act_bits on the
@@ -117,6 +118,7 @@ def bench_layer(rows=128, cols=16384, remaining=DEFAULT_REMAINING, act_bits=(16,
     """
     from mam_tf.deploy.offset_csr import encode
 
+    rows, cols = units, inputs
     b = b or build()
     variants = ["portable"] + (["optimized"] if b.optimized else [])
     todo = [(bits, r) for bits in act_bits for r in remaining]

@@ -20,12 +20,14 @@ model: the one passed in is never modified.
 from __future__ import annotations
 
 import numbers
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 from mam_tf.train._tfmot import pruning_schedule as _schedules
 from mam_tf.train._tfmot import pruning_wrapper as _wrapper
 from mam_tf.train._tfmot import tfmot
+from mam_tf.common.deprecation import REMOVED_IN, MamTfDeprecationWarning
 
 from mam_tf.common import masks as _masks
 from mam_tf.train import mam_op
@@ -78,24 +80,36 @@ class FixedMask(_schedules.PruningSchedule):
 
     ``PruneLowMagnitude`` asks its schedule at every training step whether to recompute the
     mask from the weight magnitudes; this schedule always answers no, so a mask computed by
-    any method (activation rate, a global ranking, by hand) stays exactly as set. ``sparsity``
-    is informational (the fraction the mask was made for); the mask variable is the truth.
+    any method (activation rate, a global ranking, by hand) stays exactly as set. ``remaining``
+    is informational (the fraction the mask keeps); the mask variable is the truth. The
+    deprecated ``sparsity`` (1 - remaining) is still accepted, with a MamTfDeprecationWarning.
     """
 
-    def __init__(self, sparsity=0.0):
-        self.sparsity = _check_sparsity("FixedMask", sparsity)
+    def __init__(self, sparsity=None, *, remaining=None):
+        if remaining is None and sparsity is None:
+            remaining = 1.0
+        self.sparsity = _kept_fraction("FixedMask", remaining, sparsity)
+
+    @property
+    def remaining(self):
+        return 1.0 - self.sparsity
 
     def __call__(self, step):
         return tf.constant(False), tf.constant(self.sparsity, tf.float32)
 
     def get_config(self):
         # tfmot's wrapper deserializes schedules by this class_name; the registered name is
-        # found in Keras' global custom objects.
+        # found in Keras' global custom objects. The key stays "sparsity", tfmot's word, so
+        # that models saved before and after read alike (from_config does not warn on it).
         return {"class_name": keras.utils.get_registered_name(type(self)),
                 "config": {"sparsity": self.sparsity}}
 
     @classmethod
     def from_config(cls, config):
+        if "sparsity" in config:
+            mask = cls()
+            mask.sparsity = _check_sparsity("FixedMask", config["sparsity"])
+            return mask
         return cls(**config)
 
 
@@ -113,6 +127,25 @@ def _check_sparsity(fn, sparsity):
 
 _check_scope = _masks.check_scope
 _n_pruned = _masks.n_pruned
+
+
+def _kept_fraction(fn, remaining, sparsity):
+    """The sparsity to prune to, from ``remaining`` (the fraction kept, in (0, 1]) or from the
+    deprecated ``sparsity`` (1 - remaining, in [0, 1)); exactly one of them."""
+    if remaining is not None and sparsity is not None:
+        raise ValueError(f"{fn}: give remaining= (the fraction kept) or the deprecated sparsity=, "
+                         f"not both (got remaining={remaining!r}, sparsity={sparsity!r})")
+    if sparsity is not None:
+        warnings.warn(f"{fn}: sparsity= is deprecated (goes in mam-tf {REMOVED_IN}); pass "
+                      f"remaining=, the fraction of weights kept (remaining = 1 - sparsity)",
+                      MamTfDeprecationWarning, stacklevel=3)
+        return _check_sparsity(fn, sparsity)
+    if remaining is None:
+        raise ValueError(f"{fn}: remaining= is required (the fraction of weights kept, in (0, 1])")
+    if (isinstance(remaining, bool) or not isinstance(remaining, numbers.Real)
+            or not 0.0 < float(remaining) <= 1.0):  # also refuses NaN
+        raise ValueError(f"{fn}: remaining must be a number in (0, 1], got {remaining!r}")
+    return _check_sparsity(fn, max(0.0, 1.0 - float(remaining)))
 
 
 def _is_quantize_wrapper(layer):
@@ -239,7 +272,8 @@ def _wrap_with_masks(fn, copy, targets, masks, sparsity):
         t = by_outer.get(id(layer))
         if t is None:
             return layer
-        w = PruneLowMagnitude(t.inner, pruning_schedule=FixedMask(sparsity))
+        schedule = FixedMask.from_config({"sparsity": sparsity})
+        w = PruneLowMagnitude(t.inner, pruning_schedule=schedule)
         wrappers[t.name] = w
         return w
 
@@ -282,16 +316,20 @@ def _magnitude_scores(targets):
     return {t.name: np.abs(t.kernel()) for t in targets}
 
 
-def prune_magnitude(model, sparsity, layers=None, scope="layer"):
+def prune_magnitude(model, sparsity=None, layers=None, scope="layer", *, remaining=None):
     """One-shot magnitude pruning of Dense and MAM layers: the smallest |w| go first.
 
     Args:
       model: a built functional or Sequential model (it is not modified).
-      sparsity: fraction of weights to prune, in [0, 1); reached exactly: round(sparsity * n)
-        weights are pruned, n counted per layer (``scope="layer"``) or over all the chosen
+      remaining: fraction of weights kept, in (0, 1]; reached exactly: round((1 - remaining)
+        * n) weights are pruned, n counted per layer (``scope="layer"``) or over all the chosen
         layers together (``scope="global"``).
+      sparsity: deprecated (a MamTfDeprecationWarning), 1 - remaining: the fraction pruned.
+        It is still the second positional argument, so ``prune_magnitude(model, 0.9)`` prunes
+        90% as before (and warns); give ``remaining=`` by name.
       layers: layers or layer names to prune (default: every Dense and MAM layer).
-      scope: ``"layer"`` (each layer to ``sparsity``) or ``"global"`` (one ranking across layers).
+      scope: ``"layer"`` (each layer to ``remaining``) or ``"global"`` (one ranking across
+        layers).
     Returns:
       A new model in which the chosen layers are wrapped in tfmot's ``PruneLowMagnitude`` with
       a :class:`FixedMask` schedule, their masks set and their pruned weights zeroed. Fine-tune
@@ -299,10 +337,10 @@ def prune_magnitude(model, sparsity, layers=None, scope="layer"):
       then :func:`strip_pruning`.
 
     Weights pruned earlier (held masks, or exact zeros) stay pruned and count towards the
-    target; asking for less sparsity than a layer already has is an error.
+    target; asking to keep more than a layer still has is an error.
     """
     fn = "prune_magnitude"
-    sparsity = _check_sparsity(fn, sparsity)
+    sparsity = _kept_fraction(fn, remaining, sparsity)
     _check_scope(fn, scope)
     targets = _resolve(fn, model, layers)
     return _prune_with_scores(fn, model, sparsity, layers, scope, _magnitude_scores(targets))
@@ -359,7 +397,8 @@ def _activation_scores(fn, model, data, layers, batch_size=256):
     return _activation_counts(fn, copy, data, _resolve(fn, copy, layers), batch_size)
 
 
-def prune_activation_rate(model, data, sparsity, layers=None, scope="layer", batch_size=256):
+def prune_activation_rate(model, data, sparsity=None, layers=None, scope="layer", batch_size=256,
+                          *, remaining=None):
     """One-shot pruning by activation rate: the weights least often selected go first.
 
     A weight's activation rate is how often, over ``data``, it was the argmax or the argmin
@@ -368,10 +407,11 @@ def prune_activation_rate(model, data, sparsity, layers=None, scope="layer", bat
     products). Fewest selections are pruned first; ties go to the smaller magnitude.
 
     ``data``: model inputs (a numpy array, a ``tf.data.Dataset`` of x or (x, y) batches, or an
-    iterable of batches). Other arguments and the result as :func:`prune_magnitude`.
+    iterable of batches). Other arguments (``remaining=``, the deprecated ``sparsity``) and the
+    result as :func:`prune_magnitude`.
     """
     fn = "prune_activation_rate"
-    sparsity = _check_sparsity(fn, sparsity)
+    sparsity = _kept_fraction(fn, remaining, sparsity)
     _check_scope(fn, scope)
     scores = _activation_scores(fn, model, data, layers, batch_size)
     return _prune_with_scores(fn, model, sparsity, layers, scope, scores)
@@ -493,9 +533,10 @@ def _progress(items, desc, enabled):
     return tqdm(items, desc=desc)
 
 
-def iterative_prune(model, sparsities, *, method="magnitude", data=None, layers=None,
-                    scope="layer", fine_tune=None, progress=True):
-    """Prune -> fine-tune, repeated: one step per entry of ``sparsities`` (non-decreasing).
+def iterative_prune(model, sparsities=None, *, remaining=None, method="magnitude", data=None,
+                    layers=None, scope="layer", fine_tune=None, progress=True):
+    """Prune -> fine-tune, repeated: one step per entry of ``remaining`` (fractions kept, in
+    (0, 1], non-increasing; the deprecated ``sparsities``, 1 - remaining, non-decreasing).
 
     Each step prunes the previous step's model further (its masks held, so pruned weights stay
     pruned) by ``method`` (``"magnitude"`` or ``"activation_rate"``, which re-counts
@@ -506,18 +547,37 @@ def iterative_prune(model, sparsities, *, method="magnitude", data=None, layers=
     """
     fn = "iterative_prune"
     _check_method(fn, method, data)
-    sparsities = [_check_sparsity(fn, s) for s in sparsities]
+    _check_scope(fn, scope)
+    if remaining is not None and sparsities is not None:
+        raise ValueError(f"{fn}: give remaining= (the fractions kept) or the deprecated "
+                         f"sparsities=, not both (got remaining={remaining!r}, "
+                         f"sparsities={sparsities!r})")
+    if sparsities is not None:
+        warnings.warn(f"{fn}: sparsities= is deprecated (goes in mam-tf {REMOVED_IN}); pass "
+                      f"remaining=, the fractions of weights kept (remaining = 1 - sparsity)",
+                      MamTfDeprecationWarning, stacklevel=2)
+        sparsities = [_check_sparsity(fn, s) for s in sparsities]
+        asked = "sparsities"
+    elif remaining is None:
+        raise ValueError(f"{fn}: remaining= is required (the fractions of weights kept)")
+    else:
+        sparsities = [_kept_fraction(fn, r, None) for r in remaining]
+        asked = "remaining"
     if not sparsities:
-        raise ValueError(f"{fn}: sparsities is empty")
+        raise ValueError(f"{fn}: {asked} is empty")
     if any(b < a for a, b in zip(sparsities, sparsities[1:])):
-        raise ValueError(f"{fn}: sparsities must not decrease (pruned weights stay pruned), "
-                         f"got {sparsities}")
+        trend = "increase" if asked == "remaining" else "decrease"
+        given = list(remaining) if asked == "remaining" else sparsities
+        raise ValueError(f"{fn}: {asked} must not {trend} (pruned weights stay pruned), "
+                         f"got {given}")
     histories = []
     for s in _progress(sparsities, fn, progress):
         if method == "magnitude":
-            model = prune_magnitude(model, s, layers=layers, scope=scope)
+            model = _prune_with_scores(fn, model, s, layers, scope,
+                                       _magnitude_scores(_resolve(fn, model, layers)))
         else:
-            model = prune_activation_rate(model, data, s, layers=layers, scope=scope)
+            model = _prune_with_scores(fn, model, s, layers, scope,
+                                       _activation_scores(fn, model, data, layers))
         histories.append(_run_fine_tune(fn, model, fine_tune))
     return model, histories
 
@@ -631,11 +691,13 @@ def summary(model, print_fn=print):
 
     For each such layer (plain, inside a pruning wrapper, or inside a QAT wrapper), in model
     order: ``layer``, ``class``, ``inputs`` (N), ``units`` (M), ``total`` weights, ``nonzero``
-    weights (of the kernel as it acts: held masks applied), ``sparsity``, ``dense_int8_bytes``
-    (M*N + 4*M for an int32 bias) and ``csr_bytes`` (offset-CSR,
-    docs/operator-contract.md section 2: 2*E + 2*M + 4*M for the bias, E = ``csr_entries``,
-    dummy entries included). Zeros are counted on the float weights: a small weight that will
-    round to int8 zero still counts here (the converter's encoder drops it).
+    weights (of the kernel as it acts: held masks applied), ``remaining`` (nonzero / total;
+    ``sparsity``, 1 - remaining, is kept for one release), ``dense_int8_bytes``
+    (M*N + 4*M for an int32 bias) and ``csr_bytes`` (offset-CSR, docs/operator-contract.md
+    section 2:
+    2*E + 2*M + 4*M for the bias, E = ``csr_entries``, dummy entries included). Zeros are
+    counted on the float weights: a small weight that will round to int8 zero still counts
+    here (the converter's encoder drops it).
 
     Prints a table (``print_fn=None`` prints nothing) and returns
     ``{"layers": [row, ...], "total": row}``.
