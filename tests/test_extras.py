@@ -83,5 +83,5 @@ def test_a_command_needing_a_missing_extra_fails_with_one_line(no_wfdb, tmp_path
     assert main(["data", "records", str(tmp_path / "100")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
-    assert err.startswith("mam-tf data: error: No module named 'wfdb'"), err
+    assert err.startswith("mam-tf data records: error: No module named 'wfdb'"), err
     assert "mam-tf[experiments]" in err, err
