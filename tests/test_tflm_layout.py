@@ -44,14 +44,14 @@ def test_build_caches_follow_the_source_lists_and_new_files(monkeypatch, tmp_pat
     monkeypatch.setattr(mcu, "_OPS", ops)
     for var in ("MAM_TF_CMSIS_NN_LIB", "MAM_TF_CMSIS_NN_INCLUDE", "MAM_TF_TFLM_LIB"):
         monkeypatch.delenv(var, raising=False)
-    core_key, fw_key = native._source_hash(ops), mcu.build_key()
+    core_key, fw_key = native._build_key(ops), mcu.build_key()
     lists = ops / "sources.cmake"
     lists.write_text(lists.read_text() + "\n# changed\n")
-    assert native._source_hash(ops) != core_key
+    assert native._build_key(ops) != core_key
     assert mcu.build_key() != fw_key
-    core_key, fw_key = native._source_hash(ops), mcu.build_key()
+    core_key, fw_key = native._build_key(ops), mcu.build_key()
     (ops / "src" / "new_part.c").write_text("/* a new file of the core */\n")
-    assert native._source_hash(ops) != core_key
+    assert native._build_key(ops) != core_key
     assert mcu.build_key() != fw_key
     fw_key = mcu.build_key()
     glue = ops / "tflm" / "mam_sparse_op.cc"  # compiled into the whole-model firmware

@@ -32,7 +32,7 @@ its spread (interquartile range) over all rounds, the ratio to the baseline's me
 of the per-round ratios, the process CPU time per step (all threads; less sensitive than wall
 time to other jobs taking the cores) and the peak RSS. The load average is printed before and
 after; a warning says when it was above the number of cores (then times are inflated and the
-ratios less reliable: rerun on a quiet machine). Also runnable as ``python -m mam_tf.bench.train``.
+ratios less reliable: rerun on a quiet machine).
 """
 from __future__ import annotations
 

@@ -148,12 +148,11 @@ def _deploy(data_stage, train_stage, p):
         d = Data(data_stage)
         model = keras.models.load_model(train_stage.file("model.keras"), compile=False)
         if p["remaining"] < 1.0:
-            sparsity = 1.0 - p["remaining"]
             if p["method"] == "magnitude":
-                model = pruning.prune_magnitude(model, sparsity, layers=HIDDEN,
+                model = pruning.prune_magnitude(model, remaining=p["remaining"], layers=HIDDEN,
                                                 scope=p["scope"])
             else:
-                model = pruning.prune_activation_rate(model, d.y_train, sparsity,
+                model = pruning.prune_activation_rate(model, d.y_train, remaining=p["remaining"],
                                                       layers=HIDDEN, scope=p["scope"])
             if p["fine_tuned"]:
                 keras.utils.set_random_seed(p["seed"])

@@ -164,9 +164,9 @@ def _masks_for(twin, method, fraction, rate_data):
     if fraction >= 1.0:
         return np.ones(shape, bool)
     if method == "magnitude":
-        pruned = pruning.prune_magnitude(twin, 1.0 - fraction, layers=["fc1"])
+        pruned = pruning.prune_magnitude(twin, remaining=fraction, layers=["fc1"])
     elif method == "activation_rate":
-        pruned = pruning.prune_activation_rate(twin, rate_data, 1.0 - fraction, layers=["fc1"])
+        pruned = pruning.prune_activation_rate(twin, rate_data, remaining=fraction, layers=["fc1"])
     else:
         raise ValueError(f"mwscas: pruning method must be one of {METHODS}, got {method!r}")
     return pruning.get_masks(pruned)["fc1"]
