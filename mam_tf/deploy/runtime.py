@@ -155,8 +155,10 @@ class Interpreter:
                     f"{[int(d) for d in t.shape]} ({size} elements); the host runtime takes "
                     f"activations of at most {MAX_ACTIVATION_ELEMENTS} elements")
         if len(sg.inputs) != 1 or len(sg.outputs) != 1:
-            raise ValueError(f"mam_tf.deploy.runtime: {name}: models with one input and one output "
-                             "are supported")
+            raise ValueError(f"mam_tf.deploy.runtime: {name}: the model has input tensors "
+                             f"{[int(t) for t in sg.inputs]} and output tensors "
+                             f"{[int(t) for t in sg.outputs]}; models with one input and one "
+                             "output are supported")
         self.input_index = int(sg.inputs[0])
         self.output_index = int(sg.outputs[0])
         self.input_name = fb.tensor_name(sg.tensors[self.input_index])
