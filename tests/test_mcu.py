@@ -217,13 +217,13 @@ def test_bench_cli_writes_records_and_plot(tmp_path, capsys):
     assert "equals the host core" in printed
     records = json.loads((tmp_path / "mcu.json").read_text())
     assert (tmp_path / "mcu.png").stat().st_size > 10000
-    keys = {"kernel", "variant", "act_bits", "rows", "cols", "remaining", "entries",
+    keys = {"kernel", "variant", "act_bits", "units", "inputs", "remaining", "entries",
             "instructions", "instr_per_entry", "bytes"}
     assert all(keys <= set(r) for r in records)
     got = {(r["kernel"], r["variant"], r["remaining"]) for r in records}
     assert ("mam_sparse", "portable", 0.1) in got and ("mac_dense", "portable", 1.0) in got
     for r in records:
-        assert r["rows"] == 16 and r["cols"] == 1024 and r["act_bits"] == 8
+        assert r["units"] == 16 and r["inputs"] == 1024 and r["act_bits"] == 8
         assert r["instr_per_entry"] == pytest.approx(r["instructions"] / r["entries"])
         if r["kernel"].endswith("_sparse"):
             assert r["entries"] == round(r["remaining"] * 16 * 1024)  # no dummies: seeded

@@ -80,7 +80,7 @@ def format_summary(records, out=print):
     for bits in sorted({r["act_bits"] for r in records}, reverse=True):
         rs = [r for r in records if r["act_bits"] == bits]
         kept = sorted({r["remaining"] for r in rs if r["kernel"].endswith("_sparse")}, reverse=True)
-        out(f"int{bits} activations, {rs[0]['rows']} x {rs[0]['cols']}: instructions per stored "
+        out(f"int{bits} activations, {rs[0]['inputs']} -> {rs[0]['units']}: instructions per stored "
             "entry (dense: per weight)")
         out("")
         out("| kernel | " + " | ".join(f"{k:.0%}" for k in kept)
@@ -145,7 +145,7 @@ def plot(records, path):
             ax.set_xticklabels([f"{x * 100:g}" for x in xs])
             ax.set_xlabel("weights kept, %")
             ax.set_ylabel(ylabel)
-            ax.set_title(f"int{bits} activations, {rs[0]['rows']} x {rs[0]['cols']}")
+            ax.set_title(f"int{bits} activations, {rs[0]['inputs']} -> {rs[0]['units']}")
             ax.grid(True, which="both", alpha=0.3)
             ax.legend(fontsize=8)
     fig.suptitle("Cortex-M7 (QEMU mps2-an500): instructions counted; time is an estimate")

@@ -71,7 +71,7 @@ def _record(c: KernelCall, instructions, b: McuBuild, remaining, **extra):
     nbytes = weight_b + bias_b + _op_data_bytes(m, per_row)
     act_b = (x.shape[0] * (n + m)) * x.dtype.itemsize
     return dict(
-        kernel=c.kernel, variant=c.variant, act_bits=bits, rows=m, cols=n, batches=x.shape[0],
+        kernel=c.kernel, variant=c.variant, act_bits=bits, units=m, inputs=n, batches=x.shape[0],
         remaining=float(remaining), entries=int(entries), instructions=int(instructions),
         instr_per_entry=instructions / max(entries, 1), instr_per_row=instructions / m,
         bytes=int(nbytes), activation_bytes=int(act_b),
@@ -109,7 +109,8 @@ DEFAULT_REMAINING = (1.0, 0.5, 0.2, 0.1, 0.05, 0.02, 0.01)
 def bench_layer(units=128, inputs=16384, remaining=DEFAULT_REMAINING, act_bits=(16, 8), seed=0,
                 b: Optional[McuBuild] = None, check=True, progress=True) -> list[dict]:
     """Instruction counts of every kernel on one random layer (``inputs`` -> ``units``) per
-    (act_bits, remaining); its records give the sizes as ``rows`` (units) and ``cols`` (inputs).
+    (act_bits, remaining); its records give the sizes as ``units`` (the weight matrix's rows) and
+    ``inputs``.
 
     The sparse kernels (MAM and MAC, portable and, where built, optimized) run at each
     remaining fraction; the dense MAC and CMSIS-NN (when built in) once per act_bits on the
@@ -236,7 +237,7 @@ def fit_rows(records) -> dict:
     groups = {}
     for r in records:
         if r["kernel"].endswith("_sparse"):
-            groups.setdefault((r["kernel"], r["variant"], r["act_bits"], r["rows"]), []).append(r)
+            groups.setdefault((r["kernel"], r["variant"], r["act_bits"], r["units"]), []).append(r)
     for (k, v, bits, rows), rs in groups.items():
         if len({r["entries"] for r in rs}) < 2:
             continue

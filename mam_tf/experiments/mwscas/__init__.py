@@ -7,9 +7,8 @@ MAC (Dense) or a MAM first fully connected layer (FC1, 98.5% of the deployed tai
    at 35 dB, each window scaled to [0, 1]), split 80/10/10; or WFDB records (``--train-records``).
 2. train: MAC and MAM over several seeds, MSE, Adam 1e-3, batch 128; MAM with vanishing
    contributions: its first epoch as MAC (beta = 1), every later epoch pure MAM (``--vc-epochs``
-   blends over more). Measured on seed 0 at the small scale (15 epochs, float ARSNR): a blend
-   over 8 / 4 / 2 / 1 epochs gave 29.4 / 30.7 / 31.0 / 31.9 dB (``--seeds 0 --vc-epochs N``).
-   The MAM layer keeps learning long after the switch, so the epochs count in pure MAM.
+   blends over more). The MAM layer keeps learning long after the switch, so the epochs in pure
+   MAM count most (docs/reproductions.md gives the measured blends).
 3. QAT: the tail (what the device runs: convolutions, FC1, FC2) fake-quantized as the paper
    does: 8-bit weights in [-1, 1], 16-bit activations (int16x8; the window input fixed to
    [-1, 1], the other activation ranges learned), 32-bit biases; a few epochs with the
