@@ -193,6 +193,77 @@ def test_counts_are_repeatable_and_grow_linearly_with_entries(fw):
         assert (c1 - c0) % 40 == 0  # a whole number of instructions per entry
 
 
+def _readelf_markers(elf):
+    """mcu_mark_begin / mcu_mark_end of ``elf`` read by readelf (the build reads them with nm)."""
+    import subprocess
+
+    out = subprocess.run(["arm-none-eabi-readelf", "-s", "--wide", str(elf)], check=True,
+                         capture_output=True, text=True).stdout
+    value = {f[7]: int(f[1], 16) & ~1 for f in (line.split() for line in out.splitlines())
+             if len(f) == 8 and f[7] in ("mcu_mark_begin", "mcu_mark_end")}
+    return value["mcu_mark_begin"], value["mcu_mark_end"]
+
+
+class _Stop(Exception):
+    pass
+
+
+@needs_mcu
+def test_each_firmware_is_counted_at_its_own_markers(tmp_path, monkeypatch):
+    """QEMU's counting plugin watches the marker addresses of the ELF it runs: the model
+    firmware's own, not the bench firmware's. Two firmwares that link the same objects in a
+    different order have their markers at different addresses."""
+    import subprocess
+
+    from mam_tf.deploy import flatbuffer as fb
+    from mam_tf.device import mcu
+
+    fw = tmp_path / "fw"
+    fw.mkdir()
+    (tmp_path / "filler.c").write_text(
+        'void mcu_filler(void) { __asm__ volatile(".rept 64\\n nop\\n .endr"); }\n')
+    flags = ["-mcpu=cortex-m7", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv5-d16"]
+    objs = []
+    for src in (mcu._FW / "mcu_markers.c", tmp_path / "filler.c"):
+        objs.append(tmp_path / (src.stem + ".o"))
+        subprocess.run(["arm-none-eabi-gcc", *flags, f"-I{mcu._FW}", "-c", str(src), "-o",
+                        str(objs[-1])], check=True)
+    for elf, order in (("mam_bench.elf", objs[::-1]), ("mam_model.elf", objs)):
+        subprocess.run(["arm-none-eabi-gcc", *flags, "-nostdlib", "-Wl,-e,mcu_empty",
+                        *map(str, order), "-o", str(fw / elf)], check=True)
+    truth = {elf: _readelf_markers(fw / elf) for elf in ("mam_bench.elf", "mam_model.elf")}
+    assert truth["mam_bench.elf"] != truth["mam_model.elf"]  # else this test shows nothing
+    (fw / "mam_bench.cfg").write_text("optimized=0\ncmsis_nn=0\nmodel=1\n")
+    info = mcu._describe(lambda cmd, step, log_stdout=True: mcu._run_tool(cmd, step), fw)
+    (fw / "build.json").write_text(json.dumps(info))
+    b = mcu._load_build(fw)
+
+    s = fb.schema()  # a model of one int8 [1, 4] tensor: enough for run_model to start QEMU
+    t = s.TensorT()
+    t.shape, t.type, t.buffer, t.name = [1, 4], s.TensorType.INT8, 0, b"x"
+    sg = s.SubGraphT()
+    sg.tensors, sg.inputs, sg.outputs, sg.operators = [t], [0], [0], []
+    model = s.ModelT()
+    model.version, model.subgraphs, model.buffers, model.operatorCodes = 3, [sg], [s.BufferT()], []
+
+    ran = []
+
+    def qemu(cmd, **kwargs):
+        ran.append(cmd)
+        raise _Stop
+
+    monkeypatch.setattr(mcu.subprocess, "run", qemu)
+    with pytest.raises(_Stop):
+        mcu.run_model(fb.pack(model), np.zeros((1, 4), np.int8), b)
+    with pytest.raises(_Stop):
+        mcu.count_loop([1], b)
+    assert len(ran) == 2
+    for cmd, elf in zip(ran, ("mam_model.elf", "mam_bench.elf")):
+        assert cmd[cmd.index("-kernel") + 1] == str(fw / elf)
+        begin, end = truth[elf]
+        assert f",begin={begin:#x},end={end:#x}," in cmd[cmd.index("-plugin") + 1]
+
+
 @needs_mcu
 def test_plugin_count_equals_an_execution_trace(fw):
     rng = np.random.default_rng(5)

@@ -107,6 +107,7 @@ class McuBuild:
     symbols: dict = field(default_factory=dict)  # function name -> code bytes
     callees: dict = field(default_factory=dict)  # function name -> functions it branches to
     model_elf: Optional[Path] = None  # the whole-model firmware, when built with a TFLM library
+    model_markers: tuple = ()  # mcu_mark_begin, mcu_mark_end in model_elf (its own addresses)
     size: tuple = ()  # arm-none-eabi-size of the bench firmware: text, data, bss
 
     def has(self, kernel: str, variant: str) -> bool:
@@ -156,7 +157,7 @@ def _tflm_paths(lib=None, root=None, flatbuffers_include=None):
     return tuple(str(Path(p).resolve()) for p in (lib, root, fb_inc))
 
 
-_BUILD_FORMAT = b"3"  # bump when what a build records changes
+_BUILD_FORMAT = b"4"  # bump when what a build records changes
 
 
 def _build_key(cmsis_lib, cmsis_include, tflm=None) -> str:
@@ -186,7 +187,60 @@ def _load_build(dest: Path) -> McuBuild:
                     begin=info["begin"], end=info["end"], symbols=info["symbols"],
                     callees=info["callees"],
                     model_elf=dest / "mam_model.elf" if info.get("model") else None,
+                    model_markers=tuple(info.get("model_markers") or ()),
                     size=tuple(info["size"]))
+
+
+def _markers(nm_output: str, elf: Path) -> tuple[int, int]:
+    """The addresses of mcu_mark_begin and mcu_mark_end in ``arm-none-eabi-nm`` output of
+    ``elf``. Each firmware has its own: they depend on what it links and in which order."""
+    addr = {}
+    for line in nm_output.splitlines():
+        parts = line.split()
+        if len(parts) >= 3:
+            addr[parts[-1]] = int(parts[0], 16)
+    missing = [m for m in ("mcu_mark_begin", "mcu_mark_end") if m not in addr]
+    if missing:
+        raise McuError(f"{elf.name} has no {' / '.join(missing)} symbol")
+    return addr["mcu_mark_begin"] & ~1, addr["mcu_mark_end"] & ~1
+
+
+def _describe(run, fw: Path) -> dict:
+    """What build.json records of the firmware built in ``fw``: its configuration, the bench
+    firmware's symbols, size, call graph and markers, and the model firmware's own markers.
+    ``run(cmd, step, log_stdout=...)`` runs a tool and returns its stdout."""
+    cfg = dict(line.split("=", 1) for line in
+               (fw / "mam_bench.cfg").read_text().split() if "=" in line)
+    bench = fw / "mam_bench.elf"
+    nm = run(["arm-none-eabi-nm", "-S", str(bench)], "reading symbols", log_stdout=False)
+    symbols = {}
+    for line in nm.splitlines():
+        parts = line.split()
+        if len(parts) == 4 and parts[2] in "tT":
+            symbols[parts[3]] = int(parts[1], 16)
+    begin, end = _markers(nm, bench)
+    size = run(["arm-none-eabi-size", str(bench)], "arm-none-eabi-size", log_stdout=False)
+    text, data_b, bss = (int(v) for v in size.splitlines()[1].split()[:3])
+    callees, current = {}, None
+    dis = run(["arm-none-eabi-objdump", "-d", str(bench)], "disassembling", log_stdout=False)
+    for line in dis.splitlines():
+        if line.endswith(">:"):
+            current = line.split("<", 1)[1][:-2]
+            callees[current] = []
+        elif current and "\t" in line and "<" in line:
+            op = line.split("\t")[2].split()[0] if line.count("\t") >= 2 else ""
+            target = line.rsplit("<", 1)[1].rstrip(">").split("+")[0]
+            if op.startswith(("bl", "b.", "b")) and target != current:
+                callees[current].append(target)
+    model = cfg.get("model") == "1"
+    model_markers = None
+    if model:
+        elf = fw / "mam_model.elf"
+        model_markers = _markers(run(["arm-none-eabi-nm", str(elf)], "reading model symbols",
+                                     log_stdout=False), elf)
+    return {"optimized": cfg.get("optimized") == "1", "cmsis_nn": cfg.get("cmsis_nn") == "1",
+            "begin": begin, "end": end, "symbols": symbols, "callees": callees,
+            "model": model, "model_markers": model_markers, "size": [text, data_b, bss]}
 
 
 def _build_into(b, cmsis_lib, cmsis_include, tflm=None):
@@ -205,42 +259,12 @@ def _build_into(b, cmsis_lib, cmsis_include, tflm=None):
     b.run([cmake, "-S", str(_FW / "plugin"), "-B", str(pl), "-DCMAKE_BUILD_TYPE=Release"],
           "configuring the QEMU counting plugin")
     b.run([cmake, "--build", str(pl)], "building the QEMU counting plugin")
-    cfg = dict(line.split("=", 1) for line in
-               (fw / "mam_bench.cfg").read_text().split() if "=" in line)
-    nm = b.run(["arm-none-eabi-nm", "-S", str(fw / "mam_bench.elf")], "reading symbols",
-               log_stdout=False)
-    symbols, addr = {}, {}
-    for line in nm.splitlines():
-        parts = line.split()
-        if len(parts) == 4 and parts[2] in "tT":
-            symbols[parts[3]] = int(parts[1], 16)
-        if len(parts) >= 3:
-            addr[parts[-1]] = int(parts[0], 16)
-    size = b.run(["arm-none-eabi-size", str(fw / "mam_bench.elf")], "arm-none-eabi-size",
-                 log_stdout=False)
-    text, data_b, bss = (int(v) for v in size.splitlines()[1].split()[:3])
-    callees, current = {}, None
-    dis = b.run(["arm-none-eabi-objdump", "-d", str(fw / "mam_bench.elf")], "disassembling",
-                log_stdout=False)
-    for line in dis.splitlines():
-        if line.endswith(">:"):
-            current = line.split("<", 1)[1][:-2]
-            callees[current] = []
-        elif current and "\t" in line and "<" in line:
-            op = line.split("\t")[2].split()[0] if line.count("\t") >= 2 else ""
-            target = line.rsplit("<", 1)[1].rstrip(">").split("+")[0]
-            if op.startswith(("bl", "b.", "b")) and target != current:
-                callees[current].append(target)
+    info = _describe(b.run, fw)
     shutil.copy2(fw / "mam_bench.elf", out / "mam_bench.elf")
     shutil.copy2(pl / "libmam_insn_count.so", out / "libmam_insn_count.so")
-    if cfg.get("model") == "1":
+    if info["model"]:
         shutil.copy2(fw / "mam_model.elf", out / "mam_model.elf")
-    (out / "build.json").write_text(json.dumps({
-        "optimized": cfg.get("optimized") == "1", "cmsis_nn": cfg.get("cmsis_nn") == "1",
-        "begin": addr["mcu_mark_begin"] & ~1, "end": addr["mcu_mark_end"] & ~1,
-        "symbols": symbols, "callees": callees, "cmsis_nn_lib": cmsis_lib,
-        "model": cfg.get("model") == "1", "size": [text, data_b, bss],
-    }))
+    (out / "build.json").write_text(json.dumps(dict(info, cmsis_nn_lib=cmsis_lib)))
     shutil.rmtree(fw)
     shutil.rmtree(pl)
 
@@ -269,7 +293,6 @@ def build(cmsis_nn_lib=None, cmsis_nn_include=None, tflm_lib=None, tflm_root=Non
     dest = cache_root() / f"mcu-{_build_key(lib, inc, tflm)}"  # build_key() with these arguments
     cached_build(dest, lambda b: _build_into(b, lib, inc, tflm), what="the Cortex-M7 firmware",
                  error=McuError)
-    return _load_build(dest)
     return _load_build(dest)
 
 
@@ -346,14 +369,24 @@ def _encode_call(c: KernelCall) -> tuple[bytes, int, np.dtype, tuple]:
     return data, x.shape[0] * m, x.dtype, (x.shape[0], m)
 
 
+def _qemu(elf: Path, *options: str) -> list:
+    """The QEMU command that runs ``elf`` on the mps2-an500 with semihosting."""
+    return [QEMU, "-M", "mps2-an500", "-nographic", "-monitor", "none", "-serial", "none",
+            "-semihosting-config", "enable=on,target=native", *options, "-kernel", str(elf)]
+
+
+def _counting(b: McuBuild, markers: tuple) -> tuple:
+    """QEMU options that load the counting plugin watching ``markers`` (begin, end), which
+    must be the addresses of the markers in the ELF that QEMU runs."""
+    begin, end = markers
+    return ("-plugin", f"{b.plugin},begin={begin:#x},end={end:#x},out=counts.txt")
+
+
 def _run_qemu(b: McuBuild, jobs: Sequence[bytes], timeout: float):
     with tempfile.TemporaryDirectory(prefix="mam-mcu-") as tmp:
         tmp = Path(tmp)
         (tmp / "mcu_in.bin").write_bytes(b"MCU1" + struct.pack("<I", len(jobs)) + b"".join(jobs))
-        cmd = [QEMU, "-M", "mps2-an500", "-nographic", "-monitor", "none", "-serial", "none",
-               "-semihosting-config", "enable=on,target=native",
-               "-plugin", f"{b.plugin},begin={b.begin:#x},end={b.end:#x},out=counts.txt",
-               "-kernel", str(b.elf)]
+        cmd = _qemu(b.elf, *_counting(b, (b.begin, b.end)))
         try:
             proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -430,9 +463,7 @@ def count_by_trace(calls: Sequence[KernelCall], b: Optional[McuBuild] = None) ->
     with tempfile.TemporaryDirectory(prefix="mam-mcu-trace-") as tmp:
         tmp = Path(tmp)
         (tmp / "mcu_in.bin").write_bytes(b"MCU1" + struct.pack("<I", len(jobs)) + b"".join(jobs))
-        _run_tool([QEMU, "-M", "mps2-an500", "-nographic", "-monitor", "none", "-serial", "none",
-                   "-semihosting-config", "enable=on,target=native", "-singlestep",
-                   "-d", "nochain,exec", "-D", "trace.log", "-kernel", str(b.elf)],
+        _run_tool(_qemu(b.elf, "-singlestep", "-d", "nochain,exec", "-D", "trace.log"),
                   "QEMU with an execution trace", cwd=tmp)
         begin, end = f"/{b.begin:08x}/", f"/{b.end:08x}/"
         counts, n = [], None
@@ -479,10 +510,7 @@ def run_model(tflite, x_raw, b: Optional[McuBuild] = None, timeout: float = 600.
         tmp = Path(tmp)
         (tmp / "model.tflite").write_bytes(data)
         (tmp / "model_in.bin").write_bytes(struct.pack("<II", x.shape[0], per_sample) + x.tobytes())
-        cmd = [QEMU, "-M", "mps2-an500", "-nographic", "-monitor", "none", "-serial", "none",
-               "-semihosting-config", "enable=on,target=native",
-               "-plugin", f"{b.plugin},begin={b.begin:#x},end={b.end:#x},out=counts.txt",
-               "-kernel", str(b.model_elf)]
+        cmd = _qemu(b.model_elf, *_counting(b, b.model_markers))
         proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=timeout)
         if proc.returncode != 0:
             raise McuError(f"the model firmware exited {proc.returncode}:\n"
