@@ -106,14 +106,17 @@ _ARENA_ALIGN = 16  # TFLM aligns every arena allocation to 16 bytes (MicroArenaB
 class ExportResult:
     """What :func:`export_tflm` wrote: ``out``, the folder; ``array``, the model array's C name;
     ``ops``, the model's distinct operators in the order the registration adds them;
-    ``arena_measured`` (bytes, from TFLM's recording allocator on the host), ``arena_margin``,
+    ``arena_recorded`` (bytes TFLM's recording allocator reports used once the model is
+    allocated, on the host), ``arena_measured`` (the smallest arena TFLM's interpreter allocates
+    and runs the model in, on the host), ``arena_margin``,
     ``arena_bytes`` (their sum: the constant the firmware uses) and ``arena_method``
-    (``"glue"``: the model as it is, the glue built for the host interpreter; ``"stand-in"``:
+    (``"model"``: the model as it is, the glue built for the host interpreter; ``"stand-in"``:
     FULLY_CONNECTED in place of each MAM_SPARSE / MAC_SPARSE node)."""
 
     out: Path
     array: str
     ops: list
+    arena_recorded: int
     arena_measured: int
     arena_margin: int
     arena_bytes: int
@@ -194,30 +197,66 @@ def _registration_line(kind: str) -> str:
 # The arena, measured with TFLite-Micro's recording allocator
 # ------------------------------------------------------------------------------------------
 _MEASURE = r"""
-import contextlib, ctypes, io, sys
+import contextlib, ctypes, io, json, os, re, sys, tempfile
 import numpy as np
 path, lib, arena = sys.argv[1], sys.argv[2], int(sys.argv[3])
 if lib:
     ctypes.CDLL(lib, mode=ctypes.RTLD_GLOBAL)
 from tflite_micro.python.tflite_micro import runtime
 data = open(path, "rb").read()
-with contextlib.redirect_stdout(io.StringIO()):  # its resource-variable count
-    interp = runtime.Interpreter.from_bytes(
-        data, custom_op_registerers=["mam_tf_register_ops"] if lib else [], arena_size=arena,
-        intrepreter_config=runtime.InterpreterConfig.kAllocationRecording)
-k = 0
-while True:
-    try:
-        d = interp.get_input_details(k)
-    except Exception:
-        break
-    interp.set_input(np.zeros(d["shape"], d["dtype"]), k)
-    k += 1
-interp.invoke()
-sys.stdout.flush()
-interp.print_allocations()
+report = os.fdopen(os.dup(1), "w")  # the result, apart from what TFLM prints on fd 1
+
+
+def run(size, record=False):
+    # Builds the interpreter in `size` bytes and invokes it once: its allocation report, or
+    # None when TFLite-Micro refuses the size.
+    with tempfile.TemporaryFile() as log:
+        sys.stdout.flush()
+        saved = os.dup(1)
+        os.dup2(log.fileno(), 1)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # its resource-variable count
+                interp = runtime.Interpreter.from_bytes(
+                    data, custom_op_registerers=["mam_tf_register_ops"] if lib else [],
+                    arena_size=size,
+                    intrepreter_config=runtime.InterpreterConfig.kAllocationRecording)
+            k = 0
+            while True:
+                try:
+                    d = interp.get_input_details(k)
+                except Exception:
+                    break
+                interp.set_input(np.zeros(d["shape"], d["dtype"]), k)
+                k += 1
+            interp.invoke()
+            if record:
+                interp.print_allocations()
+        except RuntimeError as err:
+            if record:
+                raise
+            return None
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+        log.seek(0)
+        return log.read().decode("utf-8", "replace")
+
+
+if arena > 0:  # one size: does it work?
+    report.write(json.dumps({"works": run(arena) is not None}) + "\n")
+    sys.exit(0)
+text = run(1 << 22, record=True)
+total = int(re.findall(r"Arena allocation total (\d+) bytes", text)[-1])
+# AllocateTensors needs more than it keeps (the memory planner's scratch, the temporary
+# tensors of Prepare): the smallest arena that works, by bisection from the recorded total.
+lo, hi = total - 1, total
+while run(hi) is None:
+    lo, hi = hi, hi * 2
+while hi - lo > 1:
+    mid = (lo + hi) // 2
+    lo, hi = (lo, mid) if run(mid) is not None else (mid, hi)
+report.write(json.dumps({"recorded": total, "needed": hi}) + "\n")
 """
-_TOTAL = re.compile(r"Arena allocation total (\d+) bytes")
 
 
 def _glue_library(tflm_root: str, flatbuffers_include: Optional[str]) -> Path:
@@ -293,29 +332,30 @@ def _stand_in(model) -> bytes:
 
 
 def measure_arena(data: bytes, glue_library: Optional[Path] = None,
-                  arena_size: Optional[int] = None) -> int:
-    """The arena bytes TFLite-Micro's recording allocator reports for the model (the wheel's
-    interpreter, in a child process: a kernel that aborts ends only the child). ``glue_library``:
-    a library exporting ``mam_tf_register_ops`` (:func:`_glue_library`), needed for a model
-    with MAM_SPARSE / MAC_SPARSE nodes. ValueError when the interpreter refuses the model."""
-    if arena_size is None:
-        sg = fb.load(data).subgraphs[0]
-        activations = sum(int(np.prod(t.shape, dtype=np.int64)) * 8
-                          for t in sg.tensors if t.shape is not None)
-        arena_size = max(1 << 20, 4 * activations + 65536)
+                  arena_size: Optional[int] = None):
+    """The arena the model needs in TFLite-Micro (the wheel's interpreter, in a child process:
+    a kernel that aborts ends only the child), as ``(recorded, needed)``: what the recording
+    allocator reports as used once the model is allocated and invoked, and the smallest arena in
+    which it allocates and invokes at all (more: AllocateTensors borrows scratch it gives back).
+    With ``arena_size``: whether the model allocates and invokes in that many bytes.
+    ``glue_library``: a library exporting ``mam_tf_register_ops`` (the glue), for a model with
+    MAM_SPARSE / MAC_SPARSE nodes. ValueError when the interpreter refuses the model."""
+    import json
+
     with tempfile.TemporaryDirectory(prefix="mam-tf-arena-") as tmp:
         path = Path(tmp) / "model.tflite"
         path.write_bytes(data)
         proc = subprocess.run([sys.executable, "-c", _MEASURE, str(path),
-                               str(glue_library or ""), str(arena_size)],
+                               str(glue_library or ""), str(arena_size or 0)],
                               capture_output=True, text=True, timeout=600)
-    found = _TOTAL.findall(proc.stdout + proc.stderr)
-    if proc.returncode != 0 or not found:
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
         tail = (proc.stderr.strip().splitlines() or proc.stdout.strip().splitlines()
                 or ["no output"])[-1]
         raise ValueError(f"TFLite-Micro's interpreter could not allocate the model to measure "
                          f"its arena (exit status {proc.returncode}): {tail}")
-    return int(found[-1])
+    result = json.loads(lines[-1])
+    return result["works"] if arena_size else (result["recorded"], result["needed"])
 
 
 # ------------------------------------------------------------------------------------------
@@ -334,8 +374,9 @@ def _files(src: Path, data: bytes, array: str, ops: list, arena: dict) -> dict:
     banner = (f"// Generated by `mam-tf export-tflm` from {src.name} (sha256 {digest[:16]}); "
               "export again rather than edit.\n")
     op_list = ", ".join(ops)
-    how = ("the model as it is, the MAM_SPARSE glue built for the host interpreter"
-           if arena["method"] == "glue" else
+    how = ("the model as it is" + (", the MAM_SPARSE glue built for the host interpreter"
+                                   if arena["glue"] else "")
+           if arena["method"] == "model" else
            "an estimate: each MAM_SPARSE / MAC_SPARSE node measured as a FULLY_CONNECTED node "
            "of the same tensors (export with a tflite-micro tree, --tflm-root, to measure the "
            "glue itself)")
@@ -371,13 +412,16 @@ using OpResolver = tflite::MicroMutableOpResolver<kOpCount>;
 // Adds exactly the model's operators to the resolver: kTfLiteOk, or the first failure.
 TfLiteStatus RegisterOps(OpResolver& resolver);
 
-// The tensor arena. kArenaMeasuredBytes: what TFLite-Micro's RecordingMicroAllocator reported
-// on the host (64-bit) for {how}.
+// The tensor arena, measured on the host (64-bit) with TFLite-Micro's interpreter for
+// {how}. kArenaRecordedBytes: what its RecordingMicroAllocator reports used once the model is
+// allocated (the host's arena_used_bytes()); kArenaMeasuredBytes: the smallest arena it
+// allocates and runs the model in (AllocateTensors borrows scratch it gives back).
 // kArenaMarginBytes: 1/8 of that, at least 1 KiB, for what the host cannot see: a TFLM of
 // another commit than the measuring one, optimized kernels (CMSIS-NN) asking for scratch
 // buffers, the estimate. The host's 64-bit structs are larger than a Cortex-M's, so its
 // figure bounds the device's own bookkeeping. After AllocateTensors(), arena_used_bytes()
 // tells the device's real need: trim kArenaBytes to it if memory is short.
+constexpr size_t kArenaRecordedBytes = {arena["recorded"]};
 constexpr size_t kArenaMeasuredBytes = {arena["measured"]};
 constexpr size_t kArenaMarginBytes = {arena["margin"]};
 constexpr size_t kArenaBytes = kArenaMeasuredBytes + kArenaMarginBytes;
@@ -543,8 +587,10 @@ interpreter.AllocateTensors();         // kTfLiteOk, or one line through MicroPr
 `mam_model::kArenaBytes` = {arena["bytes"]} bytes: {arena["measured"]} measured + {arena["margin"]}
 margin.
 
-- Measured on the host with TFLite-Micro's `RecordingMicroAllocator` (the `tflite-micro`
-  Python interpreter), {how}.
+- Measured on the host with the `tflite-micro` Python interpreter, {how}: the smallest
+  arena it allocates and runs the model in ({arena["measured"]} bytes; its
+  `RecordingMicroAllocator` reports {arena["recorded"]} bytes used once the model is allocated:
+  `AllocateTensors()` borrows scratch it gives back).
 - The margin is 1/8 of the figure, at least 1 KiB. The host is 64-bit: TFLM's pointers, tensor
   and node structs are larger there than on a 32-bit Cortex-M, and the activation plan is the
   same bytes on both, so the host's figure bounds the device's bookkeeping. The margin covers
@@ -613,15 +659,15 @@ def export_tflm(model, out, *, name: Optional[str] = None, force: bool = False,
 
     has_custom = any(k in _CUSTOM_REGISTRATION for k in ops)
     if has_custom and tflm_root:
-        measured = measure_arena(data, _glue_library(tflm_root, flatbuffers_include))
-        method = "glue"
+        (recorded, measured), method = measure_arena(
+            data, _glue_library(tflm_root, flatbuffers_include)), "model"
     elif has_custom:
-        measured, method = measure_arena(_stand_in(tfl)), "stand-in"
-    else:
-        measured, method = measure_arena(data), "glue"  # nothing of ours to stand in for
+        (recorded, measured), method = measure_arena(_stand_in(tfl)), "stand-in"
+    else:  # nothing of ours to stand in for
+        (recorded, measured), method = measure_arena(data), "model"
     margin = arena_margin(measured)
-    arena = {"measured": measured, "margin": margin, "bytes": measured + margin,
-             "method": method}
+    arena = {"recorded": recorded, "measured": measured, "margin": margin,
+             "bytes": measured + margin, "method": method, "glue": has_custom and method == "model"}
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -643,7 +689,8 @@ def export_tflm(model, out, *, name: Optional[str] = None, force: bool = False,
         if tmp.exists():
             shutil.rmtree(tmp)
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
-    return ExportResult(out=out, array=array, ops=ops, arena_measured=measured,
+    return ExportResult(out=out, array=array, ops=ops, arena_recorded=recorded,
+                        arena_measured=measured,
                         arena_margin=margin, arena_bytes=measured + margin, arena_method=method,
                         files=files)
 
@@ -652,7 +699,7 @@ def _cmd_export(args):
     result = export_tflm(args.model, required_out(args), name=args.name, force=args.force,
                          tflm_root=args.tflm_root, flatbuffers_include=args.flatbuffers_include,
                          probe=args.probe)
-    what = ("measured with the glue" if result.arena_method == "glue"
+    what = ("measured with the glue" if result.arena_method == "model"
             else "estimated with a FULLY_CONNECTED stand-in (--tflm-root measures the glue)")
     print(f"wrote {result.out}/ ({len(result.files)} files): array {result.array}, "
           f"MicroMutableOpResolver<{result.resolver_size}> ({', '.join(result.ops)}), arena "
