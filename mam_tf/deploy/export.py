@@ -198,8 +198,8 @@ def _registration_line(kind: str) -> str:
 # ------------------------------------------------------------------------------------------
 _MEASURE = r"""
 import contextlib, ctypes, io, json, os, re, sys, tempfile
-import numpy as np
-path, lib, arena = sys.argv[1], sys.argv[2], int(sys.argv[3])
+from mam_tf.deploy.probe import set_zero_inputs
+path, lib, arena, mode = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 if lib:
     ctypes.CDLL(lib, mode=ctypes.RTLD_GLOBAL)
 from tflite_micro.python.tflite_micro import runtime
@@ -212,50 +212,56 @@ def run(size, record=False):
     # None when TFLite-Micro refuses the size.
     with tempfile.TemporaryFile() as log:
         sys.stdout.flush()
-        saved = os.dup(1)
-        os.dup2(log.fileno(), 1)
+        sys.stderr.flush()
+        saved = [os.dup(1), os.dup(2)]
+        os.dup2(log.fileno(), 1)  # MicroPrintf writes to one or the other
+        os.dup2(log.fileno(), 2)
         try:
             with contextlib.redirect_stdout(io.StringIO()):  # its resource-variable count
                 interp = runtime.Interpreter.from_bytes(
                     data, custom_op_registerers=["mam_tf_register_ops"] if lib else [],
                     arena_size=size,
                     intrepreter_config=runtime.InterpreterConfig.kAllocationRecording)
-            k = 0
-            while True:
-                try:
-                    d = interp.get_input_details(k)
-                except Exception:
-                    break
-                interp.set_input(np.zeros(d["shape"], d["dtype"]), k)
-                k += 1
+            set_zero_inputs(interp)
             interp.invoke()
             if record:
                 interp.print_allocations()
-        except RuntimeError as err:
+        except RuntimeError:
             if record:
                 raise
             return None
         finally:
-            os.dup2(saved, 1)
-            os.close(saved)
+            for fd, copy in zip((1, 2), saved):
+                os.dup2(copy, fd)
+                os.close(copy)
         log.seek(0)
         return log.read().decode("utf-8", "replace")
 
 
-if arena > 0:  # one size: does it work?
-    report.write(json.dumps({"works": run(arena) is not None}) + "\n")
+def works(size):
+    # In a forked process: with some arenas a little too small, a kernel's Prepare crashes
+    # (a failed allocation it does not check) instead of reporting an error.
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0 if run(size) is not None else 1)
+    return os.waitpid(pid, 0)[1] == 0
+
+
+if mode == "try":  # one size: does it work?
+    report.write(json.dumps({"works": works(arena)}) + "\n")
     sys.exit(0)
-text = run(1 << 22, record=True)
+text = run(arena, record=True)
 total = int(re.findall(r"Arena allocation total (\d+) bytes", text)[-1])
 # AllocateTensors needs more than it keeps (the memory planner's scratch, the temporary
-# tensors of Prepare): the smallest arena that works, by bisection from the recorded total.
-lo, hi = total - 1, total
-while run(hi) is None:
+# tensors of Prepare): the smallest arena (in 16-byte steps, TFLM's alignment) that works, by
+# bisection from the recorded total.
+lo, hi = total // 16 - 1, -(-total // 16)
+while not works(16 * hi):
     lo, hi = hi, hi * 2
 while hi - lo > 1:
     mid = (lo + hi) // 2
-    lo, hi = (lo, mid) if run(mid) is not None else (mid, hi)
-report.write(json.dumps({"recorded": total, "needed": hi}) + "\n")
+    lo, hi = (lo, mid) if works(16 * mid) else (mid, hi)
+report.write(json.dumps({"recorded": total, "needed": 16 * hi}) + "\n")
 """
 
 
@@ -335,18 +341,25 @@ def measure_arena(data: bytes, glue_library: Optional[Path] = None,
                   arena_size: Optional[int] = None):
     """The arena the model needs in TFLite-Micro (the wheel's interpreter, in a child process:
     a kernel that aborts ends only the child), as ``(recorded, needed)``: what the recording
-    allocator reports as used once the model is allocated and invoked, and the smallest arena in
-    which it allocates and invokes at all (more: AllocateTensors borrows scratch it gives back).
+    allocator reports as used once the model is allocated and invoked, and the smallest arena, a
+    multiple of 16 bytes, in which it allocates and invokes at all (more: AllocateTensors
+    borrows scratch it gives back).
     With ``arena_size``: whether the model allocates and invokes in that many bytes.
     ``glue_library``: a library exporting ``mam_tf_register_ops`` (the glue), for a model with
     MAM_SPARSE / MAC_SPARSE nodes. ValueError when the interpreter refuses the model."""
     import json
 
+    mode = "try" if arena_size else "measure"
+    if not arena_size:  # room enough to record in: the activations many times over
+        sg = fb.load(data).subgraphs[0]
+        activations = sum(int(np.prod(t.shape, dtype=np.int64)) * 8
+                          for t in sg.tensors if t.shape is not None)
+        arena_size = max(1 << 20, 4 * activations + 65536)
     with tempfile.TemporaryDirectory(prefix="mam-tf-arena-") as tmp:
         path = Path(tmp) / "model.tflite"
         path.write_bytes(data)
         proc = subprocess.run([sys.executable, "-c", _MEASURE, str(path),
-                               str(glue_library or ""), str(arena_size or 0)],
+                               str(glue_library or ""), str(arena_size), mode],
                               capture_output=True, text=True, timeout=600)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
@@ -355,7 +368,7 @@ def measure_arena(data: bytes, glue_library: Optional[Path] = None,
         raise ValueError(f"TFLite-Micro's interpreter could not allocate the model to measure "
                          f"its arena (exit status {proc.returncode}): {tail}")
     result = json.loads(lines[-1])
-    return result["works"] if arena_size else (result["recorded"], result["needed"])
+    return result["works"] if mode == "try" else (result["recorded"], result["needed"])
 
 
 # ------------------------------------------------------------------------------------------
