@@ -432,8 +432,8 @@ TfLiteStatus RegisterOps(OpResolver& resolver);
 // kArenaMarginBytes: 1/8 of that, at least 1 KiB, for what the host cannot see: a TFLM of
 // another commit than the measuring one, optimized kernels (CMSIS-NN) asking for scratch
 // buffers, the estimate. The host's 64-bit structs are larger than a Cortex-M's, so its
-// figure bounds the device's own bookkeeping. After AllocateTensors(), arena_used_bytes()
-// tells the device's real need: trim kArenaBytes to it if memory is short.
+// figure bounds the device's own bookkeeping. arena_used_bytes() after AllocateTensors() is
+// the device's kArenaRecordedBytes, not its need: allocation peaks above it.
 constexpr size_t kArenaRecordedBytes = {arena["recorded"]};
 constexpr size_t kArenaMeasuredBytes = {arena["measured"]};
 constexpr size_t kArenaMarginBytes = {arena["margin"]};
@@ -609,8 +609,10 @@ margin.
   same bytes on both, so the host's figure bounds the device's bookkeeping. The margin covers
   what the host cannot see: a TFLM of another commit than the measuring one, optimized kernels
   (CMSIS-NN) that ask for scratch buffers, and the estimate above.
-- On the device, after `AllocateTensors()`, `interpreter.arena_used_bytes()` is the real need:
-  trim the arena to it if memory is short.
+- On the device, `interpreter.arena_used_bytes()` after `AllocateTensors()` is what the model
+  keeps (the device's counterpart of {arena["recorded"]}), not what allocating it needs: do not
+  trim the arena to it. With the wheel, some arenas a few bytes too small crashed a kernel's
+  Prepare instead of failing.
 
 Run `mam-tf check` on a model before flashing it (export-tflm did, on this one).
 """
