@@ -39,6 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_check_command(sub)
 
+    from mam_tf.deploy.export import add_export_command
+
+    add_export_command(sub)
+
     from mam_tf.deploy.fuzz import add_fuzz_command
 
     add_fuzz_command(sub)

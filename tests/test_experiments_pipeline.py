@@ -270,3 +270,29 @@ def test_fractions_option_reads_fractions_and_the_old_percent(capsys):
     for bad in ("", "x", "0", "-1"):
         with pytest.raises(argparse.ArgumentTypeError, match="--fine-tune is"):
             parse(bad)
+
+
+def test_a_byte_of_the_c_sources_changes_the_experiments_stage_keys(tmp_path, monkeypatch):
+    """The deployment stages run the C core of tflm_ops/: its sources are in the code key."""
+    import shutil
+
+    from mam_tf._native import tflm_ops_dir
+
+    ops = tmp_path / "tflm_ops"
+    shutil.copytree(tflm_ops_dir(), ops, ignore=shutil.ignore_patterns("build*", "__pycache__"))
+    monkeypatch.setattr(base, "tflm_ops_dir", lambda: ops)
+    first = TOY.code_fingerprint()
+    key = stage_key("deploy", {"mode": "int8"}, code=first)
+    assert TOY.code_fingerprint() == first
+    for rel in ("src/validate.c", "tflm/mam_sparse_op.cc", "include/mam_sparse/core.h",
+                "sources.cmake"):
+        f = ops / rel
+        original = f.read_bytes()
+        f.write_bytes(original[:-2] + bytes([original[-2] ^ 1]) + original[-1:])
+        now = TOY.code_fingerprint()
+        assert now != first, f"a byte of {rel} left the code fingerprint as it was"
+        assert stage_key("deploy", {"mode": "int8"}, code=now) != key
+        f.write_bytes(original)
+        assert TOY.code_fingerprint() == first
+    (ops / "README.md").write_text("docs are not code")
+    assert TOY.code_fingerprint() == first

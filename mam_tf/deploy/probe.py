@@ -27,7 +27,7 @@ import numpy as np
 from mam_tf.deploy import flatbuffer as fb
 from mam_tf.deploy import options
 
-__all__ = ["probe_model", "single_operator_model", "TIMEOUT_S"]
+__all__ = ["probe_model", "single_operator_model", "set_zero_inputs", "TIMEOUT_S"]
 
 #: How long the child may take for the whole model before it counts as hung.
 TIMEOUT_S = 300.0
@@ -104,6 +104,18 @@ def probe_model(checked, timeout: float = TIMEOUT_S) -> list:
     return problems
 
 
+def set_zero_inputs(interp) -> None:
+    """Sets every input of a tflite-micro interpreter to zeros of its shape and type."""
+    k = 0
+    while True:
+        try:
+            details = interp.get_input_details(k)
+        except Exception:  # the wheel says "no input k" with a bare exception
+            break
+        interp.set_input(np.zeros(details["shape"], details["dtype"]), k)
+        k += 1
+
+
 def _child() -> int:
     """Reads the jobs from stdin; for each prints {"start": j}, then {"done": j} or
     {"op": j, "error": ...}; dies where TFLite-Micro dies."""
@@ -123,14 +135,7 @@ def _child() -> int:
             with contextlib.redirect_stdout(io.StringIO()):
                 interp = tflm.Interpreter.from_bytes(base64.b64decode(job["model"]),
                                                      arena_size=job["arena"])
-            k = 0
-            while True:
-                try:
-                    details = interp.get_input_details(k)
-                except Exception:
-                    break
-                interp.set_input(np.zeros(details["shape"], details["dtype"]), k)
-                k += 1
+            set_zero_inputs(interp)
             interp.invoke()
         except Exception as err:  # an error status: the interpreter said no, and lives
             out.write(json.dumps({"op": j, "error": " ".join(str(err).split())}) + "\n")

@@ -32,6 +32,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Sequence
 
+from mam_tf._native import tflm_ops_dir
 from mam_tf.experiments import pipeline as pl
 
 __all__ = ["ExperimentConfig", "Experiment", "run", "default_out", "merged_seeds",
@@ -103,7 +104,9 @@ class Experiment:
     code: tuple = ()
 
     def code_fingerprint(self) -> str:
-        return pl.code_fingerprint(BASE_CODE + tuple(self.code))
+        """Its modules, :data:`BASE_CODE` and the C sources of ``tflm_ops/`` (the core the
+        deployment stages run)."""
+        return pl.code_fingerprint(BASE_CODE + tuple(self.code), trees=(tflm_ops_dir(),))
 
     def part(self, name: str) -> Callable:
         """``stages``, ``outputs`` or ``summary`` as a function (imported if named)."""

@@ -89,11 +89,20 @@ def stage_key(name: str, params: dict, deps: Sequence["StageResult"] = (), code:
 _SOURCE_SUFFIXES = (".py", ".c", ".cc", ".h")
 
 
-def code_fingerprint(modules: Iterable[str], version: str | None = None) -> str:
+_TREE_SUFFIXES = _SOURCE_SUFFIXES + (".cmake", ".ld", ".map")
+
+
+def code_fingerprint(modules: Iterable[str], version: str | None = None,
+                     trees: Iterable[Path] = ()) -> str:
     """What computes a stage: ``"<version>+<hash>"``, the package version (default
     the installed distribution's) and a hash of the source files (``.py``, ``.c``, ``.cc``, ``.h``) of
     the named modules or packages (a package: every such file under its folder), by path and
-    content. Editing any of those files, or upgrading the package, changes it."""
+    content. Editing any of those files, or upgrading the package, changes it.
+
+    ``trees``: folders of native sources outside the Python packages (the C core and glue of
+    ``tflm_ops/``, which the deployment stages build and run), hashed the same way with their
+    build files (``.cmake``, ``CMakeLists.txt``, linker scripts), by path relative to the
+    folder's own name, so that a checkout and an installed package agree."""
     import importlib.util
 
     if version is None:
@@ -114,6 +123,13 @@ def code_fingerprint(modules: Iterable[str], version: str | None = None) -> str:
             root, files = origin.parent, [origin]
         for f in files:
             h.update(f"{module}:{f.relative_to(root).as_posix()}\0".encode())
+            h.update(f.read_bytes())
+            h.update(b"\0")
+    for tree in trees:
+        tree = Path(tree)
+        for f in sorted(p for p in tree.rglob("*") if p.is_file() and (
+                p.suffix in _TREE_SUFFIXES or p.name == "CMakeLists.txt")):
+            h.update(f"{tree.name}/{f.relative_to(tree).as_posix()}\0".encode())
             h.update(f.read_bytes())
             h.update(b"\0")
     return f"{version}+{h.hexdigest()[:16]}"
