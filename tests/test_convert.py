@@ -502,15 +502,24 @@ def test_token_mam_sparse_equals_the_float_layer_row_by_row(token_converted, tok
 @pytest.mark.parametrize("mode", ["int8", "int16x8"])
 def test_pruned_dense_on_tokens_as_mac_sparse_computes_what_fully_connected_does(token_data,
                                                                                   mode):
+    """"pre" reads the model input [1, 3, 4, 12] and TFLite's FULLY_CONNECTED writes
+    [1, 3, 4, 10] (it keeps the leading dimensions): MAC_SPARSE reads and writes rows, with
+    a RESHAPE on each side; "dec" reads the MAM layer's rows."""
     model = _token_model()
+    pre = model.get_layer("pre")
+    w = pre.kernel.numpy()
+    w[np.abs(w) < np.quantile(np.abs(w), 0.7)] = 0.0
+    pre.kernel.assign(w)
     plain = convert(model, token_data, mode=mode)
     sparse = convert(model, token_data, mode=mode, mac_sparse_below=0.5, return_report=True)
     _, sg, names = _ops(sparse.tflite)
-    assert [r.op for r in sparse.layers] == ["MAM_SPARSE", "MAC_SPARSE"]
-    assert names.count("FULLY_CONNECTED") == 1  # "pre" is dense: untouched
-    op = sg.operators[names.index("MAC_SPARSE")]
-    assert list(sg.tensors[op.inputs[0]].shape) == [int(np.prod(TOKENS)), 8]
-    assert list(sg.tensors[op.outputs[0]].shape) == [int(np.prod(TOKENS)), 6]
+    assert [r.op for r in sparse.layers] == ["MAM_SPARSE", "MAC_SPARSE", "MAC_SPARSE"]
+    assert "FULLY_CONNECTED" not in names
+    rows = int(np.prod(TOKENS))
+    shapes = [[list(sg.tensors[t].shape) for t in (op.inputs[0], op.outputs[0])]
+              for op, name in zip(sg.operators, names) if name.endswith("_SPARSE")]
+    assert shapes == [[[rows, 12], [rows, 10]], [[rows, 10], [rows, 8]], [[rows, 8], [rows, 6]]]
+    assert names[:3] == ["RESHAPE", "MAC_SPARSE", "RESHAPE"]
     x = Interpreter(plain).quantize_input(token_data)
     np.testing.assert_array_equal(Interpreter(sparse.tflite).run_raw(x),
                                   Interpreter(plain).run_raw(x))
