@@ -433,7 +433,8 @@ TOKENS = (3, 4)  # two leading dimensions: 12 rows per sample
 def _token_model(seed=0):
     keras.utils.set_random_seed(seed)
     inp = keras.Input(TOKENS + (12,))
-    h = keras.layers.Dense(10, activation="relu", name="pre")(inp)
+    h = keras.layers.Dense(10, activation="relu", name="pre",
+                           bias_initializer="random_normal")(inp)  # a bias: see the 16x8 note
     h = MAMDense(8, activation="relu", name="enc", bias_initializer="random_normal")(h)
     out = keras.layers.Dense(6, name="dec", bias_initializer="random_normal")(h)
     model = keras.Model(inp, out)
