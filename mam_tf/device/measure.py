@@ -243,7 +243,7 @@ def sparse_ops_on_device(tflite, x_raw, b: Optional[McuBuild] = None) -> list[di
     from mam_tf.deploy.runtime import Interpreter
 
     b = b or build()
-    data = Path(tflite).read_bytes() if not isinstance(tflite, (bytes, bytearray)) else bytes(tflite)
+    data = bytes(tflite) if isinstance(tflite, (bytes, bytearray)) else Path(tflite).read_bytes()
     model = fb.load(data)
     sg = model.subgraphs[0]
     kinds = {options.MAM_SPARSE: "mam_sparse", options.MAC_SPARSE: "mac_sparse"}

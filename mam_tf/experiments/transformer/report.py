@@ -28,8 +28,13 @@ def _accuracy_rows(results):
     return rows
 
 
+_DEVICE_HEADERS = ["MLP", "seed", "layer", "kernel", "variant", "rows", "M x N", "instructions",
+                   "equal to host"]
+_ACCURACY_HEADERS = ["MLP", "trained", "pruned one-shot", "pruned + fine-tuned"]
+
+
 def device_rows(results):
-    """One row per (kind, seed, sparse op, variant): rows, M x N, the median instructions over
+    """One row per (kind, seed, MLP layer, variant): rows, M x N, the median instructions over
     the device samples and whether every output equalled the host runtime's."""
     rows = []
     for r in results["runs"]:
@@ -38,7 +43,8 @@ def device_rows(results):
             continue
         groups = {}
         for rec in dev["ops"]:
-            groups.setdefault((rec["op_name"], rec["kernel"], rec["variant"]), []).append(rec)
+            layer = rec["op_name"].split("/")[0]  # the op's output tensor is named after it
+            groups.setdefault((layer, rec["kernel"], rec["variant"]), []).append(rec)
         for (name, kernel, variant), recs in groups.items():
             m, n = recs[0]["shape"]
             rows.append([r["kind"].upper(), r["seed"], name, kernel.upper(), variant,
@@ -67,8 +73,8 @@ def _report(cfg, results):
         "",
         "## Test accuracy, % (mean over seeds, min-max)",
         "",
-        rp.markdown_table(["MLP", "trained", "pruned one-shot", "pruned + fine-tuned",
-                           f"int8 deployed ({cfg.deploy_test} samples)"], _accuracy_rows(results)),
+        rp.markdown_table(_ACCURACY_HEADERS + [f"int8 deployed ({cfg.deploy_test} samples)"],
+                          _accuracy_rows(results)),
         "",
         "## The MLP's sparse ops on the emulated Cortex-M7",
         "",
@@ -78,8 +84,7 @@ def _report(cfg, results):
     ]
     rows = device_rows(results)
     if rows:
-        lines.append(rp.markdown_table(["MLP", "seed", "op", "kernel", "variant", "rows", "M x N",
-                                        "instructions", "equal to host"], rows))
+        lines.append(rp.markdown_table(_DEVICE_HEADERS, rows))
     else:
         reasons = {r["device"].get("reason") for r in results["runs"]}
         lines.append(f"Not run: {'; '.join(sorted(str(x) for x in reasons))}.")
@@ -91,10 +96,8 @@ def summary(cfg, results) -> str:
     """What the command prints: the accuracy table and the device rows."""
     text = ["accuracy % (mean, min-max over seeds); chance "
             f"{100 * results['chance']:.0f}%",
-            rp.markdown_table(["MLP", "trained", "pruned one-shot", "pruned + fine-tuned",
-                               "int8 deployed"], _accuracy_rows(results))]
+            rp.markdown_table(_ACCURACY_HEADERS + ["int8 deployed"], _accuracy_rows(results))]
     rows = device_rows(results)
     if rows:
-        text += ["", rp.markdown_table(["MLP", "seed", "op", "kernel", "variant", "rows", "M x N",
-                                        "instructions", "equal to host"], rows)]
+        text += ["", rp.markdown_table(_DEVICE_HEADERS, rows)]
     return "\n".join(text)
