@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 
+from mam_tf.experiments.base import fit_progress
 from mam_tf.experiments.report import summarize
 from mam_tf.experiments.transformer.config import KINDS
 from mam_tf.experiments.transformer.task import CLASSES
@@ -44,14 +45,6 @@ def _loss():
     return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
-def _callbacks(progress, epochs, desc):
-    if not progress:
-        return []
-    from tqdm.keras import TqdmCallback
-
-    return [TqdmCallback(epochs=epochs, verbose=0, desc=desc, leave=False)]
-
-
 def _train(data_stage, p, progress):
     def compute(work):
         from mam_tf.models import token_transformer
@@ -63,7 +56,7 @@ def _train(data_stage, p, progress):
                                   width=p["width"], heads=p["heads"], hidden=p["hidden"],
                                   seed=p["seed"])
         model.compile(keras.optimizers.Adam(p["lr"]), _loss())
-        callbacks = _callbacks(progress, p["epochs"], f"train {p['kind']} seed {p['seed']}")
+        callbacks = fit_progress(progress, p["epochs"], f"train {p['kind']} seed {p['seed']}")
         if p["kind"] == "mam":
             callbacks.append(VanishingContributions(length=p["vc_epochs"]))
         t0 = time.perf_counter()
