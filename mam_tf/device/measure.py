@@ -229,14 +229,16 @@ def bench_model(tflite, b: Optional[McuBuild] = None, seed=0, check=True,
     return records
 
 
-def sparse_ops_on_device(tflite, x_raw, b: Optional[McuBuild] = None) -> list[dict]:
+def sparse_ops_on_device(tflite, x_raw, b: Optional[McuBuild] = None, probe="auto") -> list[dict]:
     """Every MAM_SPARSE / MAC_SPARSE op of a converted model on the emulated Cortex-M7, on the
     rows it really reads: each sample of ``x_raw`` (the model input's integer type) runs through
     the host runtime (:class:`mam_tf.deploy.runtime.Interpreter`), and each sparse op's input
     there (``[rows, N]``: the tokens of the sample) goes through every kernel variant the build
     has. Returns one record per (op, variant, sample): ``op_index``, ``op_name``, ``kernel``,
     ``variant``, ``rows``, ``shape`` (M, N), ``instructions`` and ``equal`` (the device's output
-    is the host runtime's tensor, bit for bit)."""
+    is the host runtime's tensor, bit for bit). ``probe`` goes to the host runtime (``False``
+    for a model this process has checked already: the probe runs TFLite-Micro's kernels in a
+    child process, which takes seconds)."""
     from mam_tf.deploy import flatbuffer as fb
     from mam_tf.deploy import node
     from mam_tf.deploy import options
@@ -253,7 +255,7 @@ def sparse_ops_on_device(tflite, x_raw, b: Optional[McuBuild] = None) -> list[di
         raise ValueError(f"mcu: {tflite if isinstance(tflite, (str, Path)) else 'the model'} "
                          "holds no MAM_SPARSE / MAC_SPARSE op")
     variants = ["portable"] + (["optimized"] if b.optimized else [])
-    interp = Interpreter(data)
+    interp = Interpreter(data, probe=probe)
     calls, meta, want = [], [], []
     x_raw = np.asarray(x_raw)
     for k in range(len(x_raw)):
