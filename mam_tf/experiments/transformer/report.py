@@ -7,6 +7,7 @@ from pathlib import Path
 from mam_tf.experiments import report as rp
 from mam_tf.experiments.base import copy_file
 from mam_tf.experiments.transformer.config import KINDS
+from mam_tf.models.token_transformer import MLP_LAYERS
 
 __all__ = ["outputs", "summary", "device_rows"]
 
@@ -33,6 +34,12 @@ _DEVICE_HEADERS = ["MLP", "seed", "layer", "kernel", "variant", "rows", "M x N",
 _ACCURACY_HEADERS = ["MLP", "trained", "pruned one-shot", "pruned + fine-tuned"]
 
 
+def _layer(tensor_name):
+    """The MLP layer an op's output tensor is named after (TFLite joins names with ';')."""
+    parts = tensor_name.replace(";", "/").split("/")
+    return next((p for p in parts if p in MLP_LAYERS), tensor_name)
+
+
 def device_rows(results):
     """One row per (kind, seed, MLP layer, variant): rows, M x N, the median instructions over
     the device samples and whether every output equalled the host runtime's."""
@@ -43,11 +50,11 @@ def device_rows(results):
             continue
         groups = {}
         for rec in dev["ops"]:
-            layer = rec["op_name"].split("/")[0]  # the op's output tensor is named after it
-            groups.setdefault((layer, rec["kernel"], rec["variant"]), []).append(rec)
-        for (name, kernel, variant), recs in groups.items():
+            groups.setdefault((rec["op_index"], rec["variant"]), []).append(rec)
+        for (_, variant), recs in groups.items():
             m, n = recs[0]["shape"]
-            rows.append([r["kind"].upper(), r["seed"], name, kernel.upper(), variant,
+            rows.append([r["kind"].upper(), r["seed"], _layer(recs[0]["op_name"]),
+                         recs[0]["kernel"].upper(), variant,
                          recs[0]["rows"], f"{m}x{n}",
                          int(statistics.median(x["instructions"] for x in recs)),
                          "yes" if all(x["equal"] for x in recs) else "NO"])
