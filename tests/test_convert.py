@@ -88,45 +88,49 @@ def test_weights_stored_are_the_kernel_quantized_and_pruned(converted):
     assert r.dense_int8_bytes == 8 * 16 + bias_bytes
 
 
-def test_runtime_mam_sparse_equals_the_reference(converted, data):
-    """The MAM_SPARSE op's integer output, on both backends, against the Keras layer's own
-    float arithmetic (max + min of all N products, plus the bias, relu) on the op's dequantized
-    input, within the bound that quantizing the weights, the bias and the output allows."""
-    model, conv = converted
-    layer = model.get_layer("enc")
+def _check_mam_op_against_float(model, tflite, mode, data, layer_name):
+    """The MAM_SPARSE op of ``layer_name``, on both backends, against the Keras layer's own
+    float arithmetic (max + min of all N products, plus the bias, relu) on each row of the op's
+    dequantized input, within the bound that quantizing the weights, the bias and the output
+    allows; core and reference equal bit for bit on the whole model."""
+    layer = model.get_layer(layer_name)
     kernel, bias = layer.kernel.numpy().astype(np.float64), layer.bias.numpy().astype(np.float64)
-    tfl, sg, names = _ops(conv.tflite)
+    n, m = kernel.shape
+    tfl, sg, names = _ops(tflite)
     op = sg.operators[names.index("MAM_SPARSE")]
     x_t, v_t, y_t = (sg.tensors[int(i)] for i in (op.inputs[0], op.inputs[1], op.outputs[0]))
     s_in, zx = float(x_t.quantization.scale[0]), int(x_t.quantization.zeroPoint[0])
     s_out, zy = float(y_t.quantization.scale[0]), int(y_t.quantization.zeroPoint[0])
-    s_w = np.broadcast_to(np.asarray(v_t.quantization.scale, np.float64), (kernel.shape[1],))
-    info = np.iinfo(np.int8 if conv.mode == "int8" else np.int16)
+    s_w = np.broadcast_to(np.asarray(v_t.quantization.scale, np.float64), (m,))
+    info = np.iinfo(np.int8 if mode == "int8" else np.int16)
     for backend in ("core", "reference"):
-        interp = Interpreter(conv.tflite, backend=backend)
+        interp = Interpreter(tflite, backend=backend)
         got_all, want_all, bound_all = [], [], []
         for sample in data[:16]:
             interp.run(sample[None])
-            xq = interp.tensors[int(op.inputs[0])].reshape(-1).astype(np.float64)
+            xq = interp.tensors[int(op.inputs[0])].reshape(-1, n).astype(np.float64)
             x = (xq - zx) * s_in
-            products = x[:, None] * kernel  # [N, M], pruned weights give 0 as in Keras
-            y = np.maximum(products.max(0) + products.min(0) + bias, 0.0)  # relu
+            products = x[:, :, None] * kernel  # [rows, N, M], pruned weights give 0 as in Keras
+            y = np.maximum(products.max(1) + products.min(1) + bias, 0.0)  # relu
             want_all.append(np.clip(np.round(y / s_out) + zy, info.min, info.max))
-            got_all.append(interp.tensors[int(op.outputs[0])].reshape(-1).astype(np.int64))
+            got_all.append(interp.tensors[int(op.outputs[0])].reshape(-1, m).astype(np.int64))
             # each product moves by at most |x| * s_w / 2 when W is quantized, so max and min
             # by that; the bias by s_in * s_w / 2; rounding twice: one output step
-            delta = np.abs(x).max() * s_w / 2
+            delta = np.abs(x).max(1, keepdims=True) * s_w / 2
             bound_all.append((2 * delta + s_in * s_w / 2) / s_out + 1)
-        got, want, bound = map(np.array, (got_all, want_all, bound_all))
+        got, want, bound = map(np.concatenate, (got_all, want_all, bound_all))
         assert np.all(np.abs(got - want) <= bound), (backend, got - want, bound)
         assert len(np.unique(got)) > 4  # the outputs vary: the comparison means something
         # the bias matters here: leaving it out would break the bound
         assert np.any(np.abs(bias) / s_out > bound.max(0) + 1), (bias / s_out, bound.max(0))
-    a = Interpreter(conv.tflite, backend="core").run_raw(
-        Interpreter(conv.tflite).quantize_input(data))
-    b = Interpreter(conv.tflite, backend="reference").run_raw(
-        Interpreter(conv.tflite).quantize_input(data))
+    a = Interpreter(tflite, backend="core").run_raw(Interpreter(tflite).quantize_input(data))
+    b = Interpreter(tflite, backend="reference").run_raw(Interpreter(tflite).quantize_input(data))
     np.testing.assert_array_equal(a, b)
+
+
+def test_runtime_mam_sparse_equals_the_reference(converted, data):
+    model, conv = converted
+    _check_mam_op_against_float(model, conv.tflite, conv.mode, data, "enc")
 
 
 def test_converted_model_tracks_keras(converted, data):
@@ -420,3 +424,103 @@ def test_per_channel_qat_model_with_dense_layers_converts(data, mode):
     assert names == ["FULLY_CONNECTED", "MAM_SPARSE", "FULLY_CONNECTED"]
     np.testing.assert_array_equal(fb.quantization(sg.tensors[sg.operators[1].inputs[1]])[0],
                                   params["enc"]["weights"]["scale"])
+
+
+# -- token inputs [batch, tokens, ..., features]: rows, as FULLY_CONNECTED reads them ---------
+TOKENS = (3, 4)  # two leading dimensions: 12 rows per sample
+
+
+def _token_model(seed=0):
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input(TOKENS + (12,))
+    h = keras.layers.Dense(10, activation="relu", name="pre",
+                           bias_initializer="random_normal")(inp)  # a bias: see the 16x8 note
+    h = MAMDense(8, activation="relu", name="enc", bias_initializer="random_normal")(h)
+    out = keras.layers.Dense(6, name="dec", bias_initializer="random_normal")(h)
+    model = keras.Model(inp, out)
+    for name, keep in (("enc", 0.4), ("dec", 0.3)):
+        w = model.get_layer(name).kernel.numpy()
+        w[np.abs(w) < np.quantile(np.abs(w), 1 - keep)] = 0.0
+        model.get_layer(name).kernel.assign(w)
+    return model
+
+
+@pytest.fixture(scope="module")
+def token_data():
+    return np.random.default_rng(1).standard_normal((48,) + TOKENS + (12,)).astype(np.float32)
+
+
+@pytest.fixture(scope="module", params=["int8", "int16x8"])
+def token_converted(request, token_data):
+    keras.backend.clear_session()
+    model = _token_model()
+    return model, convert(model, token_data, mode=request.param, return_report=True)
+
+
+def test_token_inputs_run_as_rows_in_mam_sparse(token_converted):
+    """The op reads [rows, N] and writes [rows, M] (the device contract), rows = the tokens of
+    one sample; the model keeps its [batch, 3, 4, 6] output."""
+    model, conv = token_converted
+    tfl, sg, names = _ops(conv.tflite)
+    op = sg.operators[names.index("MAM_SPARSE")]
+    rows = int(np.prod(TOKENS))
+    assert list(sg.tensors[op.inputs[0]].shape) == [rows, 10]
+    assert list(sg.tensors[op.outputs[0]].shape) == [rows, 8]
+    assert list(sg.tensors[sg.outputs[0]].shape) == [1, *TOKENS, 6]
+    assert names.count("MAM_SPARSE") == 1 and "REDUCE_MAX" not in names
+    assert conv.layers[0].shape == (8, 10)
+    from mam_tf.deploy import check
+
+    assert check.check_model(conv.tflite, probe=True)[1] == []  # RESHAPE's rules, TFLM's kernels
+
+
+def test_token_rows_follow_the_tokens_of_each_sample(token_converted, token_data):
+    """Each row of the op's output is the Keras layer's output for that token (a batch of
+    samples through the host runtime, dequantized), and the model's output is Keras'."""
+    model, conv = token_converted
+    tfl, sg, names = _ops(conv.tflite)
+    op = sg.operators[names.index("MAM_SPARSE")]
+    y_t = sg.tensors[op.outputs[0]]
+    s_out, zy = float(y_t.quantization.scale[0]), int(y_t.quantization.zeroPoint[0])
+    enc = keras.Model(model.inputs, model.get_layer("enc").output)
+    interp = Interpreter(conv.tflite)
+    for sample in token_data[:8]:
+        interp.run(sample[None])
+        got = (interp.tensors[int(op.outputs[0])].astype(np.float64) - zy) * s_out
+        want = enc.predict(sample[None], verbose=0).reshape(-1, 8)
+        assert np.abs(got - want).max() <= 0.08 * np.abs(want).max() + 2 * s_out
+    y = interp.run(token_data)
+    ref = model.predict(token_data, verbose=0)
+    assert y.shape == ref.shape == (len(token_data), *TOKENS, 6)
+    assert np.abs(y - ref).max() / np.abs(ref).max() < (0.05 if conv.mode == "int8" else 0.02)
+
+
+def test_token_mam_sparse_equals_the_float_layer_row_by_row(token_converted, token_data):
+    model, conv = token_converted
+    _check_mam_op_against_float(model, conv.tflite, conv.mode, token_data, "enc")
+
+
+@pytest.mark.parametrize("mode", ["int8", "int16x8"])
+def test_pruned_dense_on_tokens_as_mac_sparse_computes_what_fully_connected_does(token_data,
+                                                                                  mode):
+    """"pre" reads the model input [1, 3, 4, 12] and TFLite's FULLY_CONNECTED writes
+    [1, 3, 4, 10] (it keeps the leading dimensions): MAC_SPARSE reads and writes rows, with
+    a RESHAPE on each side; "dec" reads the MAM layer's rows."""
+    model = _token_model()
+    pre = model.get_layer("pre")
+    w = pre.kernel.numpy()
+    w[np.abs(w) < np.quantile(np.abs(w), 0.7)] = 0.0
+    pre.kernel.assign(w)
+    plain = convert(model, token_data, mode=mode)
+    sparse = convert(model, token_data, mode=mode, mac_sparse_below=0.5, return_report=True)
+    _, sg, names = _ops(sparse.tflite)
+    assert [r.op for r in sparse.layers] == ["MAM_SPARSE", "MAC_SPARSE", "MAC_SPARSE"]
+    assert "FULLY_CONNECTED" not in names
+    rows = int(np.prod(TOKENS))
+    shapes = [[list(sg.tensors[t].shape) for t in (op.inputs[0], op.outputs[0])]
+              for op, name in zip(sg.operators, names) if name.endswith("_SPARSE")]
+    assert shapes == [[[rows, 12], [rows, 10]], [[rows, 10], [rows, 8]], [[rows, 8], [rows, 6]]]
+    assert names[:3] == ["RESHAPE", "MAC_SPARSE", "RESHAPE"]
+    x = Interpreter(plain).quantize_input(token_data)
+    np.testing.assert_array_equal(Interpreter(sparse.tflite).run_raw(x),
+                                  Interpreter(plain).run_raw(x))

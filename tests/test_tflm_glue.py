@@ -255,6 +255,33 @@ def test_a_batch_of_rows_runs_in_one_invoke(tflm):
     np.testing.assert_array_equal(got.reshape(want.shape), want)
 
 
+@pytest.mark.parametrize("mode", ["int8", "int16x8"])
+def test_a_transformer_block_on_tokens_runs_in_tflm_as_on_the_host(tflm, mode):
+    """The whole encoder block in one TFLM interpreter: attention and LayerNorm's builtins, the
+    RESHAPEs to and from rows, MAM_SPARSE on the 6 tokens of each sample (as 6 rows)."""
+    from mam_tf.models import token_transformer
+    from mam_tf.models.token_transformer import MLP_LAYERS
+
+    keras.backend.clear_session()
+    model = token_transformer(6, 10, 4, "mam", beta=0.0, seed=0)
+    rng = np.random.default_rng(8)
+    for name in MLP_LAYERS:
+        _prune(model.get_layer(name), rng, 0.7)
+        model.get_layer(name).bias.assign(rng.normal(0, 0.3, model.get_layer(name).units))
+    data = rng.standard_normal((64, 6, 10)).astype(np.float32)
+    tflite = convert(model, data, mode=mode)
+    tfl = fb.load(tflite)
+    sg = tfl.subgraphs[0]
+    mams = [op for op in sg.operators if fb.op_name(tfl, op) == options.MAM_SPARSE]
+    assert [list(sg.tensors[op.inputs[0]].shape) for op in mams] == [[6, 16], [6, 32]]
+    host = Interpreter(tflite, backend="core")
+    x = _inputs(host, data, seed=7)
+    want = np.stack([host.run_raw(s) for s in x])
+    got = _run_tflm(tflm, tflite, x)
+    np.testing.assert_array_equal(got, want)
+    assert len(np.unique(got)) > 8
+
+
 def test_arena_use_is_recorded(tflm):
     """The arena a MAM_SPARSE-only model needs, from TFLM's RecordingMicroAllocator."""
     keras.backend.clear_session()

@@ -52,6 +52,9 @@ _SUPPORTED = {
     "GlobalMaxPooling2D", "Dropout", "BatchNormalization", "Add", "Subtract", "Multiply",
     "Concatenate", "UpSampling1D", "UpSampling2D", "ZeroPadding1D", "ZeroPadding2D",
     "Cropping1D", "Cropping2D", "Permute", "RepeatVector",
+    # a transformer encoder block: attention becomes FULLY_CONNECTED, BATCH_MATMUL, SOFTMAX
+    # and TRANSPOSE; LayerNormalization MEAN, SQUARED_DIFFERENCE, RSQRT, MUL, SUB and ADD
+    "MultiHeadAttention", "EinsumDense", "LayerNormalization",
 }
 _WRAPPERS = {"QuantizeWrapper", "QuantizeWrapperV2", "QuantizeLayer", "PruneLowMagnitude",
              "QATWrapper", "QATInput"}
@@ -106,16 +109,6 @@ def _outer(model, layer):
     return layer
 
 
-def _input_shape(model, layer):
-    for candidate in (layer, _outer(model, layer)):
-        try:
-            shape = candidate.input_shape
-        except (AttributeError, RuntimeError):
-            continue
-        return shape if isinstance(shape, tuple) else None
-    return None
-
-
 def _scopes(model, layer):
     """Name scopes the layer's ops trace under: its own, and its wrapper's (``quant_...``)."""
     return [layer.name] + ([_outer(model, layer).name] if _outer(model, layer) is not layer else [])
@@ -151,11 +144,6 @@ def _check_model(model, require_mam):
             raise ValueError(f"MAMDense '{layer.name}': beta is {beta:g}; export needs beta == 0 "
                              "(finish the vanishing-contributions schedule, or set_beta(0) and "
                              "fine-tune)")
-        rank = len(_input_shape(model, layer) or ())
-        if rank != 2:
-            raise ValueError(f"convert: MAMDense '{layer.name}' has input shape "
-                             f"{_input_shape(model, layer)}; "
-                             "MAM_SPARSE export takes [batch, features] inputs (add a Flatten)")
         for var in layer.weights:  # the variables: a QAT wrapper swaps layer.kernel for a tensor
             if not np.isfinite(var.numpy()).all():
                 what = var.name.split("/")[-1].split(":")[0]
@@ -394,36 +382,70 @@ def _builtin_opcode(schema, model, builtin):
     return len(model.operatorCodes) - 1
 
 
-def _as_rows(schema, model, sg, x_idx, n, name):
-    """The input of a sparse op as ``[B, n]``: docs/operator-contract.md section 4 asks for an
-    input whose last dimension is N, but TFLite folds a Flatten into the reshape of the MAM
-    pattern (and FULLY_CONNECTED flattens by itself), so a layer after a convolution may read
-    ``[1, 256, 64]``.
-    Returns ``(tensor index, RESHAPE op or None)``: the op goes just before the sparse op."""
-    x_t = sg.tensors[x_idx]
-    shape = [int(d) for d in x_t.shape]
-    if len(shape) == 2 and shape[-1] == n:
-        return x_idx, None
+def _rows_tensor(schema, sg, like_idx, width, name):
+    """A new activation tensor ``[rows, width]`` holding the elements of tensor ``like_idx``,
+    with its type and quantization (a reshape keeps scale and zero point)."""
+    like = sg.tensors[like_idx]
+    shape = [int(d) for d in like.shape]
     total = int(np.prod(shape))
-    if n <= 0 or total % n:
-        raise ValueError(f"convert: layer '{name}': its input of shape {shape} does not hold "
-                         f"rows of {n} features")
+    if width <= 0 or total % width:
+        raise ValueError(f"convert: layer '{name}': its tensor of shape {shape} does not hold "
+                         f"rows of {width} values")
     t = schema.TensorT()
     t.name = f"{name}/rows".encode()
-    t.shape = np.array([total // n, n], np.int32)
-    signature = getattr(x_t, "shapeSignature", None)
+    t.shape = np.array([total // width, width], np.int32)
+    signature = getattr(like, "shapeSignature", None)
     if signature is not None and len(signature) and int(np.min(signature)) < 0:
-        t.shapeSignature = np.array([-1, n], np.int32)
-    t.type = x_t.type
+        t.shapeSignature = np.array([-1, width], np.int32)
+    t.type = like.type
     t.buffer = 0  # no data: an activation
-    t.quantization = x_t.quantization  # a reshape keeps scale and zero point
+    t.quantization = like.quantization
     sg.tensors.append(t)
-    rows = len(sg.tensors) - 1
+    return len(sg.tensors) - 1
+
+
+def _reshape_op(schema, model, src, dst):
     op = schema.OperatorT()
     op.opcodeIndex = _builtin_opcode(schema, model, schema.BuiltinOperator.RESHAPE)
-    op.inputs = np.array([x_idx], np.int32)
-    op.outputs = np.array([rows], np.int32)
-    return rows, op
+    op.inputs = np.array([src], np.int32)
+    op.outputs = np.array([dst], np.int32)
+    return op
+
+
+def _is_rows(sg, idx, width):
+    shape = [int(d) for d in sg.tensors[idx].shape]
+    return len(shape) == 2 and shape[-1] == width
+
+
+def _as_rows(schema, model, sg, x_idx, n, name):
+    """The input of a sparse op as ``[rows, n]`` (docs/operator-contract.md section 3): a layer
+    on token inputs ``[batch, tokens, ..., n]`` reads every token as one row, as
+    FULLY_CONNECTED does; TFLite also folds a Flatten into the reshape of the MAM pattern, so a
+    layer after a convolution may read ``[1, 256, 64]``.
+    Returns ``(tensor index, RESHAPE op or None)``: the op goes just before the sparse op."""
+    if _is_rows(sg, x_idx, n):
+        return x_idx, None
+    rows = _rows_tensor(schema, sg, x_idx, n, name)
+    return rows, _reshape_op(schema, model, x_idx, rows)
+
+
+def _rows_output(schema, model, sg, y_idx, m, name):
+    """The output of a sparse op as ``[rows, m]``, the shape the converter always gives it;
+    where the model's tensor keeps leading dimensions (``[batch, tokens, ..., m]``), a RESHAPE
+    after the sparse op restores them. Returns ``(tensor index, RESHAPE op or None)``."""
+    if _is_rows(sg, y_idx, m):
+        return y_idx, None
+    rows = _rows_tensor(schema, sg, y_idx, m, f"{name}/out")
+    return rows, _reshape_op(schema, model, rows, y_idx)
+
+
+def _place(sg, index, op, before, after):
+    """Puts ``op`` at ``index`` of the operators, with the RESHAPEs (or None) around it."""
+    sg.operators.insert(index, op)
+    if after is not None:
+        sg.operators.insert(index + 1, after)
+    if before is not None:
+        sg.operators.insert(index, before)
 
 
 def _splice_mam(schema, model, layer, mode, per_row, scopes, qat_params=None):
@@ -466,18 +488,17 @@ def _splice_mam(schema, model, layer, mode, per_row, scopes, qat_params=None):
         bias = _new_tensor(schema, model, sg, f"{base}/bias", q.bias,
                            tt.INT32 if mode == "int8" else tt.INT64,
                            bias_scales, np.zeros(bias_scales.size))
-    x_rows, reshape = _as_rows(schema, model, sg, x_idx, n, base)
+    x_rows, before = _as_rows(schema, model, sg, x_idx, n, base)
+    y_rows, after = _rows_output(schema, model, sg, y_idx, m, base)
     op = schema.OperatorT()
     op.opcodeIndex = _opcode(schema, model, options.MAM_SPARSE)
     op.inputs = np.array([x_rows, values, offsets, counts, bias], np.int32)
-    op.outputs = np.array([y_idx], np.int32)
+    op.outputs = np.array([y_rows], np.int32)
     op.customOptions = np.frombuffer(options.encode(in_features=n, activation=act), np.uint8).copy()
     op.customOptionsFormat = schema.CustomOptionsFormat.FLEXBUFFERS
     first = core[0]
     sg.operators = [o for i, o in enumerate(sg.operators) if i not in set(core)]
-    sg.operators.insert(first, op)
-    if reshape is not None:
-        sg.operators.insert(first, reshape)
+    _place(sg, first, op, before, after)
     nnz = int(np.count_nonzero(q.weights))
     bias_size = q.bias.dtype.itemsize if q.bias is not None else 0
     return LayerReport(layer.name, options.MAM_SPARSE, (m, n), nnz, csr.num_entries,
@@ -518,16 +539,16 @@ def _splice_mac(schema, model, layer, scopes):
                          w_scales, np.zeros(w_scales.size))
     offsets = _new_tensor(schema, model, sg, f"{base}/offsets", csr.offsets, tt.UINT8)
     counts = _new_tensor(schema, model, sg, f"{base}/row_counts", csr.row_counts, tt.INT16)
-    x_rows, reshape = _as_rows(schema, model, sg, x_idx, n, base)
+    x_rows, before = _as_rows(schema, model, sg, x_idx, n, base)
+    y_rows, after = _rows_output(schema, model, sg, int(fc.outputs[0]), m, base)
     op = schema.OperatorT()
     op.opcodeIndex = _opcode(schema, model, options.MAC_SPARSE)
     op.inputs = np.array([x_rows, values, offsets, counts, b_idx], np.int32)
-    op.outputs = np.array([int(fc.outputs[0])], np.int32)
+    op.outputs = np.array([y_rows], np.int32)
     op.customOptions = np.frombuffer(options.encode(in_features=n, activation=act), np.uint8).copy()
     op.customOptionsFormat = schema.CustomOptionsFormat.FLEXBUFFERS
-    sg.operators[k] = op
-    if reshape is not None:
-        sg.operators.insert(k, reshape)
+    del sg.operators[k]
+    _place(sg, k, op, before, after)
     bias_size = fb.numpy_dtype(sg.tensors[b_idx].type).itemsize if b_idx >= 0 else 0
     return LayerReport(layer.name, options.MAC_SPARSE, (m, n), int(np.count_nonzero(weights)),
                        csr.num_entries, csr.nbytes(has_bias=b_idx >= 0, bias_itemsize=bias_size or 4),
@@ -554,7 +575,9 @@ def convert(model, representative_data, mode="int8", *, per_row=True, float_io=F
     Args:
       model: a functional or Sequential tf_keras model, single input, or a Keras 3 chain
         model (any backend; rebuilt as tf_keras by ``mam_tf.keras3.export``). Every MAMDense must
-        have beta == 0 and rank-2 inputs.
+        have beta == 0. Inputs of any rank >= 2 convert as FULLY_CONNECTED's do: a layer on
+        ``[batch, tokens, ..., N]`` becomes RESHAPE to ``[rows, N]``, the sparse op on the
+        rows, and a RESHAPE back where the model keeps the leading dimensions.
       representative_data: float samples shaped like the model input (a [K, ...] array);
         up to ``calibration_samples`` of them calibrate the activations. A model trained
         quantization-aware (``mam_tf.train.quantization.quantize_model``) needs none: its

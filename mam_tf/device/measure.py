@@ -22,6 +22,7 @@ from mam_tf.device.mcu import KernelCall, McuBuild, McuError, build, run_calls
 __all__ = [
     "CLOCK_HZ", "POWER_W", "SRAM_BYTES", "CPI", "CPI_RANGE", "DEFAULT_REMAINING",
     "host_output", "random_layer", "bench_layer", "bench_model", "fit_rows", "estimates",
+    "sparse_ops_on_device",
 ]
 
 # Seed 004's operating point and the chip it names.
@@ -226,6 +227,54 @@ def bench_model(tflite, b: Optional[McuBuild] = None, seed=0, check=True,
                                    checked=bool(check)))
     if not records:
         raise ValueError(f"mcu: {tflite} holds no MAM_SPARSE / MAC_SPARSE op")
+    return records
+
+
+def sparse_ops_on_device(tflite, x_raw, b: Optional[McuBuild] = None, probe="auto") -> list[dict]:
+    """Every MAM_SPARSE / MAC_SPARSE op of a converted model on the emulated Cortex-M7, on the
+    rows it really reads: each sample of ``x_raw`` (the model input's integer type) runs through
+    the host runtime (:class:`mam_tf.deploy.runtime.Interpreter`), and each sparse op's input
+    there (``[rows, N]``: the tokens of the sample) goes through every kernel variant the build
+    has. Returns one record per (op, variant, sample): ``op_index``, ``op_name``, ``kernel``,
+    ``variant``, ``rows``, ``shape`` (M, N), ``instructions`` and ``equal`` (the device's output
+    is the host runtime's tensor, bit for bit). ``probe`` goes to the host runtime (``False``
+    for a model this process has checked already: the probe runs TFLite-Micro's kernels in a
+    child process, which takes seconds)."""
+    from mam_tf.deploy import flatbuffer as fb
+    from mam_tf.deploy import node
+    from mam_tf.deploy import options
+    from mam_tf.deploy.runtime import Interpreter
+
+    b = b or build()
+    data = bytes(tflite) if isinstance(tflite, (bytes, bytearray)) else Path(tflite).read_bytes()
+    model = fb.load(data)
+    sg = model.subgraphs[0]
+    kinds = {options.MAM_SPARSE: "mam_sparse", options.MAC_SPARSE: "mac_sparse"}
+    steps = [(i, kinds[fb.op_name(model, op)], node.prepare(model, sg, i))
+             for i, op in enumerate(sg.operators) if fb.op_name(model, op) in kinds]
+    if not steps:
+        raise ValueError(f"mcu: {tflite if isinstance(tflite, (str, Path)) else 'the model'} "
+                         "holds no MAM_SPARSE / MAC_SPARSE op")
+    variants = ["portable"] + (["optimized"] if b.optimized else [])
+    interp = Interpreter(data, probe=probe)
+    calls, meta, want = [], [], []
+    x_raw = np.asarray(x_raw)
+    for k in range(len(x_raw)):
+        interp.run_raw(x_raw[k:k + 1])
+        for i, kernel, step in steps:
+            x = interp.tensors[step.input].reshape(-1, step.csr.shape[1])
+            for v in variants:
+                calls.append(KernelCall(kernel, v, x, step.multiplier, step.shift, csr=step.csr,
+                                        bias=step.bias, input_zero_point=step.input_zero_point,
+                                        output_zero_point=step.output_zero_point,
+                                        act_min=step.act_min, act_max=step.act_max))
+                want.append(interp.tensors[step.output].reshape(x.shape[0], -1))
+                meta.append(dict(op_index=i, op_name=sg.tensors[step.output].name.decode(),
+                                 kernel=kernel, variant=v, rows=int(x.shape[0]),
+                                 shape=list(step.csr.shape), sample=k))
+    records = []
+    for m, w, (y, count) in zip(meta, want, run_calls(calls, b)):
+        records.append({**m, "instructions": int(count), "equal": bool(np.array_equal(y, w))})
     return records
 
 

@@ -16,7 +16,7 @@ import importlib
 __all__ = ["EXPERIMENTS", "SCALES", "parse_seeds", "common_options", "add_reproduce_command"]
 
 #: Experiment modules of this package, each with ``add_command(subparsers, common)``.
-EXPERIMENTS: tuple[str, ...] = ("mwscas", "biocas")
+EXPERIMENTS: tuple[str, ...] = ("mwscas", "biocas", "transformer")
 #: The scales every experiment offers, smallest first.
 SCALES = ("tiny", "demo", "small", "paper")
 

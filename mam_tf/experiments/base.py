@@ -36,7 +36,7 @@ from mam_tf._native import tflm_ops_dir
 from mam_tf.experiments import pipeline as pl
 
 __all__ = ["ExperimentConfig", "Experiment", "run", "default_out", "merged_seeds",
-           "parse_fractions", "add_parser", "copy_file", "RESULTS"]
+           "parse_fractions", "add_parser", "copy_file", "fit_progress", "RESULTS"]
 
 RESULTS = "results.json"
 #: The modules every experiment's stages run on: a change in them recomputes its stages.
@@ -197,6 +197,15 @@ def copy_file(src, dest) -> Path:
     shutil.copyfile(src, tmp)
     os.replace(tmp, dest)
     return dest
+
+
+def fit_progress(progress: bool, epochs: int, desc: str) -> list:
+    """Keras callbacks showing a training's progress (a tqdm bar over the epochs), or none."""
+    if not progress:
+        return []
+    from tqdm.keras import TqdmCallback
+
+    return [TqdmCallback(epochs=epochs, verbose=0, desc=desc, leave=False)]
 
 
 # ------------------------------------------------------------------------------------------

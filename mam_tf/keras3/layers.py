@@ -141,12 +141,14 @@ class MAMDense(keras.layers.Dense):
             # Pure MAM (inference, the end of training) skips the MAC product.
             outputs = ops.cond(ops.equal(beta, 0.0), lambda: mam,
                                lambda: beta * ops.matmul(x2, kernel) + (1.0 - beta) * mam)
-        if rank != 2:
-            outputs = ops.reshape(outputs, tuple(ops.shape(x)[:-1]) + (self.units,))
+        # Bias and activation on the rows, then the leading dimensions back, as the tf_keras
+        # layer does (its export pattern ends in the bias ADD).
         if self.use_bias:
             outputs = ops.add(outputs, ops.cast(self.bias, outputs.dtype))
         if self.activation is not None:
             outputs = self.activation(outputs)
+        if rank != 2:
+            outputs = ops.reshape(outputs, tuple(ops.shape(x)[:-1]) + (self.units,))
         return outputs
 
     def _stored_variables(self):

@@ -150,16 +150,19 @@ class MAMDense(MAMLayerMixin, keras.layers.Dense):
                 lambda: mam,
                 lambda: beta * tf.matmul(x, kernel) + (1.0 - beta) * mam,
             )
+        # Bias and activation act on the rows, before the leading dimensions come back: the
+        # exported pattern then ends in the ADD (with a fused activation) that MAM_SPARSE
+        # replaces, and one RESHAPE restores the token dimensions after it.
+        if self.use_bias:
+            outputs = tf.nn.bias_add(outputs, self.bias)
+        if self.activation is not None:
+            outputs = self.activation(outputs)
         if rank != 2:
             outputs = tf.reshape(
                 outputs, tf.concat([tf.shape(inputs)[:-1], [self.units]], axis=0)
             )
             if rank is not None:
                 outputs.set_shape(inputs.shape[:-1].concatenate([self.units]))
-        if self.use_bias:
-            outputs = tf.nn.bias_add(outputs, self.bias)
-        if self.activation is not None:
-            outputs = self.activation(outputs)
         return outputs
 
     def get_config(self):

@@ -14,6 +14,7 @@ from mam_tf.experiments.biocas.config import HIDDEN, TOLERANCE_DB, method_name
 from mam_tf.experiments.biocas.results import (
     aggregate, chosen_point, min_remaining_keeping_baseline,
 )
+from mam_tf.experiments.base import fit_progress
 from mam_tf.experiments.report import summarize
 
 __all__ = ["Data", "run_stages"]
@@ -65,14 +66,6 @@ class Data:
         return arsnr(self.x_test[: len(probabilities)], self.reconstruct(probabilities, threshold))
 
 
-def _fit_callbacks(progress, epochs, desc):
-    if not progress:
-        return []
-    from tqdm.keras import TqdmCallback
-
-    return [TqdmCallback(epochs=epochs, verbose=0, desc=desc, leave=False)]
-
-
 def _train(data_stage, p, progress):
     def compute(work):
         from mam_tf.train.compat import keras
@@ -83,7 +76,7 @@ def _train(data_stage, p, progress):
         t0 = time.perf_counter()
         model = cs_oracle(d.m, d.A.shape[1], p["kind"], seed=p["seed"])
         model.compile(keras.optimizers.Adam(p["lr"]), "binary_crossentropy")
-        callbacks = _fit_callbacks(progress, p["epochs"], f"train {p['kind']} seed {p['seed']}")
+        callbacks = fit_progress(progress, p["epochs"], f"train {p['kind']} seed {p['seed']}")
         if p["kind"] == "mam":
             callbacks.append(VanishingContributions(length=p["vc_epochs"]))
         keras.utils.set_random_seed(p["seed"])
