@@ -19,7 +19,8 @@ import tempfile
 import time
 
 __all__ = ["StepRunner", "Worker", "measure_step", "VARIANTS", "LAYER_VARIANTS",
-           "MODEL_VARIANTS", "OP_VARIANTS", "KERAS3_VARIANTS", "keras3_env", "parse_shape"]
+           "MODEL_VARIANTS", "OP_VARIANTS", "KERAS3_VARIANTS", "keras3_env", "merged_env",
+           "parse_shape"]
 
 LAYER_VARIANTS = ("dense", "mam", "mam-reference")
 #: Whole models (mam_tf.models), MAC or pure MAM (beta = 0): the seed-004 ECG autoencoder (FC1 a
@@ -296,7 +297,7 @@ class Worker:
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "mam_tf.bench.steps", "--worker"], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=self._stderr, text=True, bufsize=1,
-            env=_merged_env(env))
+            env=merged_env(env))
         self._call({"cmd": "init", "variant": variant, "batch": batch, "n_in": n_in,
                     "units": units, "jit": jit})
 
@@ -339,7 +340,7 @@ class Worker:
         self.close()
 
 
-def _merged_env(changes):
+def merged_env(changes):
     """os.environ with ``changes`` applied; a value None removes the variable."""
     env = {**os.environ, **(changes or {})}
     return {k: v for k, v in env.items() if v is not None}
