@@ -32,5 +32,32 @@ cd "$REPO_ROOT"
 export MAM_TF_REQUIRE_FUSED=1
 # Likewise the Cortex-M7 firmware under QEMU: a toolchain that does not work is a failure.
 export MAM_TF_REQUIRE_MCU=1
-# pytest exits 5 when it collects no test: with `set -e` that fails this script, as it must.
-python -m pytest "$@"
+# The whole suite runs with Keras 3 on the TensorFlow backend (unless KERAS_BACKEND says
+# otherwise). Keras fixes its backend when it is first imported, so the Keras 3 tests then run
+# again on JAX and on PyTorch, each in its own pytest process: their ids carry the backend
+# (test_x[jax]) and a failure is reported there with its output. These passes run after a full
+# run (no arguments), or for the backends listed in MAM_TF_KERAS3_BACKENDS (e.g. "jax", or ""
+# for none). Every pass runs even when one fails; the script fails if any did. pytest exits 5
+# when it collects no test: that fails the script, as it must.
+if [ "$#" -eq 0 ]; then
+    keras3_backends="${MAM_TF_KERAS3_BACKENDS-jax torch}"
+else
+    keras3_backends="${MAM_TF_KERAS3_BACKENDS-}"
+fi
+keras3_tests=()
+for f in tests/test_keras3_*.py; do
+    # test_keras3_backends.py starts a process per backend itself
+    [ "$f" = tests/test_keras3_backends.py ] || keras3_tests+=("$f")
+done
+failed=()
+KERAS_BACKEND="${KERAS_BACKEND:-tensorflow}" python -m pytest "$@" ||
+    failed+=("the suite (KERAS_BACKEND=${KERAS_BACKEND:-tensorflow}): exit $?")
+for backend in $keras3_backends; do
+    echo "[mam-tf] the Keras 3 tests on the $backend backend (KERAS_BACKEND=$backend)"
+    KERAS_BACKEND="$backend" python -m pytest -p no:cacheprovider "${keras3_tests[@]}" ||
+        failed+=("the Keras 3 tests on $backend: exit $?")
+done
+if [ "${#failed[@]}" -gt 0 ]; then
+    printf '[mam-tf] failed: %s\n' "${failed[@]}" >&2
+    exit 1
+fi

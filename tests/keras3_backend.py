@@ -1,9 +1,18 @@
 """Backend-specific helpers of the Keras 3 tests: the gradient of a function on the backend
-Keras runs (``KERAS_BACKEND``), and the tensor conversions around it."""
+Keras runs (``KERAS_BACKEND``), the tensor conversions around it, and the backend in every test
+id (scripts/test.sh runs the Keras 3 tests once per backend, each in its own pytest process)."""
 import keras
 import numpy as np
+import pytest
 
 BACKEND = keras.backend.backend()
+
+
+@pytest.fixture(autouse=True, params=[BACKEND])
+def keras_backend(request):
+    """The backend of this process as the tests' parameter: imported into a test module, it
+    names the backend in each test's id (``test_x[jax]``), so a failure says which one."""
+    return request.param
 
 
 def vjp(fn, args, g):

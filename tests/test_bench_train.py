@@ -22,12 +22,20 @@ class FakeWorker:
                "ecg-mam": 0.110, "cs-mac": 0.002, "cs-mam": 0.003, "op-gemms": 0.004,
                "op-mam-forward": 0.006, "op-mam-backward": 0.002}
 
+    #: Keras 3 variants, per backend
+    keras3_seconds = {("k3-dense", "tensorflow"): 0.010, ("k3-mam", "tensorflow"): 0.021,
+                      ("k3-dense", "jax"): 0.001, ("k3-mam", "jax"): 0.004,
+                      ("k3-dense", "torch"): 0.002, ("k3-mam", "torch"): 0.005}
+
     def __init__(self, variant, batch, n_in, units, jit=False, env=None):
         self.variant, self.jit = variant, jit
+        self.backend = (env or {}).get("KERAS_BACKEND")
         self.calls.append(("init", variant, jit, (batch, n_in, units), env))
 
     def run(self, steps):
         self.calls.append(("run", self.variant, self.jit, steps))
+        if self.variant.startswith("k3-"):
+            return [(self.keras3_seconds[self.variant, self.backend], 0.0)] * steps
         t = self.seconds[self.variant] / (2 if self.jit else 1)
         return [(t, 2 * t)] * steps
 
@@ -206,3 +214,37 @@ def test_a_failing_worker_names_its_variant():
         steps.StepRunner("nope", 2, 3, 4)
     with pytest.raises(RuntimeError, match="worker for nope at \\(2, 3, 4\\) failed"):
         steps.Worker("nope", 2, 3, 4)
+
+
+def test_keras3_block_times_each_backend_in_its_own_process_and_prints_the_targets(fake):
+    rows, text = _run(["--shape", "128x16384x128", "--shape", "4x8x2", "--rounds", "2",
+                       "--steps", "1", "--keras3"])
+    k3 = [c for c in fake.calls if c[0] == "init" and c[1].startswith("k3-")]
+    # each Keras 3 variant in a process of its own backend, without the tf_keras switch
+    assert [(c[1], c[4]["KERAS_BACKEND"]) for c in k3[:6]] == [
+        ("k3-dense", "tensorflow"), ("k3-mam", "tensorflow"), ("k3-dense", "jax"),
+        ("k3-mam", "jax"), ("k3-dense", "torch"), ("k3-mam", "torch")]
+    assert all("TF_USE_LEGACY_KERAS" in c[4] and c[4]["TF_USE_LEGACY_KERAS"] is None for c in k3)
+    seed = {r["label"]: r for r in rows if r.get("comparison") and r["inputs"] == 16384}
+    # the fake's seconds: 0.021 / 0.010, 0.021 / 0.020, 0.004 / 0.001, 0.005 / 0.002
+    assert seed["k3-tensorflow-mam / k3-tensorflow-dense"]["ratio"] == pytest.approx(2.1)
+    assert seed["k3-tensorflow-mam / mam-fused"]["ratio"] == pytest.approx(1.05)
+    assert seed["k3-jax-mam / k3-jax-dense"]["ratio"] == pytest.approx(4.0)
+    assert seed["k3-torch-mam / k3-torch-dense"]["ratio"] == pytest.approx(2.5)
+    assert "k3-tensorflow-mam / k3-tensorflow-dense: 2.10x (rounds 2.10-2.10); target <= 1.0x: " \
+           "MISSED" in text
+    assert "k3-tensorflow-mam / mam-fused: 1.05x (rounds 1.05-1.05); target <= 1.1x: met" in text
+    assert "k3-jax-mam / k3-jax-dense: 4.00x (rounds 4.00-4.00); target <= 3.0x: MISSED" in text
+    assert "k3-torch-mam / k3-torch-dense: 2.50x (rounds 2.50-2.50); target <= 3.0x: met" in text
+    # the TensorFlow targets are the seed layer's; at another shape the ratios print bare
+    small = {r["label"]: r for r in rows if r.get("comparison") and r["inputs"] == 8}
+    assert small["k3-tensorflow-mam / mam-fused"]["target"] is None
+    assert small["k3-torch-mam / k3-torch-dense"]["target"] == 3.0
+    assert "Keras 3: batch 4, 8 inputs -> 2 units" in text
+
+
+def test_keras3_backends_choose_the_processes(fake):
+    rows, text = _run(["--shape", "4x8x2", "--rounds", "1", "--steps", "1", "--keras3",
+                       "--backends", "torch"])
+    assert [r["label"] for r in rows if not r.get("comparison")][-4:] == [
+        "dense", "mam-fused", "k3-torch-dense", "k3-torch-mam"]

@@ -1,6 +1,7 @@
 """mam_tf.keras3 under each Keras 3 backend, each in a fresh process: importing it leaves
-the process on Keras 3 (no tf_keras, no tfmot, no TF_USE_LEGACY_KERAS), and the Keras 3 tests
-pass under JAX and PyTorch as under TensorFlow."""
+the process on Keras 3 (no tf_keras, no tfmot, no TF_USE_LEGACY_KERAS). The other Keras 3 tests
+run on JAX and PyTorch too: scripts/test.sh runs them once per backend, each in its own pytest
+process (tests/test_test_script.py)."""
 import os
 import subprocess
 import sys
@@ -44,14 +45,3 @@ def test_import_keeps_the_process_on_keras3(backend):
     run = subprocess.run([sys.executable, "-c", _PROBE, backend], env=_env(backend), cwd=ROOT,
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stderr[-3000:]
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("backend", ("jax", "torch"))
-def test_keras3_tests_pass_on(backend):
-    files = sorted(str(p) for p in (ROOT / "tests").glob("test_keras3_*.py")
-                   if p.name != Path(__file__).name)
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *files],
-                         env=_env(backend), cwd=ROOT, capture_output=True, text=True,
-                         timeout=1800)
-    assert run.returncode == 0, run.stdout[-5000:] + run.stderr[-2000:]

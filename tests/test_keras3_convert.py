@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from keras import ops
 
+from keras3_backend import keras_backend  # noqa: F401  (the backend in every test id)
 from mam_tf.keras3 import MAMDense
 from mam_tf.keras3 import pruning
 

@@ -16,7 +16,7 @@ import pytest
 from keras import ops
 
 import npref
-from keras3_backend import BACKEND, jit, vjp
+from keras3_backend import BACKEND, jit, keras_backend, vjp  # noqa: F401  (backend in ids)
 from mam_tf.keras3 import MAMDense
 from mam_tf.keras3 import mam_op
 

@@ -11,6 +11,7 @@ import pytest
 from keras import ops
 
 import npref
+from keras3_backend import keras_backend  # noqa: F401  (the backend in every test id)
 from mam_tf.keras3 import MAMDense
 from mam_tf.keras3 import pruning, training
 

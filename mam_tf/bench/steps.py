@@ -19,7 +19,8 @@ import tempfile
 import time
 
 __all__ = ["StepRunner", "Worker", "measure_step", "VARIANTS", "LAYER_VARIANTS",
-           "MODEL_VARIANTS", "OP_VARIANTS", "parse_shape"]
+           "MODEL_VARIANTS", "OP_VARIANTS", "KERAS3_VARIANTS", "keras3_env", "merged_env",
+           "parse_shape"]
 
 LAYER_VARIANTS = ("dense", "mam", "mam-reference")
 #: Whole models (mam_tf.models), MAC or pure MAM (beta = 0): the seed-004 ECG autoencoder (FC1 a
@@ -30,7 +31,17 @@ MODEL_VARIANTS = ("ecg-mac", "ecg-mam", "cs-mac", "cs-mam")
 #: The kernels alone, called eagerly: the fused forward op, the fused backward op (on the
 #: forward's indices) and the three GEMMs of a Dense training step (y, dX, dW).
 OP_VARIANTS = ("op-mam-forward", "op-mam-backward", "op-gemms")
-VARIANTS = LAYER_VARIANTS + MODEL_VARIANTS + OP_VARIANTS
+#: Keras 3 layers on the backend of the process (``KERAS_BACKEND``; see :func:`keras3_env`):
+#: ``keras.layers.Dense`` and :class:`mam_tf.keras3.MAMDense`. These processes never import
+#: tf_keras.
+KERAS3_VARIANTS = ("k3-dense", "k3-mam")
+VARIANTS = LAYER_VARIANTS + MODEL_VARIANTS + OP_VARIANTS + KERAS3_VARIANTS
+
+
+def keras3_env(backend):
+    """The environment changes of a process running a Keras 3 variant on ``backend``: the
+    backend set, ``TF_USE_LEGACY_KERAS`` removed (None: :class:`Worker` drops the variable)."""
+    return {"KERAS_BACKEND": backend, "TF_USE_LEGACY_KERAS": None}
 
 
 class StepRunner:
@@ -53,6 +64,15 @@ class StepRunner:
     def __init__(self, variant, batch, n_in, units, jit=False, seed=0):
         import numpy as np
 
+        if variant in KERAS3_VARIANTS:
+            self.variant, self.batch, self.jit = variant, batch, jit
+            self.n_in, self.units = n_in, units
+            self._fetch = False  # the Keras 3 step waits for its own results
+            self._step, self._x, self._keep, self.intra_op_threads = _keras3_layer_step(
+                variant == "k3-mam", batch, n_in, units, seed)
+            self._base_kib = _current_rss_kib()
+            self._exact_peak = _reset_peak_rss()
+            return
         from mam_tf.train.layers import MAMDense
         from mam_tf.train import mam_op
         from mam_tf.train.compat import keras, tf
@@ -171,6 +191,80 @@ class StepRunner:
         return {"peak_rss_mib": peak_kib / 1024.0, "step_rss_growth_mib": grown / 1024.0}
 
 
+def _keras3_layer_step(mam, batch, n_in, units, seed):
+    """(step, x, objects to keep alive, threads) for a Keras 3 Dense or MAMDense layer on the
+    backend of this process: forward + backward w.r.t. input and kernel, loss sum(y^2), compiled
+    where the backend compiles (tf.function on TensorFlow, jax.jit on JAX; PyTorch runs eagerly,
+    as Keras' own torch trainer does). The step returns once its gradients are computed."""
+    import keras
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    x_np = rng.standard_normal((batch, n_in)).astype(np.float32)
+    keras.utils.set_random_seed(seed)
+    if mam:
+        from mam_tf.keras3 import MAMDense
+
+        layer = MAMDense(units)
+    else:
+        layer = keras.layers.Dense(units)
+    layer.build((None, n_in))
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        kernel = layer.kernel.value
+        x = tf.constant(x_np)
+
+        @tf.function
+        def graph_step(x):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = layer(x)
+                loss = tf.reduce_sum(y * y)
+            return tape.gradient(loss, [x, kernel])
+
+        def step(x):
+            return [t.numpy() for t in graph_step(x)]
+
+        threads = tf.config.threading.get_intra_op_parallelism_threads()
+    elif backend == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        x = jnp.asarray(x_np)
+        trainable = [v.value for v in layer.trainable_variables]
+        fixed = [v.value for v in layer.non_trainable_variables]
+
+        def loss(x, trainable):
+            y, _ = layer.stateless_call(trainable, fixed, x)
+            return jnp.sum(y * y)
+
+        grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
+
+        def step(x):
+            return jax.block_until_ready(grad(x, trainable))
+
+        threads = None  # XLA's CPU client sizes its own pool
+    elif backend == "torch":
+        import torch
+
+        x = torch.tensor(x_np, requires_grad=True)
+        kernel = layer.kernel.value
+
+        def step(x):
+            x.grad = kernel.grad = None
+            y = layer(x)
+            (y * y).sum().backward()
+            return x.grad, kernel.grad
+
+        threads = torch.get_num_threads()
+    else:
+        raise ValueError(f"bench: the Keras backend {backend!r} is not supported; use "
+                         "tensorflow, jax or torch")
+    return step, x, layer, threads
+
+
 def measure_step(variant, batch, n_in, units, steps=5, warmup=1, jit=False, seed=0):
     """Times `steps` training steps of one variant in this process, after `warmup` steps.
 
@@ -203,7 +297,7 @@ class Worker:
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "mam_tf.bench.steps", "--worker"], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=self._stderr, text=True, bufsize=1,
-            env={**os.environ, **(env or {})})
+            env=merged_env(env))
         self._call({"cmd": "init", "variant": variant, "batch": batch, "n_in": n_in,
                     "units": units, "jit": jit})
 
@@ -244,6 +338,12 @@ class Worker:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def merged_env(changes):
+    """os.environ with ``changes`` applied; a value None removes the variable."""
+    env = {**os.environ, **(changes or {})}
+    return {k: v for k, v in env.items() if v is not None}
 
 
 def _serve():

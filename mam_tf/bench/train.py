@@ -17,6 +17,14 @@ pure MAM (beta = 0); an epoch is that many steps, so its ratio is the epoch's:
   32 -> 256 -> 256 Dense (cs-mac) or MAMDense (cs-mam), small layers where fixed per-step costs
   weigh most.
 
+With --keras3 it also times, per shape and in the same rounds, the Keras 3 layers on each backend
+(``KERAS_BACKEND`` per process; --backends chooses): k3-<backend>-dense (keras.layers.Dense) and
+k3-<backend>-mam (mam_tf.keras3.MAMDense), beside the tf_keras Dense and MAMDense; a step is
+forward + backward w.r.t. input and kernel, compiled where the backend compiles (tf.function,
+jax.jit; PyTorch eagerly). Below the table it prints the ratios each target is about, with the
+target where one is set: Keras 3 MAMDense at most 3x the same backend's Dense, and at 128 x
+16384 -> 128 the TensorFlow one within 1.1x of the tf_keras MAMDense and at most 1.0x its Dense.
+
 With --ops it also times the kernels alone per shape, one eager call a step: Dense's three GEMMs
 (x @ w, g @ w^T, x^T @ g: the baseline), the fused MAM forward and the fused MAM backward.
 
@@ -74,6 +82,17 @@ MODELS = {
                     "Dense (cs-mac) or pure MAMDense (cs-mam, beta 0)"),
 }
 DEFAULT_SHAPES = [(128, 16384, 128), (256, 48, 256)]
+KERAS3_BACKENDS = ("tensorflow", "jax", "torch")
+SEED_SHAPE = (128, 16384, 128)  # the seed-004 encoder layer: batch, inputs, units
+
+
+def keras3_targets(shape, backend):
+    """[(label, baseline label, the largest ratio allowed or None)] of the Keras 3 block."""
+    mam, dense = f"k3-{backend}-mam", f"k3-{backend}-dense"
+    if backend == "tensorflow":
+        seed = tuple(shape) == SEED_SHAPE
+        return [(mam, dense, 1.0 if seed else None), (mam, "mam-fused", 1.1 if seed else None)]
+    return [(mam, dense, 3.0)]
 
 
 def default_steps(batch, n_in, units):
@@ -99,7 +118,8 @@ def _quartiles(values):
 
 
 def run_train_bench(shapes=None, steps=None, rounds=7, threads=None, variants=None, model=None,
-                    ops=False, kernel_dir=None, out=print):
+                    ops=False, kernel_dir=None, keras3=False, backends=KERAS3_BACKENDS,
+                    out=print):
     """Prints the machine and load, then per shape (and for --model, --ops) a table of median
     step time with spread, ratio to the baseline and peak RSS, measured in interleaved rounds;
     returns the rows (one dict per variant and shape, with every step's wall and CPU time)."""
@@ -107,6 +127,10 @@ def run_train_bench(shapes=None, steps=None, rounds=7, threads=None, variants=No
     from mam_tf.train import fused
 
     models = [model] if isinstance(model, str) else list(model or [])
+    for name in backends:
+        if name not in KERAS3_BACKENDS:
+            raise ValueError(f"bench train: unknown Keras backend {name!r}; choose from "
+                             f"{list(KERAS3_BACKENDS)}")
     for name in models:
         if name not in MODELS:
             raise ValueError(f"bench train: unknown model {name!r}; choose from {sorted(MODELS)}")
@@ -143,7 +167,7 @@ def run_train_bench(shapes=None, steps=None, rounds=7, threads=None, variants=No
     out("load average before: " + " ".join(f"{v:.2f}" for v in load_before)
         + f" (1, 5, 15 min; {cores} cores)")
 
-    blocks = []  # (title, batch, n_in, units, steps, [(label, variant, jit[, env])])
+    blocks = []  # (title, batch, n_in, units, steps, [(label, variant, jit[, env])][, targets])
     for b, n, m in shapes:
         n_steps = steps or default_steps(b, n, m)
         blocks.append((f"shape: batch {b}, {n} inputs -> {m} units; one training step = forward + "
@@ -156,6 +180,18 @@ def run_train_bench(shapes=None, steps=None, rounds=7, threads=None, variants=No
                            f"forward, the fused MAM backward on its indices{where}; {rounds} "
                            f"rounds x {n_steps} steps", b, n, m, n_steps,
                            with_dir(OP_VARIANTS, ("mam-forward", "mam-backward"))))
+        if keras3:
+            from mam_tf.bench.steps import keras3_env
+
+            k3 = [("dense", "dense", False), ("mam-fused", "mam", False)]
+            for backend in backends:
+                k3 += [(f"k3-{backend}-{kind}", f"k3-{kind}", False, keras3_env(backend))
+                       for kind in ("dense", "mam")]
+            blocks.append((f"Keras 3: batch {b}, {n} inputs -> {m} units; one training step of "
+                           "keras.layers.Dense and mam_tf.keras3.MAMDense per backend, beside "
+                           f"tf_keras' Dense and MAMDense; {rounds} rounds x {n_steps} steps",
+                           b, n, m, n_steps, k3,
+                           [t for backend in backends for t in keras3_targets((b, n, m), backend)]))
     for name in models:
         spec = MODELS[name]
         n_steps = steps or spec["steps"]
@@ -163,10 +199,10 @@ def run_train_bench(shapes=None, steps=None, rounds=7, threads=None, variants=No
                        f"{n_steps} steps after a warm-up{where}", spec["batch"], *spec["layer"],
                        n_steps, with_dir(spec["variants"], (f"{name}-mam",))))
     rows = []
-    for title, batch, n_in, units, n_steps, block_variants in blocks:
+    for title, batch, n_in, units, n_steps, block_variants, *targets in blocks:
         out("\n" + title)
         rows.extend(_run_block(step_bench, block_variants, batch, n_in, units, n_steps, rounds, env,
-                               out))
+                               out, targets[0] if targets else ()))
     load_after = _load()
     out("\nload average after: " + " ".join(f"{v:.2f}" for v in load_after))
     busiest = max(max(load_before), max(load_after))
@@ -179,7 +215,8 @@ def run_train_bench(shapes=None, steps=None, rounds=7, threads=None, variants=No
     return rows
 
 
-def _run_block(step_bench, variants, batch, n_in, units, n_steps, rounds, env, out):
+def _run_block(step_bench, variants, batch, n_in, units, n_steps, rounds, env, out,
+               targets=()):
     workers = {}
     try:
         for label, variant, jit, *extra in variants:
@@ -227,6 +264,18 @@ def _run_block(step_bench, variants, batch, n_in, units, n_steps, rounds, env, o
         out(f"{label:<19}{median * 1e3:>10.2f}{iqr:>16}{row['ratio']:>{wide}.2f}{spread:>13}"
             f"{row['cpu_median_s'] * 1e3:>9.2f}{row['peak_rss_mib']:>14.0f}"
             f"{row['step_rss_growth_mib']:>13.0f}")
+    for label, base_label, limit in targets:
+        ratio = statistics.median(t for t, _ in times[label]) / \
+            statistics.median(t for t, _ in times[base_label])
+        ratios = [a / b for a, b in zip(per_round[label], per_round[base_label])]
+        verdict = "" if limit is None else \
+            f"; target <= {limit:.1f}x: {'met' if ratio <= limit else 'MISSED'}"
+        out(f"{label} / {base_label}: {ratio:.2f}x (rounds {min(ratios):.2f}-{max(ratios):.2f})"
+            f"{verdict}")
+        rows.append({"label": f"{label} / {base_label}", "comparison": True, "batch": batch,
+                     "inputs": n_in, "units": units, "ratio": ratio,
+                     "round_ratio_min": min(ratios), "round_ratio_max": max(ratios),
+                     "target": limit})
     return rows
 
 
@@ -236,7 +285,8 @@ def _cmd_train(args):
         variants = [v[0] for v in LAYER_VARIANTS]
     rows = run_train_bench(args.shape, steps=args.steps, rounds=args.rounds,
                            threads=args.threads, variants=variants, model=args.model,
-                           ops=args.ops, kernel_dir=args.kernel_dir)
+                           ops=args.ops, kernel_dir=args.kernel_dir, keras3=args.keras3,
+                           backends=args.backends)
     if args.out:
         import json
 
@@ -265,6 +315,12 @@ def add_bench_command(subparsers):
     p.add_argument("--ops", action="store_true",
                    help="also time the kernels alone per shape: the fused forward and backward "
                         "ops against Dense's three GEMMs, one eager call a step")
+    p.add_argument("--keras3", action="store_true",
+                   help="also time the Keras 3 Dense and MAMDense per shape on each backend "
+                        "(--backends), beside tf_keras' in the same rounds, and print the "
+                        "ratios of the targets")
+    p.add_argument("--backends", nargs="+", choices=KERAS3_BACKENDS, default=list(KERAS3_BACKENDS),
+                   help="the Keras 3 backends of --keras3 (default: all three)")
     p.add_argument("--kernel-dir", metavar="DIR", default=None,
                    help="also time every variant that runs the fused kernel (mam-fused, the -mam "
                         "models, with --ops the fused ops) as built from the sources in DIR "
