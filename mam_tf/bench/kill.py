@@ -165,14 +165,16 @@ def first_difference(reference, run) -> str | None:
 # ------------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class Reference:
-    """The uninterrupted run: its folder, duration, and its stages in order (name, key,
-    seconds) from its manifest."""
+    """The uninterrupted run: its folder, duration, its stages in order (name, key, label,
+    seconds) from its manifest, the seconds of its outputs and of its start-up (before the
+    pipeline, TensorFlow's import mostly)."""
 
     experiment: str
     out: Path
     seconds: float
     stages: list
     outputs_seconds: float
+    startup_seconds: float
 
 
 @dataclasses.dataclass
@@ -257,8 +259,9 @@ def read_reference(experiment: str, out, seconds: float) -> Reference:
             seen.add(r["key"])
             stages.append({"name": r["stage"], "key": r["key"], "label": r["label"],
                            "seconds": float(r["seconds"])})
-    outputs = max(0.0, float(manifest["wall_seconds"]) - sum(s["seconds"] for s in stages))
-    return Reference(experiment, out, seconds, stages, outputs)
+    wall = float(manifest["wall_seconds"])
+    outputs = max(0.0, wall - sum(s["seconds"] for s in stages))
+    return Reference(experiment, out, seconds, stages, outputs, max(0.0, seconds - wall))
 
 
 def _remaining(ref: Reference, out: Path) -> list:
@@ -277,10 +280,9 @@ def _target(kind: str, ref: Reference, out: Path, rng: random.Random) -> KillPoi
     kind is left)."""
     todo = _remaining(ref, out)
     if kind == "random":
-        # over what is left of the reference's duration
-        total = sum(s["seconds"] for s in ref.stages) + ref.outputs_seconds
-        left = sum(s["seconds"] for s in todo) + ref.outputs_seconds
-        return KillPoint(kind, after=rng.uniform(0.0, ref.seconds * left / max(total, 1e-9)))
+        # over what is left of the reference's duration: start-up, stages to do, outputs
+        left = ref.startup_seconds + sum(s["seconds"] for s in todo) + ref.outputs_seconds
+        return KillPoint(kind, after=rng.uniform(0.0, left))
     if kind == "report":
         choice = rng.choice(["outputs", "results", "manifest", "copy"])
         models = _model_files(ref.out)
@@ -310,7 +312,9 @@ def _target(kind: str, ref: Reference, out: Path, rng: random.Random) -> KillPoi
                      f"+{rng.uniform(0, stage['seconds']):.2f}")
 
 
-_ORDER = {"training": 0, "stage-write": 1, "random": 1, "deployment": 2, "report": 3}
+#: The order of a run's kills: a random time first (anywhere in the run), then the moments
+#: in the order a run reaches them.
+_ORDER = {"random": 0, "training": 1, "stage-write": 2, "deployment": 3, "report": 4}
 
 
 def plan_points(n: int, rng: random.Random, kills_per_run: int) -> list[list[str]]:
