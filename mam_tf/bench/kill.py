@@ -31,6 +31,7 @@ import dataclasses
 import json
 import os
 import random
+import shlex
 import shutil
 import signal
 import subprocess
@@ -219,6 +220,10 @@ def _reap(proc: subprocess.Popen, after: float | None) -> int:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+    except BaseException:  # interrupted: the run goes with it
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
@@ -421,43 +426,10 @@ def run_kill_bench(points: int, *, seed: int = 0, experiments: Sequence[str] = E
     share = [points // len(experiments) + (i < points % len(experiments))
              for i in range(len(experiments))]
     try:
-        for experiment, n in zip(experiments, share):
-            if n == 0:
-                continue
-            out(f"{experiment}: reference run (uninterrupted) ...")
-            ref = run_reference(experiment, root / f"{experiment}-reference", extra)
-            tally["references"][experiment] = round(ref.seconds, 1)
-            out(f"{experiment}: reference took {ref.seconds:.0f} s, {len(ref.stages)} stages; "
-                f"{n} kill points, at most {kills_per_run} per run")
-            for r, kinds in enumerate(plan_points(n, rng, kills_per_run)):
-                folder = root / f"{experiment}-run{r:03d}"
-                o = run_killed(ref, folder, kinds, rng, extra, log_fn=out)
-                tally["runs"] += 1
-                for p in o.points:
-                    tally["points"] += 1
-                    k = tally["by_kind"].setdefault(p.kind, {"tried": 0, "hit": 0})
-                    k["tried"] += 1
-                    if p.hit:
-                        tally["hit"] += 1
-                        k["hit"] += 1
-                        landed = p.landed.split(" seed ")[0]
-                        tally["landed"][landed] = tally["landed"].get(landed, 0) + 1
-                word = ("identical" if o.identical else
-                        f"FAILED: {o.failed}" if o.failed else f"DIFFERENT: {o.difference}")
-                out(f"{experiment} run {r + 1}: {sum(p.hit for p in o.points)} kills, "
-                    f"{o.attempts} starts, {o.seconds:.0f} s: {word}; load average {_load()}")
-                if o.identical:
-                    tally["identical"] += 1
-                    if not keep:
-                        shutil.rmtree(folder, ignore_errors=True)
-                elif o.failed:
-                    tally["failed"].append(f"{experiment} {folder}: {o.failed}")
-                else:
-                    tally["different"].append(f"{experiment} {folder}: {o.difference}")
-                if not o.identical and keep:
-                    out(f"  kept {folder} and {folder.name}.log beside it")
-                if not keep and o.identical:
-                    folder.with_name(folder.name + ".log").unlink(missing_ok=True)
+        _bench(tally, experiments, share, root, rng, keep, kills_per_run, extra, out)
+    except KeyboardInterrupt:
+        tally["interrupted"] = True
+        out("interrupted: the tally so far follows")
     finally:
         tally["seconds"] = round(time.perf_counter() - t0, 1)
         tally["load_average"] = _load()
@@ -466,12 +438,60 @@ def run_kill_bench(points: int, *, seed: int = 0, experiments: Sequence[str] = E
     return tally
 
 
+def _bench(tally, experiments, share, root, rng, keep, kills_per_run, extra, out):
+    """The kill runs of :func:`run_kill_bench`, counted into ``tally`` as they finish."""
+    for experiment, n in zip(experiments, share):
+        if n == 0:
+            continue
+        out(f"{experiment}: reference run (uninterrupted) ...")
+        ref = run_reference(experiment, root / f"{experiment}-reference", extra)
+        tally["references"][experiment] = round(ref.seconds, 1)
+        out(f"{experiment}: reference took {ref.seconds:.0f} s, {len(ref.stages)} stages; "
+            f"{n} kill points, at most {kills_per_run} per run")
+        for r, kinds in enumerate(plan_points(n, rng, kills_per_run)):
+            folder = root / f"{experiment}-run{r:03d}"
+            o = run_killed(ref, folder, kinds, rng, extra, log_fn=out)
+            tally["runs"] += 1
+            for p in o.points:
+                k = tally["by_kind"].setdefault(p.kind, {"tried": 0, "hit": 0, "skipped": 0})
+                if p.spec is None and p.after is None:  # nothing of its kind was left
+                    k["skipped"] += 1
+                    continue
+                tally["points"] += 1
+                k["tried"] += 1
+                if p.hit:
+                    tally["hit"] += 1
+                    k["hit"] += 1
+                    landed = p.landed.split(" seed ")[0]
+                    tally["landed"][landed] = tally["landed"].get(landed, 0) + 1
+            word = ("identical" if o.identical else
+                    f"FAILED: {o.failed}" if o.failed else f"DIFFERENT: {o.difference}")
+            out(f"{experiment} run {r + 1}: {sum(p.hit for p in o.points)} kills, "
+                f"{o.attempts} starts, {o.seconds:.0f} s: {word}; load average {_load()}")
+            if o.identical:
+                tally["identical"] += 1
+            elif o.failed:
+                tally["failed"].append(f"{experiment} {folder}: {o.failed}")
+            else:
+                tally["different"].append(f"{experiment} {folder}: {o.difference}")
+            if o.identical or not keep:
+                shutil.rmtree(folder, ignore_errors=True)
+                folder.with_name(folder.name + ".log").unlink(missing_ok=True)
+            else:
+                out(f"  kept {folder} and {folder.name}.log beside it")
+        if not keep:
+            shutil.rmtree(ref.out, ignore_errors=True)
+
+
 def format_tally(tally: dict) -> str:
-    lines = [f"kill points: {tally['points']} tried, {tally['hit']} killed the run"]
+    lines = ["INTERRUPTED: a partial tally"] if tally.get("interrupted") else []
+    lines.append(f"kill points: {tally['points']} tried, {tally['hit']} killed the run")
     for kind in MOMENTS:
         k = tally["by_kind"].get(kind)
         if k:
-            lines.append(f"  {kind:12s} {k['tried']:4d} tried, {k['hit']:4d} killed")
+            lines.append(f"  {kind:12s} {k['tried']:4d} tried, {k['hit']:4d} killed"
+                         + (f", {k['skipped']} not tried (nothing of the kind left to kill)"
+                            if k["skipped"] else ""))
     if tally["landed"]:
         lines.append("where the kills landed: " + ", ".join(
             f"{name} {n}" for name, n in sorted(tally["landed"].items(), key=lambda x: -x[1])))
@@ -494,7 +514,9 @@ def _cmd_kill(args) -> int:
     experiments = EXPERIMENTS if args.experiment == "both" else (args.experiment,)
     tally = run_kill_bench(args.points, seed=args.seed, experiments=experiments,
                            workdir=args.workdir, keep=args.keep,
-                           kills_per_run=args.kills_per_run)
+                           kills_per_run=args.kills_per_run,
+                           extra=shlex.split(args.reproduce_args or ""),
+                           out=lambda line: print(line, flush=True))
     print(format_tally(tally))
     return 0 if tally["identical"] == tally["runs"] else 1
 
@@ -520,9 +542,12 @@ def add_bench_command(subparsers):
     p.add_argument("--kills-per-run", type=int, default=5, metavar="N",
                    help="kills before a run may finish (default 5): a run is restarted after "
                    "each")
+    p.add_argument("--reproduce-args", default=None, metavar="ARGS",
+                   help="more options for every `mam-tf reproduce` run, quoted as one "
+                   "argument (e.g. '--no-mcu'; default none)")
     p.add_argument("--keep", action="store_true",
                    help="keep the folders (and logs) of runs that differ from the reference "
-                   "or fail, and the references; their paths are printed")
+                   "or fail, and the references (default: removed); their paths are printed")
     p.add_argument("--workdir", default=None, metavar="DIR",
                    help="where the runs go (default: a temporary folder, removed at the end "
                    "unless --keep)")
