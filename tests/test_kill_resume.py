@@ -152,6 +152,9 @@ def test_a_model_difference_is_named(tmp_path):
     kernel[1, 2] = np.nextafter(kernel[1, 2], 9)
     c = _folder(tmp_path / "c", RESULTS, kernel=kernel)
     assert kill.first_difference(a, c) == "models/m.keras: weight layers/fc1/vars/0 differs"
+    data = (a / "models" / "m.keras").read_bytes()
+    (c / "models" / "m.keras").write_bytes(data[: len(data) // 2])  # half written
+    assert kill.first_difference(a, c).startswith("models/m.keras: unreadable (BadZipFile")
     (c / "models" / "m.keras").unlink()
     assert kill.first_difference(a, c) == "models/m.keras: in the reference only"
     (a / "results.json").unlink()

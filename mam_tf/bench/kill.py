@@ -155,7 +155,10 @@ def first_difference(reference, run) -> str | None:
             if a.read_bytes() != b.read_bytes():
                 return f"{name}: bytes differ"
         else:
-            found = _keras_difference(a, b, name)
+            try:
+                found = _keras_difference(a, b, name)
+            except (OSError, KeyError, ValueError, zipfile.BadZipFile) as err:
+                return f"{name}: unreadable ({type(err).__name__}: {err})"
             if found:
                 return found
     return None
