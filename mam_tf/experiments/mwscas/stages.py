@@ -88,6 +88,9 @@ def _save(model, path):
 
 
 def _load_keras(path):
+    # Registers the QAT wrappers' classes: a resumed run reads a QAT tail back in a fresh
+    # process, before any stage that quantizes has imported it.
+    from mam_tf.train import quantization  # noqa: F401
     from mam_tf.train.compat import keras
 
     return keras.models.load_model(path, compile=False)
