@@ -82,14 +82,17 @@ def test_the_hook_does_nothing_unless_its_point_is_reached(tmp_path, kill_at):
 
 
 def test_the_hook_kills_after_a_delay(tmp_path):
-    slow = TOY.replace("(w / \"f.txt\").write_text(name)",
-                       "__import__('time').sleep(0.3 if name == 'b' else 0) or "
-                       "(w / \"f.txt\").write_text(name)")
+    # b writes its file at once, then works for 0.3 s: killed 0.15 s in, its file is there
+    slow = TOY.replace("(w / \"f.txt\").write_text(name) and name",
+                       "(w / \"f.txt\").write_text(name) and "
+                       "__import__('time').sleep(0.3 if name == 'b' else 0) or name")
     env = {**__import__("os").environ, kill.KILL_AT: "compute/b:1+0.15"}
     proc = subprocess.run([sys.executable, "-c", slow, str(tmp_path)], env=env,
                           capture_output=True, text=True, timeout=60)
-    assert proc.returncode == -signal.SIGKILL
-    assert _finished(tmp_path) == ["a"] and _temporary(tmp_path)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert _finished(tmp_path) == ["a"]
+    (left,) = _temporary(tmp_path)
+    assert (tmp_path / "stages" / left / "f.txt").read_text() == "b"
 
 
 # ------------------------------------------------------------------------------------------
