@@ -295,7 +295,9 @@ def _target(kind: str, ref: Reference, out: Path, rng: random.Random) -> KillPoi
         choice = rng.choice(["outputs", "results", "manifest", "copy"])
         models = _model_files(ref.out)
         if choice == "outputs":
-            return KillPoint(kind, spec=f"outputs:1+{rng.uniform(0, ref.outputs_seconds):.2f}")
+            # in the first half of the outputs' time, which a restart takes again
+            delay = rng.uniform(0, ref.outputs_seconds / 2)
+            return KillPoint(kind, spec=f"outputs:1+{delay:.2f}")
         if choice == "copy" and models:
             return KillPoint(kind, spec=f"copy/{Path(rng.choice(models)).name}:1")
         return KillPoint(kind, spec=f"json-write/{MANIFEST if choice == 'manifest' else RESULTS}:1")
