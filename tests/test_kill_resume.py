@@ -176,9 +176,13 @@ def test_plan_covers_every_moment_in_run_order():
     kinds = [k for r in runs for k in r]
     assert len(kinds) == 23 and max(len(r) for r in runs) == 5
     assert {kinds.count(m) for m in kill.MOMENTS} <= {4, 5} and set(kinds) == set(kill.MOMENTS)
-    order = list(kill.MOMENTS[-1:]) + list(kill.MOMENTS[:-1])  # random first
     for r in runs:
-        assert r == sorted(r, key=order.index)
+        named = [k for k in r if k != "random"]
+        assert named == sorted(named, key=kill.MOMENTS.index)  # the order a run reaches them
+    runs = kill.plan_points(10, random.Random(0), 10)
+    assert len(runs) == 1 and runs[0].count("random") == 2
+    where = [i for i, k in enumerate(runs[0]) if k == "random"]
+    assert where[0] > 0 and where[1] - where[0] >= 3  # spread among the named kills
 
 
 # ------------------------------------------------------------------------------------------

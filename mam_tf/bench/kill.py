@@ -283,14 +283,16 @@ def _occurrence(todo: list, i: int) -> int:
     return 1 + sum(s["name"] == todo[i]["name"] for s in todo[:i])
 
 
-def _target(kind: str, ref: Reference, out: Path, rng: random.Random) -> KillPoint | None:
+def _target(kind: str, ref: Reference, out: Path, rng: random.Random,
+            later: int = 0) -> KillPoint | None:
     """A concrete kill for ``kind`` given what is left to do in ``out`` (None: nothing of that
-    kind is left)."""
+    kind is left); ``later``: how many kills the run still has to make after this one."""
     todo = _remaining(ref, out)
     if kind == "random":
-        # over what is left of the reference's duration: start-up, stages to do, outputs
-        left = ref.startup_seconds + sum(s["seconds"] for s in todo) + ref.outputs_seconds
-        return KillPoint(kind, after=rng.uniform(0.0, left))
+        # a random time in the start-up or in the next 1 / (later + 1) of the reference's
+        # remaining work, which leaves the later kills something to kill
+        left = (sum(s["seconds"] for s in todo) + ref.outputs_seconds) / (later + 1)
+        return KillPoint(kind, after=rng.uniform(0.0, ref.startup_seconds + left))
     if kind == "report":
         choice = rng.choice(["outputs", "results", "manifest", "copy"])
         models = _model_files(ref.out)
@@ -322,18 +324,25 @@ def _target(kind: str, ref: Reference, out: Path, rng: random.Random) -> KillPoi
                      f"+{rng.uniform(0, stage['seconds']):.2f}")
 
 
-#: The order of a run's kills: a random time first (anywhere in the run), then the moments
-#: in the order a run reaches them.
-_ORDER = {"random": 0, "training": 1, "stage-write": 2, "deployment": 3, "report": 4}
+#: The order of a run's named kills: the order a run reaches them.
+_ORDER = {"training": 0, "stage-write": 1, "deployment": 2, "report": 3}
 
 
 def plan_points(n: int, rng: random.Random, kills_per_run: int) -> list[list[str]]:
     """``n`` moment kinds, covering every kind in turn, split into runs of at most
-    ``kills_per_run`` kills, each run's in the order a run reaches them."""
+    ``kills_per_run`` kills, each run's named moments in the order a run reaches them and its
+    random times spread evenly among them."""
     kinds = [MOMENTS[i % len(MOMENTS)] for i in range(n)]
     rng.shuffle(kinds)
-    runs = [kinds[i:i + kills_per_run] for i in range(0, n, kills_per_run)]
-    return [sorted(r, key=lambda k: (_ORDER[k], rng.random())) for r in runs]
+    runs = []
+    for i in range(0, n, kills_per_run):
+        chunk = kinds[i:i + kills_per_run]
+        named = sorted((k for k in chunk if k != "random"), key=_ORDER.__getitem__)
+        randoms = chunk.count("random")
+        for j in range(randoms):
+            named.insert(min(len(named), round((j + 0.5) * len(chunk) / randoms)), "random")
+        runs.append(named)
+    return runs
 
 
 def _landed(log_text: str, experiment: str) -> str:
@@ -373,7 +382,7 @@ def run_killed(ref: Reference, out, kinds: Sequence[str], rng: random.Random,
         point = None
         while queue and point is None:
             kind = queue.pop(0)
-            point = _target(kind, ref, out, rng)
+            point = _target(kind, ref, out, rng, later=len(queue))
             if point is None:
                 points.append(KillPoint(kind, landed="nothing of this kind left"))
         attempts += 1
