@@ -366,9 +366,10 @@ def _landed(log_text: str, experiment: str) -> str:
 
 def run_killed(ref: Reference, out, kinds: Sequence[str], rng: random.Random,
                extra: Sequence[str] = (), max_attempts: int = 50,
-               log_fn: Callable[[str], None] = print) -> RunOutcome:
+               log_fn: Callable[[str], None] = print,
+               on_point: Callable[[KillPoint], None] = lambda point: None) -> RunOutcome:
     """One run into ``out`` (fresh) killed at each of ``kinds`` in turn, restarted until it
-    finishes, then compared with the reference."""
+    finishes, then compared with the reference. ``on_point`` sees each point once decided."""
     out = Path(out)
     if out.exists():
         shutil.rmtree(out)
@@ -385,6 +386,7 @@ def run_killed(ref: Reference, out, kinds: Sequence[str], rng: random.Random,
             point = _target(kind, ref, out, rng, later=len(queue))
             if point is None:
                 points.append(KillPoint(kind, landed="nothing of this kind left"))
+                on_point(points[-1])
         attempts += 1
         if attempts > max_attempts:
             return RunOutcome(ref.experiment, out, points, attempts, time.perf_counter() - t,
@@ -397,6 +399,7 @@ def run_killed(ref: Reference, out, kinds: Sequence[str], rng: random.Random,
             text = log.read_bytes()[start:].decode(errors="replace")
             point.landed = _landed(text, ref.experiment) if point.hit else "finished first"
             points.append(point)
+            on_point(point)
             log_fn(f"  {ref.experiment} {out.name}: {point.kind} "
                    f"({point.spec or f'{point.after:.1f} s in'}) -> "
                    f"{'killed in ' + point.landed if point.hit else 'missed: the run finished'}")
@@ -405,9 +408,10 @@ def run_killed(ref: Reference, out, kinds: Sequence[str], rng: random.Random,
         if status != -signal.SIGKILL or point is None:
             return RunOutcome(ref.experiment, out, points, attempts, time.perf_counter() - t,
                               failed=f"a start failed with exit status {status} (see {log})")
-    outcome = RunOutcome(ref.experiment, out, points + [KillPoint(k, landed="not tried: run "
-                                                                   "finished") for k in queue],
-                         attempts, time.perf_counter() - t)
+    for kind in queue:
+        points.append(KillPoint(kind, landed="not tried: the run had finished"))
+        on_point(points[-1])
+    outcome = RunOutcome(ref.experiment, out, points, attempts, time.perf_counter() - t)
     outcome.difference = first_difference(ref.out, out)
     return outcome
 
@@ -452,6 +456,20 @@ def run_kill_bench(points: int, *, seed: int = 0, experiments: Sequence[str] = E
     return tally
 
 
+def _count(tally: dict, p: KillPoint) -> None:
+    k = tally["by_kind"].setdefault(p.kind, {"tried": 0, "hit": 0, "skipped": 0})
+    if p.spec is None and p.after is None:  # nothing of its kind was left to kill
+        k["skipped"] += 1
+        return
+    tally["points"] += 1
+    k["tried"] += 1
+    if p.hit:
+        tally["hit"] += 1
+        k["hit"] += 1
+        landed = p.landed.split(" seed ")[0]
+        tally["landed"][landed] = tally["landed"].get(landed, 0) + 1
+
+
 def _bench(tally, experiments, share, root, rng, keep, kills_per_run, extra, out):
     """The kill runs of :func:`run_kill_bench`, counted into ``tally`` as they finish."""
     for experiment, n in zip(experiments, share):
@@ -464,20 +482,9 @@ def _bench(tally, experiments, share, root, rng, keep, kills_per_run, extra, out
             f"{n} kill points, at most {kills_per_run} per run")
         for r, kinds in enumerate(plan_points(n, rng, kills_per_run)):
             folder = root / f"{experiment}-run{r:03d}"
-            o = run_killed(ref, folder, kinds, rng, extra, log_fn=out)
+            o = run_killed(ref, folder, kinds, rng, extra, log_fn=out,
+                           on_point=lambda p: _count(tally, p))
             tally["runs"] += 1
-            for p in o.points:
-                k = tally["by_kind"].setdefault(p.kind, {"tried": 0, "hit": 0, "skipped": 0})
-                if p.spec is None and p.after is None:  # nothing of its kind was left
-                    k["skipped"] += 1
-                    continue
-                tally["points"] += 1
-                k["tried"] += 1
-                if p.hit:
-                    tally["hit"] += 1
-                    k["hit"] += 1
-                    landed = p.landed.split(" seed ")[0]
-                    tally["landed"][landed] = tally["landed"].get(landed, 0) + 1
             word = ("identical" if o.identical else
                     f"FAILED: {o.failed}" if o.failed else f"DIFFERENT: {o.difference}")
             out(f"{experiment} run {r + 1}: {sum(p.hit for p in o.points)} kills, "
@@ -504,7 +511,7 @@ def format_tally(tally: dict) -> str:
         k = tally["by_kind"].get(kind)
         if k:
             lines.append(f"  {kind:12s} {k['tried']:4d} tried, {k['hit']:4d} killed"
-                         + (f", {k['skipped']} not tried (nothing of the kind left to kill)"
+                         + (f", {k['skipped']} not tried (nothing of the kind left, or the run had finished)"
                             if k["skipped"] else ""))
     if tally["landed"]:
         lines.append("where the kills landed: " + ", ".join(
