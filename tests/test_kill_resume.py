@@ -239,3 +239,13 @@ def test_training_is_deterministic_per_seed_across_processes(tmp_path):
     other = _train(tmp_path / "c", 1)
     assert kill._keras_difference(first, again, "model.keras") is None
     assert kill._keras_difference(first, other, "model.keras") is not None
+
+
+def test_where_a_kill_landed_is_read_from_the_progress_lines():
+    lines = ("[mwscas] data: read back (data-1, computed in 0.1 s)\n"
+             "[mwscas] train MAC seed 0: computing ...\rEpoch 1/2\r")
+    assert kill._landed("Epoch 1/2\n", "mwscas") == "start-up"
+    assert kill._landed(lines, "mwscas") == "train MAC seed 0"
+    assert kill._landed(lines + "[mwscas] train MAC seed 0: done in 5.2 s\n",
+                        "mwscas") == "between stages or in the outputs"
+    assert kill._landed(lines, "biocas") == "start-up"

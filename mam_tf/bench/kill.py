@@ -346,22 +346,20 @@ def plan_points(n: int, rng: random.Random, kills_per_run: int) -> list[list[str
 
 
 def _landed(log_text: str, experiment: str) -> str:
-    """What a killed attempt was doing: its last stage line still computing, else 'start-up'
-    or 'between stages / outputs'."""
+    """What a killed attempt was doing, from its progress lines: the stage it was computing,
+    ``start-up`` (no stage line yet) or ``between stages or in the outputs``."""
     prefix = f"[{experiment}] "
-    computing, done = None, False
+    state = "start-up"
     for chunk in log_text.replace("\r", "\n").splitlines():
         i = chunk.find(prefix)
         if i < 0:
             continue
         line = chunk[i + len(prefix):].strip()
         if line.endswith(": computing ..."):
-            computing, done = line[: -len(": computing ...")], False
-        elif computing and line.startswith(computing + ": done"):
-            done = True
-    if computing is None:
-        return "start-up or stages read back"
-    return "after the last stage (outputs)" if done else computing
+            state = line[: -len(": computing ...")]
+        elif ": done in " in line or ": read back (" in line:
+            state = "between stages or in the outputs"
+    return state
 
 
 def run_killed(ref: Reference, out, kinds: Sequence[str], rng: random.Random,
