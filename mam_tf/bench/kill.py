@@ -537,6 +537,8 @@ def _cmd_kill(args) -> int:
                            extra=shlex.split(args.reproduce_args or ""),
                            out=lambda line: print(line, flush=True))
     print(format_tally(tally))
+    if tally.get("interrupted"):
+        return 130
     return 0 if tally["identical"] == tally["runs"] else 1
 
 
