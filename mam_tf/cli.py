@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_sub = bench.add_subparsers(dest="bench_command", metavar="BENCHMARK")
     from mam_tf.bench.data import add_bench_command as add_data_bench
     from mam_tf.bench.fuzz import add_bench_command as add_fuzz_bench
+    from mam_tf.bench.kill import add_bench_command as add_kill_bench
     from mam_tf.bench.mcu import add_bench_command as add_mcu_bench
     from mam_tf.bench.train import add_bench_command as add_train_bench
 
@@ -66,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_mcu_bench(bench_sub)
     add_data_bench(bench_sub)
     add_fuzz_bench(bench_sub)
+    add_kill_bench(bench_sub)
     bench.set_defaults(func=lambda args: bench.print_help() or 2)
     return parser
 

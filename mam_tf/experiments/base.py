@@ -177,6 +177,7 @@ def run(exp: Experiment, cfg, out=None, *, progress: bool = True, merge=None,
     results = {"experiment": exp.name, "scale": cfg.scale, "seeds": list(cfg.seeds),
                "config": cfg.as_dict(), "code": code, **own}
     pl.write_json(out / RESULTS, results)
+    pl.kill_point("outputs")
     exp.part("outputs")(cfg, out, results, context)
     pipe.write_manifest({"outputs": sorted(str(f.relative_to(out)) for f in out.rglob("*")
                                            if f.is_file() and pl.STAGES_DIR not in
@@ -195,6 +196,7 @@ def copy_file(src, dest) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.tmp")
     shutil.copyfile(src, tmp)
+    pl.kill_point("copy", dest.name)
     os.replace(tmp, dest)
     return dest
 

@@ -40,7 +40,9 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import sys
+import threading
 import tempfile
 import time
 from pathlib import Path
@@ -51,6 +53,8 @@ from mam_tf.common.machine import load_average
 __all__ = ["Pipeline", "StageResult", "stage_key", "code_fingerprint", "jsonable", "write_json",
            "read_json"]
 
+#: The test hook's environment variable (:func:`kill_point`).
+KILL_AT = "MAM_TF_KILL_AT"
 STAGES_DIR = "stages"
 STAGE_FILE = "stage.json"
 MANIFEST = "manifest.json"
@@ -145,6 +149,7 @@ def write_json(path, obj) -> Path:
             json.dump(obj, fh, indent=2, default=_json_default)
             fh.write("\n")
         os.chmod(tmp, 0o644)
+        kill_point("json-write", path.name)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -275,6 +280,7 @@ class Pipeline:
         work = Path(tempfile.mkdtemp(dir=self.stages_dir, prefix=f".tmp-{name}-{key}-"))
         t0 = time.perf_counter()
         try:
+            kill_point("compute", name)
             value = jsonable(compute(work))
             seconds = time.perf_counter() - t0
             write_json(work / STAGE_FILE, {
@@ -283,6 +289,7 @@ class Pipeline:
                 "seconds": round(seconds, 3),
                 "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             })
+            kill_point("stage-written", name)
             if final.exists():  # an identical stage finished meanwhile (another process)
                 shutil.rmtree(final)
             os.replace(work, final)
@@ -371,3 +378,43 @@ def machine() -> dict:
     from mam_tf.common.machine import describe
 
     return describe()
+
+
+# -- test hook: kill the process at a named point ----------------------------------------------
+_kill_counts: dict[str, int] = {}
+
+
+def kill_point(event: str, stage: str = "") -> None:
+    """A test hook (``mam-tf bench kill`` and its tests): SIGKILLs this process at a named point
+    when the environment variable ``MAM_TF_KILL_AT`` asks for it; does nothing otherwise.
+
+    ``MAM_TF_KILL_AT=EVENT[/STAGE]:COUNT[+SECONDS]`` kills at the COUNT-th time (from 1) this
+    process reaches EVENT (of the stage named STAGE, when given), or SECONDS after it. Events:
+    ``compute`` (a stage's function starts), ``stage-written`` (a stage's files and stage.json are
+    in its temporary folder, not yet renamed into place), ``json-write`` (a JSON file is written
+    to its temporary name, not yet renamed), ``outputs`` (the report and outputs start),
+    ``copy`` (an output file is copied to its temporary name, not yet renamed).
+    The process's whole group dies when the process leads it (its children with it).
+    """
+    spec = os.environ.get(KILL_AT)
+    if not spec:
+        return
+    target, _, rest = spec.partition(":")
+    count, _, delay = rest.partition("+")
+    if target not in (event, f"{event}/{stage}"):
+        return
+    _kill_counts[target] = _kill_counts.get(target, 0) + 1
+    if _kill_counts[target] != int(count):
+        return
+    if delay:
+        timer = threading.Timer(float(delay), _kill_now)
+        timer.daemon = True  # a process that ends first is not killed
+        timer.start()
+    else:
+        _kill_now()
+
+
+def _kill_now() -> None:
+    if os.getpgrp() == os.getpid():
+        os.killpg(os.getpid(), signal.SIGKILL)
+    os.kill(os.getpid(), signal.SIGKILL)

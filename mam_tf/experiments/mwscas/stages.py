@@ -88,6 +88,9 @@ def _save(model, path):
 
 
 def _load_keras(path):
+    # Registers the QAT wrappers' classes: a resumed run reads a QAT tail back in a fresh
+    # process, before any stage that quantizes has imported it.
+    from mam_tf.train import quantization  # noqa: F401
     from mam_tf.train.compat import keras
 
     return keras.models.load_model(path, compile=False)
@@ -108,6 +111,9 @@ def _stage_qat(cfg, run, data_stage, train_stage, kind, seed):
         from mam_tf.models import split
         from ecg_data import arsnr
 
+        # Seeded here: otherwise its shuffling would follow from whatever the process drew
+        # before (the training stage in one run, nothing in a run resumed after training).
+        keras.utils.set_random_seed(int(seed))
         d = _load_npz(data_stage)
         tail, head = split(_load_keras(train_stage.file("model.keras")))
         qat = quantization.quantize_model(tail, "int16x8", weight_range=(-1, 1),
