@@ -261,8 +261,9 @@ def _run_block(step_bench, variants, batch, n_in, units, n_steps, rounds, env, o
         rows.append(row)
         iqr = f"{q1 * 1e3:.2f}-{q3 * 1e3:.2f}"
         spread = f"{min(ratios):.2f}-{max(ratios):.2f}"
-        out(f"{label:<19}{median * 1e3:>10.2f}{iqr:>16}{row['ratio']:>{wide}.2f}{spread:>13}"
-            f"{row['cpu_median_s'] * 1e3:>9.2f}{row['peak_rss_mib']:>14.0f}"
+        # a space before each column: a wide figure (seconds a step) still stands apart
+        out(f"{label:<19}{median * 1e3:>10.2f} {iqr:>15} {row['ratio']:>{wide - 1}.2f} "
+            f"{spread:>12} {row['cpu_median_s'] * 1e3:>8.2f}{row['peak_rss_mib']:>14.0f}"
             f"{row['step_rss_growth_mib']:>13.0f}")
     for label, base_label, limit in targets:
         ratio = statistics.median(t for t, _ in times[label]) / \
