@@ -192,7 +192,7 @@ def test_plan_covers_every_moment_in_run_order():
 #: start-up and outputs), so that it cannot leave the named moments nothing to hit.
 KILLS = ["training", "training", "training", "stage-write", "stage-write", "deployment",
          "deployment", "report", "report", "random"]
-#: The Cortex-M7 figures are left out: QEMU's own tests cover them, and they double the deploy
+#: The Cortex-M7 figures are left out: QEMU's own tests cover them, and they add to the deploy
 #: stages' time.
 EXTRA = {"mwscas": ["--no-mcu"], "biocas": []}
 
