@@ -270,7 +270,8 @@ def test_the_glue_and_the_registration_compile_against_tflm_headers(exported, tm
                                        "-fno-exceptions\")")
     (lib,) = build.rglob("libmam_tf_model.a")
     syms = _defined(lib)
-    assert "mam_model::RegisterOps(tflite::MicroMutableOpResolver<%d>&)" % r.resolver_size \
+    # the registration of exactly N operators (nm writes the template argument as "4u")
+    assert f"mam_model::RegisterOps(tflite::MicroMutableOpResolver<{r.resolver_size}u>&)" \
         in syms, sorted(s for s in syms if "mam_model" in s)
     assert r.array in syms and "tflite::Register_MAM_SPARSE()" in syms
 

@@ -6,8 +6,8 @@ the packaged ``tflm_ops/``), the model as an aligned ``const`` C array, a genera
 that registers exactly those), the arena size the model needs, a ``CMakeLists.txt`` a CMake
 firmware project adds with one line, and a ``README.md`` saying all of this.
 
-The arena is measured on the host with TFLite-Micro's recording allocator (the ``tflite-micro``
-wheel's interpreter). With a tflite-micro source tree at the wheel's commit
+The arena is measured on the host with the ``tflite-micro`` wheel's interpreter: the smallest
+arena it allocates and runs the model in (and what its recording allocator reports used). With a tflite-micro source tree at the wheel's commit
 (``tflm_root`` / ``$MAM_TF_TFLM_ROOT``) the glue itself is built for that interpreter and the
 model is measured as it is; without one, each MAM_SPARSE / MAC_SPARSE node is measured as a
 FULLY_CONNECTED node of the same tensors (a stand-in whose kernel keeps the same kind of
@@ -732,8 +732,9 @@ def add_export_command(subparsers):
         description="Writes a folder for a TFLite-Micro firmware: the MAM_SPARSE / MAC_SPARSE "
         "op sources (C core, Cortex-M kernels, TFLM glue), the model as an aligned const C "
         "array, mam_model_ops.h/.cc with a MicroMutableOpResolver<N> sized to the model's "
-        "distinct operators and RegisterOps() adding exactly those, the arena size (measured "
-        "with TFLite-Micro's recording allocator on this PC, plus a stated margin), a "
+        "distinct operators and RegisterOps() adding exactly those, the arena size (the "
+        "smallest arena TFLite-Micro's interpreter allocates and runs the model in on this PC, "
+        "plus a stated margin), a "
         "CMakeLists.txt that a CMake firmware adds with add_subdirectory(), and a README.md. "
         "The model must pass `mam-tf check` first.",
     )
