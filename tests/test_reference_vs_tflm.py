@@ -87,7 +87,10 @@ class _FC:
     def __init__(self, tfl, sg, op):
         self.op = op
         x_t, w_t, y_t = sg.tensors[op.inputs[0]], sg.tensors[op.inputs[1]], sg.tensors[op.outputs[0]]
-        self.output_position = [int(t) for t in sg.outputs].index(int(op.outputs[0]))
+        outputs = [int(t) for t in sg.outputs]
+        # None when a RESHAPE follows (token inputs: TFLite restores the leading dimensions)
+        self.output_position = outputs.index(int(op.outputs[0])) \
+            if int(op.outputs[0]) in outputs else None
         self.weights = fb.constant(tfl, sg, op.inputs[1])
         # Branches have distinct widths: the width names the layer, whatever the op order.
         self.name = next(b[0] for b in BRANCHES if b[1] == self.weights.shape[0])
@@ -353,3 +356,38 @@ def test_tflm_multiplier_product_is_float32_per_tensor_and_double_per_row(conver
     assert (want != alt).all()  # every row discriminates between the two products
     np.testing.assert_array_equal(got, want, err_msg="TFLM vs the reference's multipliers")
     np.testing.assert_array_equal(native.mac_sparse(x, encode(fc.weights), **kw), got)
+
+
+@pytest.mark.parametrize("mode", ["int8", "int16x8"])
+def test_fully_connected_on_tokens_is_the_reference_on_rows(mode):
+    """TFLite's FULLY_CONNECTED on token inputs [batch, 3, 4, N] reads every token as a row:
+    TFLM's output equals the reference and the core run on the [12, N] rows, bit for bit (the
+    rule the converter follows for MAM_SPARSE and MAC_SPARSE on token inputs)."""
+    from tflite_micro.python.tflite_micro import runtime
+
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(5)
+    inp = keras.Input((3, 4, N), batch_size=1)  # static shapes: no shape arithmetic ops
+    name, units, _, act, _ = BRANCHES[0]  # relu with a bias
+    layer = keras.layers.Dense(units, activation=act, name=name, bias_initializer="random_normal")
+    model = keras.Model(inp, layer(inp))
+    rng = np.random.default_rng(5)
+    w = layer.kernel.numpy()
+    w[rng.random(w.shape) < 0.6] = 0.0
+    layer.kernel.assign(w)
+    data = (rng.standard_normal((32, 3, 4, N)) + 0.7).astype(np.float32)
+    tflite = _convert(model, data, mode, per_tensor=False)
+    (fc,) = _fcs(tflite)
+    rows = _inputs(fc, seed=12)[:24].reshape(-1, 3, 4, N)  # 2 samples of 12 rows
+    with contextlib.redirect_stdout(io.StringIO()):
+        interp = runtime.Interpreter.from_bytes(tflite, arena_size=1 << 18)
+    want = []
+    for sample in rows:
+        interp.set_input(sample[None], 0)
+        interp.invoke()
+        want.append(np.array(interp.get_output(0)))
+    want = np.concatenate(want)
+    assert want.shape == (len(rows), 3, 4, units)
+    assert len(np.unique(want)) > 8
+    for impl, got in _all_impls(fc, rows.reshape(-1, N)).items():
+        np.testing.assert_array_equal(got.reshape(want.shape), want, err_msg=impl)

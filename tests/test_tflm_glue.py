@@ -255,10 +255,12 @@ def test_a_batch_of_rows_runs_in_one_invoke(tflm):
     np.testing.assert_array_equal(got.reshape(want.shape), want)
 
 
-@pytest.mark.parametrize("mode", ["int8", "int16x8"])
-def test_a_transformer_block_on_tokens_runs_in_tflm_as_on_the_host(tflm, mode):
+def test_a_transformer_block_on_tokens_runs_in_tflm_as_on_the_host(tflm):
     """The whole encoder block in one TFLM interpreter: attention and LayerNorm's builtins, the
-    RESHAPEs to and from rows, MAM_SPARSE on the 6 tokens of each sample (as 6 rows)."""
+    RESHAPEs to and from rows, MAM_SPARSE on the 6 tokens of each sample (as 6 rows). int8
+    only: in 16x8, TFLite-Micro's SUB kernel (LayerNormalization's) aborts on int16, which the
+    host runtime's probe reports as a refusal."""
+    mode = "int8"
     from mam_tf.models import token_transformer
     from mam_tf.models.token_transformer import MLP_LAYERS
 

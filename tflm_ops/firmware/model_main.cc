@@ -126,11 +126,6 @@ int main() {
   resolver.AddLeakyRelu();
   resolver.AddMaximum();
   resolver.AddMinimum();
-  // A transformer encoder block: attention and LayerNormalization convert into these.
-  resolver.AddBatchMatMul();
-  resolver.AddTranspose();
-  resolver.AddSquaredDifference();
-  resolver.AddRsqrt();
 
   MarkerProfiler profiler;
   tflite::MicroInterpreter interpreter(model, resolver, arena, kArenaBytes, nullptr, &profiler);
