@@ -66,11 +66,16 @@ class Data:
 
 
 def _fit_callbacks(progress, epochs, desc):
-    if not progress:
-        return []
-    from tqdm.keras import TqdmCallback
+    """A stop at a NaN or infinite loss naming ``desc`` (the stage and seed), and a progress
+    bar when ``progress``."""
+    from mam_tf.train.divergence import StopOnDivergence
 
-    return [TqdmCallback(epochs=epochs, verbose=0, desc=desc, leave=False)]
+    callbacks = [StopOnDivergence(f"biocas {desc}")]
+    if progress:
+        from tqdm.keras import TqdmCallback
+
+        callbacks.append(TqdmCallback(epochs=epochs, verbose=0, desc=desc, leave=False))
+    return callbacks
 
 
 def _train(data_stage, p, progress):
@@ -98,12 +103,13 @@ def _train(data_stage, p, progress):
     return compute
 
 
-def _fine_tune_args(p, d):
+def _fine_tune_args(p, d, desc):
     from mam_tf.train.compat import keras
 
     return dict(x=d.y_train, y=d.l_train, optimizer=keras.optimizers.Adam(p["fine_tune_lr"]),
                 loss="binary_crossentropy", epochs=p["fine_tune_epochs"],
-                batch_size=p["batch_size"], verbose=0)
+                batch_size=p["batch_size"], verbose=0,
+                callbacks=_fit_callbacks(False, p["fine_tune_epochs"], desc))
 
 
 def _sweep(data_stage, train_stage, p, progress):
@@ -121,7 +127,10 @@ def _sweep(data_stage, train_stage, p, progress):
             one_shot.append(metric(pruned))
             if p["fine_tune_epochs"] > 0:
                 keras.utils.set_random_seed(p["seed"])
-                pruning.fine_tune(pruned, **_fine_tune_args(p, d))
+                kept = p["fractions"][len(one_shot) - 1]
+                pruning.fine_tune(pruned, **_fine_tune_args(
+                    p, d, f"fine-tune {p['kind']} {p['method']} at {kept:g} kept seed "
+                    f"{p['seed']}"))
 
         t0 = time.perf_counter()
         rows = pruning.sweep(model, list(p["fractions"]), metric,
@@ -156,7 +165,9 @@ def _deploy(data_stage, train_stage, p):
                                                       layers=HIDDEN, scope=p["scope"])
             if p["fine_tuned"]:
                 keras.utils.set_random_seed(p["seed"])
-                pruning.fine_tune(model, **_fine_tune_args(p, d))
+                pruning.fine_tune(model, **_fine_tune_args(
+                    p, d, f"deploy fine-tune {p['kind']} at {p['remaining']:g} kept seed "
+                    f"{p['seed']}"))
             model = pruning.strip_pruning(model)
         model.save(work / "pruned.keras")
         t0 = time.perf_counter()
