@@ -210,12 +210,19 @@ class WriteFailed(OSError):
     """A write the run needs failed because the disk is full or the folder refuses it; the
     message names the path and what to do. Finished stages are kept."""
 
+    def __str__(self):
+        return self.strerror
+
 
 def raise_write_error(err: OSError, path, what: str = "") -> None:
     """Raises :class:`WriteFailed` for ``err`` when its errno is one of :data:`WRITE_ERRNOS`
     (naming ``err.filename`` or else ``path``, and ``what`` was being written); returns
     otherwise, for the caller to re-raise ``err``."""
-    if isinstance(err, WriteFailed) or err.errno not in WRITE_ERRNOS:
+    if isinstance(err, WriteFailed):
+        if what:  # say which stage (or output) was writing
+            raise WriteFailed(err.errno, f"{what}: {err.strerror}") from err.__cause__
+        return
+    if err.errno not in WRITE_ERRNOS:
         return
     where = err.filename or path
     reason = err.strerror or os.strerror(err.errno)
@@ -294,6 +301,9 @@ def stage_damage(path, meta: dict | None, *, key: str, params: dict, code: str,
 # ------------------------------------------------------------------------------------------
 class RunFolderBusy(OSError):
     """Another live run holds the run folder; the message names the folder and the holder."""
+
+    def __str__(self):
+        return self.strerror
 
 
 #: The run folders this process holds: real path -> [lock file descriptor, Pipelines using it].
