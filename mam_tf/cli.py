@@ -95,7 +95,7 @@ def main(argv=None) -> int:
         return 2
     name = " ".join(filter(None, ["mam-tf", args.command, *(
         getattr(args, dest, None) for dest in ("bench_command", "data_command", "experiment"))]))
-    from mam_tf.train.divergence import TrainingDiverged
+    from mam_tf.common.divergence import TrainingDiverged
 
     try:
         result = args.func(args)
