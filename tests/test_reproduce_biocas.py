@@ -153,6 +153,29 @@ def test_a_rerun_reads_every_stage_back(run, capsys):
     assert again["min_remaining_keeping_baseline"] == res["min_remaining_keeping_baseline"]
 
 
+
+def test_training_that_diverges_stops_with_one_line(tmp_path, monkeypatch, capsys):
+    """A NaN in one training measurement: the oracle's training stops at its first epoch,
+    naming the stage and the seed; the data stage stays, nothing else is stored."""
+    from ecg_data import cs
+
+    measure = cs.measure
+
+    def nan_measure(x, A):
+        y = measure(x, A)
+        y[5, 3] = np.nan  # a training window (the test windows come last)
+        return y
+
+    monkeypatch.setattr(cs, "measure", nan_measure)
+    out = tmp_path / "run"
+    assert cli_main(["reproduce", "biocas", "--scale", "tiny", "-o", str(out),
+                     "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("mam-tf reproduce biocas: error: biocas train mac seed 0: loss "
+                              "is nan at epoch 1, batch ")
+    assert sorted(p.name.split("-")[0] for p in (out / "stages").iterdir()) == ["data"]
+    assert not (out / "results.json").exists()
+
 def test_unknown_settings_and_scales_are_named():
     with pytest.raises(ValueError, match="unknown setting 'epoch'"):
         biocas.config_for("tiny", epoch=3)
