@@ -155,8 +155,9 @@ def test_a_rerun_reads_every_stage_back(run, capsys):
 
 
 def test_training_that_diverges_stops_with_one_line(tmp_path, monkeypatch, capsys):
-    """A NaN in one training measurement: the oracle's training stops at its first epoch,
-    naming the stage and the seed; the data stage stays, nothing else is stored."""
+    """A NaN in one training measurement: the MAM oracle's training stops in its first epoch,
+    naming the stage and the seed; nothing of it is stored. (The MAC oracle's loss stays
+    finite: binary cross-entropy clips the NaN prediction of that one window.)"""
     from ecg_data import cs
 
     measure = cs.measure
@@ -171,9 +172,13 @@ def test_training_that_diverges_stops_with_one_line(tmp_path, monkeypatch, capsy
     assert cli_main(["reproduce", "biocas", "--scale", "tiny", "-o", str(out),
                      "--no-progress"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("mam-tf reproduce biocas: error: biocas train mac seed 0: loss "
+    assert err[-1].startswith("mam-tf reproduce biocas: error: biocas train mam seed 0: loss "
                               "is nan at epoch 1, batch ")
-    assert sorted(p.name.split("-")[0] for p in (out / "stages").iterdir()) == ["data"]
+    assert err[-1].endswith("; training diverged (lower the learning rate, or check the data "
+                            "for NaN)")
+    stored = [json.loads((p / "stage.json").read_text())["label"]
+              for p in (out / "stages").iterdir()]
+    assert sorted(stored) == ["data (800 + 200 windows, m=32)", "train mac seed 0"]
     assert not (out / "results.json").exists()
 
 def test_unknown_settings_and_scales_are_named():
