@@ -101,8 +101,13 @@ def main(argv=None) -> int:
         return 2
     name = " ".join(filter(None, ["mam-tf", args.command, *(
         getattr(args, dest, None) for dest in ("bench_command", "data_command", "experiment"))]))
+    from mam_tf.common.divergence import TrainingDiverged
+
     try:
         result = args.func(args)
+    except TrainingDiverged as err:  # names what trained, the epoch and the loss
+        print(f"{name}: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 1
     except (ValueError, OSError) as err:
         # A user error (a file that is missing or unreadable, a model or data the command
         # refuses): one line, argparse's exit status. Anything else is a bug: its traceback.

@@ -165,6 +165,21 @@ def test_pruning_less_than_held_is_refused():
         pruning.prune_magnitude(model, 0.5, layers=["mam1"])
 
 
+
+def test_fine_tuning_that_diverges_stops_naming_epoch_and_batch(rng):
+    x = rng.standard_normal((40, 20)).astype("float32")
+    x[27, 2] = np.nan  # in the 4th batch of 8 (samples 24..31) of the first epoch
+    model = _model()
+    with pytest.raises(training.TrainingDiverged, match=r"^keras3 fine-tune seed 0: loss is "
+                                                        r"nan at epoch 1, batch 4; training "
+                                                        r"diverged"):
+        pruning.fine_tune(model, x, np.zeros((40, 3), "float32"), loss="mse", epochs=2,
+                          batch_size=8, shuffle=False, verbose=0,
+                          callbacks=[training.StopOnDivergence("keras3 fine-tune seed 0")])
+    from mam_tf.common.divergence import TrainingDiverged
+
+    assert training.TrainingDiverged is TrainingDiverged  # one error for both Keras
+
 def test_iterative_prune_reaches_the_last_target(rng):
     model = _model()
     x = rng.standard_normal((32, 20)).astype(np.float32)

@@ -153,6 +153,34 @@ def test_a_rerun_reads_every_stage_back(run, capsys):
     assert again["min_remaining_keeping_baseline"] == res["min_remaining_keeping_baseline"]
 
 
+
+def test_training_that_diverges_stops_with_one_line(tmp_path, monkeypatch, capsys):
+    """A NaN in one training measurement: the MAM oracle's training stops in its first epoch,
+    naming the stage and the seed; nothing of it is stored. (The MAC oracle's loss stays
+    finite: binary cross-entropy clips the NaN prediction of that one window.)"""
+    from ecg_data import cs
+
+    measure = cs.measure
+
+    def nan_measure(x, A):
+        y = measure(x, A)
+        y[5, 3] = np.nan  # a training window (the test windows come last)
+        return y
+
+    monkeypatch.setattr(cs, "measure", nan_measure)
+    out = tmp_path / "run"
+    assert cli_main(["reproduce", "biocas", "--scale", "tiny", "-o", str(out),
+                     "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("mam-tf reproduce biocas: error: biocas train mam seed 0: loss "
+                              "is nan at epoch 1, batch ")
+    assert err[-1].endswith("; training diverged (lower the learning rate, or check the data "
+                            "for NaN)")
+    stored = [json.loads((p / "stage.json").read_text())["label"]
+              for p in (out / "stages").iterdir()]
+    assert sorted(stored) == ["data (800 + 200 windows, m=32)", "train mac seed 0"]
+    assert not (out / "results.json").exists()
+
 def test_unknown_settings_and_scales_are_named():
     with pytest.raises(ValueError, match="unknown setting 'epoch'"):
         biocas.config_for("tiny", epoch=3)

@@ -195,6 +195,61 @@ def test_a_changed_parameter_reruns_what_depends_on_it(tiny):
     assert again["points"] == results["points"] and again["deployed"] == results["deployed"]
 
 
+
+def _stage_dir(stages, label):
+    """The stage folder whose stage.json has ``label`` (the label of its progress line)."""
+    return next(d for d in stages.iterdir() if not d.name.startswith(".")
+                and json.loads((d / "stage.json").read_text())["label"] == label)
+
+
+def test_damaged_stage_files_are_recomputed_and_the_results_stay(tiny, tmp_path, capsys):
+    """A copy of the tiny run with files of three stages damaged: a .keras file deleted and an
+    .npz truncated (the line names the first of the stage's files found damaged), a .tflite
+    altered by a flipped byte, a stage.json altered. Each of those stages runs again, nothing
+    else does, and the results are the undamaged run's."""
+    import shutil
+
+    cfg, out, results = tiny
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    stages = run / "stages"
+    fine_tune = _stage_dir(stages, "fine-tune MAC seed 0")
+    (fine_tune / "qat_tail_5pct.keras").unlink()
+    recon = fine_tune / "recon.npz"
+    recon.write_bytes(recon.read_bytes()[:100])
+    tflite = _stage_dir(stages, "deploy MAC seed 0 magnitude 5%") / "tail.tflite"
+    data = bytearray(tflite.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    tflite.write_bytes(bytes(data))
+    meta_path = _stage_dir(stages, "records MAC seed 0") / "stage.json"
+    meta = json.loads(meta_path.read_text())
+    meta["value"]["windows"] += 1  # a record count that was not measured
+    meta_path.write_text(json.dumps(meta))
+    capsys.readouterr()
+    again = mwscas.run(cfg, run, progress=True, print_fn=None)
+    err = capsys.readouterr().err.replace("\r", "\n").splitlines()
+    assert sorted(line for line in err if line.endswith("; recomputing")) == [
+        "[mwscas] deploy MAC seed 0 magnitude 5%: tail.tflite altered (sha256 differs); "
+        "recomputing",
+        "[mwscas] fine-tune MAC seed 0: qat_tail_5pct.keras missing; recomputing",
+        "[mwscas] records MAC seed 0: stage.json altered (checksum differs); recomputing"]
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert sorted(s["label"] for s in manifest["stages"] if not s["cached"]) == [
+        "deploy MAC seed 0 magnitude 5%", "fine-tune MAC seed 0", "records MAC seed 0"]
+    for key in ("points", "records", "deployed"):
+        assert _without_times(again[key]) == _without_times(results[key]), key
+    assert (run / "models" / "mac_seed0_qat_fine_tuned_5pct.keras").is_file()
+
+
+def _without_times(obj):
+    """``obj`` without the wall-clock figures (seconds, milliseconds), which vary run to run."""
+    if isinstance(obj, dict):
+        return {k: _without_times(v) for k, v in obj.items()
+                if not any(t in k for t in ("seconds", "_ms_"))}
+    if isinstance(obj, list):
+        return [_without_times(v) for v in obj]
+    return obj
+
 def _conv_params(k, cin, cout):
     return k * cin * cout + cout
 

@@ -46,7 +46,8 @@ def parse_seeds(text: str | None) -> list[int] | None:
 
 def common_options() -> argparse.ArgumentParser:
     """The options every ``reproduce`` experiment takes (a parent parser, ``add_help=False``):
-    ``--scale``, ``-o/--out``, ``--seeds``, ``--merge``, ``--recompute``, ``--no-progress``."""
+    ``--scale``, ``-o/--out``, ``--seeds``, ``--merge``, ``--recompute``, ``--wait``,
+    ``--no-progress``."""
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("common options")
     g.add_argument("--scale", choices=SCALES, default="demo",
@@ -64,6 +65,9 @@ def common_options() -> argparse.ArgumentParser:
     g.add_argument("--recompute", nargs="+", default=None, metavar="STAGE",
                    help="compute these stages again even when the output folder holds them "
                    "(stage names as in the progress lines: data, train, ...)")
+    g.add_argument("--wait", action="store_true",
+                   help="when another run is using the output folder, wait for it to end "
+                   "(default: stop at once, naming that run's pid, host and start time)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars or stage lines")
     return p
 

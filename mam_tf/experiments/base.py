@@ -117,12 +117,12 @@ class Experiment:
         return fn
 
     def run(self, cfg, out=None, *, progress: bool = True, merge=None, print_fn=print,
-            recompute: Sequence[str] = ()) -> dict:
+            recompute: Sequence[str] = (), wait: bool = False) -> dict:
         """Runs (or resumes) the experiment into ``out`` (default
         ``runs/<experiment>-<scale>``); returns the results, also written to
         ``out/results.json``. See :func:`run`."""
         return run(self, cfg, out, progress=progress, merge=merge, print_fn=print_fn,
-                   recompute=recompute)
+                   recompute=recompute, wait=wait)
 
 
 def default_out(experiment: str, scale: str) -> Path:
@@ -149,14 +149,19 @@ def merged_seeds(experiment: str, scale: str, dirs: Sequence) -> list[int]:
 
 
 def run(exp: Experiment, cfg, out=None, *, progress: bool = True, merge=None,
-        print_fn=print, recompute: Sequence[str] = ()) -> dict:
+        print_fn=print, recompute: Sequence[str] = (), wait: bool = False) -> dict:
     """Runs (or resumes) ``exp`` with ``cfg`` into ``out`` (default
     ``runs/<experiment>-<scale>``); returns the results, also written to ``out/results.json``.
 
     ``merge``: run folders of the same experiment and scale (other seeds, other machines):
     their finished stages are imported and their seeds added to ``cfg.seeds``.
     ``recompute``: stage names computed again even when on disk. ``print_fn``: where the
-    summary goes (None: nowhere).
+    summary goes (None: nowhere). ``wait``: when another run is using ``out``, wait for it
+    instead of stopping (:class:`~mam_tf.experiments.pipeline.RunFolderBusy`).
+
+    The run holds ``out`` from start to end; results, figures and models are written
+    atomically and only with finite numbers; a full disk stops it with
+    :class:`~mam_tf.experiments.pipeline.WriteFailed` naming the path.
     """
     if not isinstance(cfg, exp.config):
         raise TypeError(f"{exp.name}: run needs a {exp.config.__name__} (config_for(scale, "
@@ -169,20 +174,24 @@ def run(exp: Experiment, cfg, out=None, *, progress: bool = True, merge=None,
     if not cfg.seeds:
         raise ValueError(f"{exp.name}: no seeds to run (give --seeds, or --merge run folders)")
     code = exp.code_fingerprint()
-    pipe = pl.Pipeline(out, exp.name, config=cfg.as_dict(), progress=progress, code=code,
-                       recompute=recompute)
-    if merge:
-        pipe.import_stages(merge)
-    own, context = exp.part("stages")(cfg, pipe)
-    results = {"experiment": exp.name, "scale": cfg.scale, "seeds": list(cfg.seeds),
-               "config": cfg.as_dict(), "code": code, **own}
-    pl.write_json(out / RESULTS, results)
-    pl.kill_point("outputs")
-    exp.part("outputs")(cfg, out, results, context)
-    pipe.write_manifest({"outputs": sorted(str(f.relative_to(out)) for f in out.rglob("*")
-                                           if f.is_file() and pl.STAGES_DIR not in
-                                           f.relative_to(out).parts
-                                           and f.name != pl.MANIFEST)})
+    with pl.Pipeline(out, exp.name, config=cfg.as_dict(), progress=progress, code=code,
+                     recompute=recompute, wait=wait) as pipe:
+        if merge:
+            pipe.import_stages(merge)
+        own, context = exp.part("stages")(cfg, pipe)
+        results = {"experiment": exp.name, "scale": cfg.scale, "seeds": list(cfg.seeds),
+                   "config": cfg.as_dict(), "code": code, **own}
+        pl.write_json(out / RESULTS, results)
+        pl.kill_point("outputs")
+        try:
+            exp.part("outputs")(cfg, out, results, context)
+        except OSError as err:
+            pl.raise_write_error(err, out, f"[{exp.name}] outputs")
+            raise
+        pipe.write_manifest({"outputs": sorted(
+            str(f.relative_to(out)) for f in out.rglob("*") if f.is_file()
+            and pl.STAGES_DIR not in f.relative_to(out).parts
+            and f.name not in (pl.MANIFEST, pl.LOCK_FILE))})
     if print_fn is not None:
         print_fn(exp.part("summary")(cfg, results))
         print_fn(f"\nwrote {out / 'report.md'}, {RESULTS}, figures and models "
@@ -246,7 +255,7 @@ def _command(exp: Experiment, overrides: Callable[[argparse.Namespace], dict]):
         seeds = tuple(args.seeds) if args.seeds else (() if args.merge else None)
         cfg = exp.config.for_scale(args.scale, seeds=seeds, **overrides(args))
         run(exp, cfg, args.out, progress=not args.no_progress, merge=args.merge,
-            recompute=args.recompute or ())
+            recompute=args.recompute or (), wait=args.wait)
         return 0
 
     return cmd

@@ -18,11 +18,26 @@ stages it reads (``deps``), and a function that computes it::
   every stage that depends on it, and nothing else, and a stage computed by other code is never
   read back as this code's.
 * A stage found on disk is read back, not recomputed (``result.cached`` is True), unless its
-  name is in ``recompute`` (then it is computed again and replaces the stored one; the stages
-  reading it keep their keys, its parameters being the same).
+  name is in ``recompute`` (then it is computed again and replaces the stored one).
+* A stage found on disk is never trusted blindly. Its ``stage.json`` records the sha256 and
+  size of every file it wrote, the digest of each input it was computed from and a checksum
+  of itself; a stage whose stage.json is unreadable, altered or from before checksums, whose
+  file is missing, truncated or altered, or whose input changed since (:func:`stage_damage`)
+  is recomputed, with one line naming the stage, the file and why. A recomputed stage keeps
+  its key (the key holds its inputs' keys, not their contents), so the stages reading it
+  would match their keys still: that is why they also record their inputs' digests (a hash
+  of the value and the files' contents) and are recomputed when those differ. Saved models
+  and ``.npz`` files hold their save time, so a recomputed input counts as changed.
 * Stages are computed in a temporary directory renamed into place when the function returns:
   an interrupted run leaves no half-written stage, and a rerun resumes after the last finished
-  one.
+  one. A full disk or an unwritable folder stops the stage with :class:`WriteFailed` naming
+  the path, its temporary folder removed.
+* A Pipeline holds its folder: an exclusive ``flock`` on ``<out>/.lock`` (pid, host and start
+  time inside); a second run on the folder raises :class:`RunFolderBusy` naming the holder, or
+  waits (``wait=True``). The kernel drops the lock of a run that dies (even by SIGKILL), and
+  the next run to take it removes the temporary folders the dead run left.
+* A stage's value is JSON with finite numbers only: NaN or infinity is refused, naming the key
+  path (:func:`check_finite`); :func:`write_json` refuses them too.
 * Every stage prints one line when it starts and one when it is done or read back;
   :meth:`Pipeline.progress` wraps loops in a tqdm bar. ``write_manifest`` writes
   ``<out>/manifest.json``: the configuration, each stage's key, whether it was computed or read
@@ -36,28 +51,40 @@ Stage functions must be deterministic given their parameters (seed everything th
 from __future__ import annotations
 
 import dataclasses
+import errno
+import fcntl
 import hashlib
 import json
+import math
 import os
 import shutil
 import signal
+import socket
 import sys
 import threading
 import tempfile
 import time
+import weakref
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from mam_tf.common.machine import load_average
 
 __all__ = ["Pipeline", "StageResult", "stage_key", "code_fingerprint", "jsonable", "write_json",
-           "read_json"]
+           "read_json", "check_finite", "file_checksums", "stage_damage", "RunFolderBusy",
+           "WriteFailed", "WRITE_ERRNOS"]
 
 #: The test hook's environment variable (:func:`kill_point`).
 KILL_AT = "MAM_TF_KILL_AT"
 STAGES_DIR = "stages"
 STAGE_FILE = "stage.json"
 MANIFEST = "manifest.json"
+LOCK_FILE = ".lock"
+#: errno values that mean "this folder cannot take the write" (full disk or quota, no
+#: permission, read-only filesystem, file too large): the run stops with one line naming the
+#: path, keeping every finished stage.
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS,
+                          errno.EFBIG})
 
 
 def jsonable(obj):
@@ -139,18 +166,52 @@ def code_fingerprint(modules: Iterable[str], version: str | None = None,
     return f"{version}+{h.hexdigest()[:16]}"
 
 
+def check_finite(obj, where: str) -> None:
+    """Raises ValueError naming the key path (``points[3].arsnr``) of the first NaN or infinite
+    number in ``obj`` (dicts, lists, numbers, numpy scalars and arrays); ``where`` names what
+    holds it in the message."""
+    def walk(value, path):
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, f"{path}.{k}" if path else str(k))
+        elif isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                walk(v, f"{path}[{i}]")
+        elif not isinstance(value, (str, bool, type(None))):
+            if hasattr(value, "tolist"):  # numpy scalars and arrays
+                return walk(value.tolist(), path)
+            if isinstance(value, (int, float)) and not math.isfinite(value):
+                raise ValueError(f"{where}: {path or 'the value'} is {value}; non-finite "
+                                 "numbers are never stored (a computation diverged or divided "
+                                 "by zero)")
+
+    walk(obj, "")
+
+
 def write_json(path, obj) -> Path:
-    """Writes ``obj`` as indented JSON to ``path`` atomically (temporary file + rename)."""
+    """Writes ``obj`` as indented JSON to ``path`` atomically (temporary file + rename).
+
+    NaN and infinite numbers are refused (ValueError naming the file and the key path); a
+    full disk or an unwritable folder raises :class:`WriteFailed` naming the path, leaving
+    no temporary file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    check_finite(obj, str(path))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise_write_error(err, path)
+        raise
     try:
         with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=2, default=_json_default)
+            json.dump(obj, fh, indent=2, default=_json_default, allow_nan=False)
             fh.write("\n")
         os.chmod(tmp, 0o644)
         kill_point("json-write", path.name)
         os.replace(tmp, path)
+    except OSError as err:
+        raise_write_error(err, path)
+        raise
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -161,6 +222,185 @@ def read_json(path):
     """Reads a JSON file."""
     with open(path) as fh:
         return json.load(fh)
+
+
+# ------------------------------------------------------------------------------------------
+# Write errors: a full disk or an unwritable folder is one line naming the path
+# ------------------------------------------------------------------------------------------
+class WriteFailed(OSError):
+    """A write the run needs failed because the disk is full or the folder refuses it; the
+    message names the path and what to do. Finished stages are kept."""
+
+    def __str__(self):
+        return self.strerror
+
+
+def raise_write_error(err: OSError, path, what: str = "") -> None:
+    """Raises :class:`WriteFailed` for ``err`` when its errno is one of :data:`WRITE_ERRNOS`
+    (naming ``err.filename`` or else ``path``, and ``what`` was being written); returns
+    otherwise, for the caller to re-raise ``err``."""
+    if isinstance(err, WriteFailed):
+        if what:  # say which stage (or output) was writing
+            raise WriteFailed(err.errno, f"{what}: {err.strerror}") from err.__cause__
+        return
+    if err.errno not in WRITE_ERRNOS:
+        return
+    where = err.filename or path
+    reason = err.strerror or os.strerror(err.errno)
+    hint = ("free some space" if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+            else "make it writable")
+    raise WriteFailed(err.errno, f"{what}{': ' if what else ''}cannot write '{where}': "
+                      f"{reason} ({errno.errorcode.get(err.errno, err.errno)}); "
+                      f"{hint} and rerun to continue from the finished stages") from err
+
+
+# ------------------------------------------------------------------------------------------
+# Integrity: every stage's files are checksummed; a damaged stage is recomputed
+# ------------------------------------------------------------------------------------------
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def file_checksums(folder) -> dict:
+    """``{relative path: {"sha256": hex, "bytes": size}}`` of every file under ``folder``
+    but its ``stage.json`` (what a finished stage records of what it wrote)."""
+    folder = Path(folder)
+    return {f.relative_to(folder).as_posix(): {"sha256": _sha256(f), "bytes": f.stat().st_size}
+            for f in sorted(folder.rglob("*")) if f.is_file() and f.name != STAGE_FILE}
+
+
+def _meta_checksum(meta: dict) -> str:
+    """The checksum of a stage.json's content (all of it but this field)."""
+    rest = {k: v for k, v in meta.items() if k != "checksum"}
+    return hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()
+
+
+def _content_digest(value, files: dict) -> str:
+    """What a stage's readers see of it: its value and its files' contents. A recomputed
+    stage with the same digest changes nothing downstream."""
+    blob = json.dumps({"value": value, "files": {k: v["sha256"] for k, v in files.items()}},
+                      sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def stage_damage(path, meta: dict | None, *, key: str, params: dict, code: str,
+                 deps: Sequence["StageResult"] = ()) -> str | None:
+    """Why the stage folder ``path`` (whose stage.json reads as ``meta``, None when it cannot
+    be read) must not be trusted, or None when it is whole: stage.json altered or from before
+    checksums, a file missing, truncated, resized or altered, or an input (``deps``) that
+    changed since the stage was computed from it."""
+    if meta is None:
+        return f"{STAGE_FILE} unreadable"
+    if not isinstance(meta, dict) or "checksum" not in meta or "files" not in meta:
+        return f"{STAGE_FILE} has no checksums (written by an older version)"
+    if meta["checksum"] != _meta_checksum(meta):
+        return f"{STAGE_FILE} altered (checksum differs)"
+    for field, want in (("key", key), ("params", jsonable(params)), ("code", code)):
+        if meta.get(field) != want:
+            return f"{STAGE_FILE} records another {field}"
+    for rel, rec in sorted(meta["files"].items()):
+        f = Path(path) / rel
+        if not f.is_file():
+            return f"{rel} missing"
+        size = f.stat().st_size
+        if size < rec["bytes"]:
+            return f"{rel} truncated ({size} of {rec['bytes']} bytes)"
+        if size != rec["bytes"]:
+            return f"{rel} altered ({size} bytes, {rec['bytes']} recorded)"
+        if _sha256(f) != rec["sha256"]:
+            return f"{rel} altered (sha256 differs)"
+    inputs = meta.get("inputs", {})
+    for d in deps:
+        if inputs.get(d.path.name) != d.digest:
+            return f"its input {d.path.name} changed since it was computed"
+    return None
+
+
+# ------------------------------------------------------------------------------------------
+# One run per folder: an exclusive lock on <out>/.lock
+# ------------------------------------------------------------------------------------------
+class RunFolderBusy(OSError):
+    """Another live run holds the run folder; the message names the folder and the holder."""
+
+    def __str__(self):
+        return self.strerror
+
+
+#: The run folders this process holds: real path -> [lock file descriptor, Pipelines using it].
+#: Pipelines of one process share the lock (a notebook or a test may open one folder twice).
+_HELD: dict[str, list] = {}
+
+
+def _lock_holder(lock_path: Path) -> str:
+    try:
+        info = json.loads(lock_path.read_text() or "{}")
+    except (OSError, ValueError):
+        info = {}
+    if not info:
+        return "a run that has not written its name yet"
+    return (f"pid {info.get('pid', '?')} on {info.get('host', '?')}, since "
+            f"{info.get('started', '?')}")
+
+
+def acquire_run_lock(out: Path, *, wait: bool = False,
+                     log: Callable[[str], None] = lambda msg: None) -> tuple[str, bool]:
+    """Takes the run folder ``out`` for this process (an exclusive ``flock`` on
+    ``out/.lock``, holding the pid, host and start time for the message others see). Another
+    live run holding it: :class:`RunFolderBusy` naming it, or with ``wait`` a line saying so
+    and a wait until it ends. A lock left by a dead run is free (the kernel drops a process's
+    locks when it dies). Returns (the folder's key for :func:`release_run_lock`, whether this
+    call took it, as opposed to sharing this process's hold)."""
+    token = os.path.realpath(out)
+    held = _HELD.get(token)
+    if held is not None:
+        held[1] += 1
+        return token, False
+    lock_path = Path(out) / LOCK_FILE
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise_write_error(err, lock_path, "run folder lock")
+        raise
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _lock_holder(lock_path)
+            if not wait:
+                raise RunFolderBusy(errno.EBUSY, f"run folder '{out}' is in use by another run "
+                                    f"({holder}); wait for it, rerun with --wait to start when "
+                                    "it ends, or choose another --out") from None
+            log(f"waiting for run folder '{out}', in use by another run ({holder})")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        info = {"pid": os.getpid(), "host": socket.gethostname(),
+                "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "argv": sys.argv}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+    except BaseException:
+        os.close(fd)
+        raise
+    _HELD[token] = [fd, 1]
+    return token, True
+
+
+def release_run_lock(token: str) -> None:
+    """Lets go of this process's hold on a run folder once its last Pipeline closes."""
+    held = _HELD.get(token)
+    if held is None:
+        return
+    held[1] -= 1
+    if held[1] <= 0:
+        del _HELD[token]
+        os.close(held[0])  # closing the descriptor drops the flock
+
+
+def _remove_temporaries(stages_dir: Path) -> None:
+    """Removes the temporary folders a killed run left (only called by the lock's holder,
+    so no live run is writing them)."""
+    for tmp in stages_dir.glob(".tmp-*"):
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @dataclasses.dataclass
@@ -175,6 +415,8 @@ class StageResult:
       params: the parameters it was keyed by.
       cached: True when it was read back from disk in this run, False when computed now.
       seconds: how long computing it took (when it was computed, possibly in an earlier run).
+      digest: a hash of its value and its files' contents; the stages computed from it record
+        it, and are recomputed when it changes.
     """
 
     name: str
@@ -184,6 +426,7 @@ class StageResult:
     params: dict
     cached: bool
     seconds: float
+    digest: str = ""
 
     def file(self, name: str) -> Path:
         """The path of a file the stage wrote (an error names the stage if it is missing)."""
@@ -206,14 +449,18 @@ class Pipeline:
       code: the fingerprint of the code that computes the stages (:func:`code_fingerprint`),
         part of every stage's key and stored in the manifest.
       recompute: names of stages to compute again even when they are on disk.
+      wait: when another live run holds ``out_dir``, wait for it to end instead of raising
+        :class:`RunFolderBusy`.
+
+    The Pipeline holds ``out_dir`` (:func:`acquire_run_lock`) until :meth:`close` (or the end
+    of a ``with`` block, or of the process).
     """
 
     def __init__(self, out_dir, experiment: str, *, config: dict | None = None,
                  progress: bool = True, log: Callable[[str], None] | None = None,
-                 code: str = "", recompute: Iterable[str] = ()):
+                 code: str = "", recompute: Iterable[str] = (), wait: bool = False):
         self.out = Path(out_dir)
         self.stages_dir = self.out / STAGES_DIR
-        self.stages_dir.mkdir(parents=True, exist_ok=True)
         self.experiment = experiment
         self.config = dict(config or {})
         self.code = str(code)
@@ -222,10 +469,33 @@ class Pipeline:
         if log is None:
             log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if progress else (lambda msg: None)
         self._log = log
+        self._lock_folder(wait)
         self.records: list[dict] = []
         self.started = time.time()
         self._t0 = time.perf_counter()
         self._load_start = load_average()
+
+    # -- the run folder's lock ----------------------------------------------------------
+    def _lock_folder(self, wait: bool) -> None:
+        try:
+            self.stages_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise_write_error(err, self.stages_dir, f"[{self.experiment}] run folder")
+            raise
+        token, took = acquire_run_lock(self.out, wait=wait, log=self.log)
+        self._release = weakref.finalize(self, release_run_lock, token)
+        if took:
+            _remove_temporaries(self.stages_dir)
+
+    def close(self) -> None:
+        """Lets go of the run folder (another run may then take it)."""
+        self._release()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
     # -- stages -------------------------------------------------------------------------
     def log(self, message: str) -> None:
@@ -235,22 +505,31 @@ class Pipeline:
     def stage_path(self, name: str, key: str) -> Path:
         return self.stages_dir / f"{name}-{key}"
 
-    def lookup(self, name: str, params: dict, deps: Sequence[StageResult] = ()) -> StageResult | None:
-        """The stage's result if it is on disk, else None (computes nothing)."""
+    def lookup(self, name: str, params: dict, deps: Sequence[StageResult] = (), *,
+               label: str | None = None) -> StageResult | None:
+        """The stage's result if it is on disk and whole, else None (computes nothing).
+
+        A stage folder that is there but damaged (:func:`stage_damage`: stage.json unreadable,
+        altered or without checksums, a file missing, truncated or altered, an input changed
+        since) is not trusted: one line names the stage (``label``), the file and why."""
         key = stage_key(name, params, deps, self.code)
         path = self.stage_path(name, key)
-        meta_path = path / STAGE_FILE
-        if not meta_path.is_file():
+        if not path.exists():
             return None
         try:
-            meta = read_json(meta_path)
+            meta = read_json(path / STAGE_FILE)
+        except FileNotFoundError:
+            meta = {}
         except (OSError, ValueError):
-            return None
-        if (meta.get("key") != key or meta.get("params") != jsonable(params)
-                or meta.get("code") != self.code):
+            meta = None
+        damage = (f"{STAGE_FILE} missing" if meta == {} else
+                  stage_damage(path, meta, key=key, params=params, code=self.code, deps=deps))
+        if damage is not None:
+            self.log(f"{label or name}: {damage}; recomputing")
             return None
         return StageResult(name, key, path, meta.get("value"), meta["params"], True,
-                           float(meta.get("seconds", 0.0)))
+                           float(meta.get("seconds", 0.0)),
+                           _content_digest(meta.get("value"), meta["files"]))
 
     def stage(self, name: str, params: dict, compute: Callable[[Path], Any], *,
               deps: Sequence[StageResult] = (), label: str | None = None) -> StageResult:
@@ -261,15 +540,19 @@ class Pipeline:
           params: every parameter that shapes the result (JSON-able); two calls with equal
             params and deps share one result.
           compute: ``compute(workdir) -> value``: writes any files into ``workdir`` (a fresh,
-            empty folder) and returns a JSON-able value. It runs only when the stage is not on
-            disk yet.
+            empty folder) and returns a JSON-able value (finite numbers only). It runs only
+            when the stage is not on disk yet, or is there but damaged.
           deps: the stages whose results ``compute`` reads; their keys are part of this key.
           label: a readable name for progress lines and the manifest (default: ``name``).
         Returns:
           A :class:`StageResult`.
+        Raises:
+          WriteFailed: the disk is full or the folder refuses writing (nothing of the stage
+            is left behind; finished stages are kept).
+          ValueError: the value holds a NaN or an infinite number (its key path is named).
         """
         label = label or name
-        found = None if name in self.recompute else self.lookup(name, params, deps)
+        found = None if name in self.recompute else self.lookup(name, params, deps, label=label)
         if found is not None:
             self.log(f"{label}: read back ({found.path.name}, computed in {found.seconds:.1f} s)")
             self._record(found, label, 0.0)
@@ -277,27 +560,30 @@ class Pipeline:
         key = stage_key(name, params, deps, self.code)
         final = self.stage_path(name, key)
         self.log(f"{label}: computing ...")
-        work = Path(tempfile.mkdtemp(dir=self.stages_dir, prefix=f".tmp-{name}-{key}-"))
+        work = None
         t0 = time.perf_counter()
         try:
+            work = Path(tempfile.mkdtemp(dir=self.stages_dir, prefix=f".tmp-{name}-{key}-"))
             kill_point("compute", name)
             value = jsonable(compute(work))
             seconds = time.perf_counter() - t0
-            write_json(work / STAGE_FILE, {
-                "name": name, "key": key, "label": label, "params": jsonable(params),
-                "deps": [d.key for d in deps], "code": self.code, "value": value,
-                "seconds": round(seconds, 3),
-                "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            })
+            check_finite(value, f"[{self.experiment}] {label}")
+            meta = _stage_meta(work, name=name, key=key, label=label, params=params, deps=deps,
+                               code=self.code, value=value, seconds=seconds)
+            write_json(work / STAGE_FILE, meta)
             kill_point("stage-written", name)
-            if final.exists():  # an identical stage finished meanwhile (another process)
+            if final.exists():  # a damaged copy, or an identical stage finished meanwhile
                 shutil.rmtree(final)
             os.replace(work, final)
+        except OSError as err:
+            raise_write_error(err, work or self.stages_dir, f"[{self.experiment}] {label}")
+            raise
         finally:
-            if work.exists():
+            if work is not None and work.exists():
                 shutil.rmtree(work, ignore_errors=True)
         self.log(f"{label}: done in {seconds:.1f} s")
-        result = StageResult(name, key, final, value, jsonable(params), False, seconds)
+        result = StageResult(name, key, final, value, jsonable(params), False, seconds,
+                             _content_digest(value, meta["files"]))
         self._record(result, label, seconds)
         return result
 
@@ -326,6 +612,7 @@ class Pipeline:
         """Copies the finished stages of other runs' folders into this run; returns how many.
 
         Stages already here are kept. Other runs are found by their ``stages/`` folder.
+        Imported stages are checked like any other when read (a damaged one is recomputed).
         """
         dirs = list(dirs)
         n = 0
@@ -340,9 +627,15 @@ class Pipeline:
                 if dest.exists():
                     continue
                 tmp = Path(tempfile.mkdtemp(dir=self.stages_dir, prefix=".tmp-import-"))
-                shutil.rmtree(tmp)
-                shutil.copytree(stage_dir, tmp)
-                os.replace(tmp, dest)
+                try:
+                    shutil.rmtree(tmp)
+                    shutil.copytree(stage_dir, tmp)
+                    os.replace(tmp, dest)
+                except OSError as err:
+                    raise_write_error(err, dest, f"[{self.experiment}] merge")
+                    raise
+                finally:
+                    shutil.rmtree(tmp, ignore_errors=True)
                 n += 1
         self.log(f"merge: {n} stages imported from {len(dirs)} run folder(s)")
         return n
@@ -371,6 +664,21 @@ class Pipeline:
         }
         manifest.update(jsonable(extra or {}))
         return write_json(self.out / MANIFEST, manifest)
+
+
+def _stage_meta(work: Path, *, name, key, label, params, deps, code, value, seconds) -> dict:
+    """The stage.json of a stage computed into ``work``: what it is, what it was computed
+    from (``inputs``: each dependency's digest), its value, its files' checksums and the
+    checksum of all that."""
+    meta = {
+        "name": name, "key": key, "label": label, "params": jsonable(params),
+        "deps": [d.key for d in deps], "inputs": {d.path.name: d.digest for d in deps},
+        "code": code, "value": value, "seconds": round(seconds, 3),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "files": file_checksums(work),
+    }
+    meta["checksum"] = _meta_checksum(meta)
+    return meta
 
 
 def machine() -> dict:

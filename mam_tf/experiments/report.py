@@ -6,6 +6,9 @@
   :func:`plot_panels` -> the same style, several panels on one x axis.
 * :func:`plot_signals` -> a PNG of a window and its reconstructions, one panel per model.
 
+A figure never shows a NaN or infinite value: they are refused with an error naming the curve
+(or signal) and where the value is.
+
 Every experiment draws its figures with these, so that they share one style.
 * :func:`markdown_table` -> a GitHub markdown table from rows of values.
 """
@@ -45,7 +48,21 @@ class Curve:
                  lo: Sequence[float] | None = None, hi: Sequence[float] | None = None, **style):
         if len(x) != len(mean):
             raise ValueError(f"Curve '{label}': {len(x)} x values but {len(mean)} y values")
+        for name, values in (("x", x), ("y", mean), ("minimum", lo), ("maximum", hi)):
+            _refuse_non_finite(f"Curve '{label}'", name, values, x)
         self.label, self.x, self.mean, self.lo, self.hi, self.style = label, list(x), list(mean), lo, hi, style
+
+
+def _refuse_non_finite(what: str, name: str, values, x=None) -> None:
+    """A figure never shows NaN or infinity (matplotlib would drop the point silently): raises
+    ValueError naming the figure's element, the value and where it is."""
+    if values is None:
+        return
+    for i, v in enumerate(values):
+        if v is not None and not math.isfinite(float(v)):
+            at = f"x = {x[i]}" if x is not None and i < len(x) else f"index {i}"
+            raise ValueError(f"{what}: {name} is {float(v)} at {at}; figures show finite "
+                             "values only")
 
 
 class Panel:
@@ -62,6 +79,8 @@ class Panel:
         self.curves, self.xlabel, self.ylabel, self.title = list(curves), xlabel, ylabel, title
         self.xscale, self.yscale, self.xlim, self.ylim = xscale, yscale, xlim, ylim
         self.vlines, self.hlines, self.invert_x = list(vlines), list(hlines), invert_x
+        for spec in self.vlines + self.hlines:
+            _refuse_non_finite(f"reference line '{spec[1]}'", "its value", [spec[0]])
 
 
 def _draw(ax, panel: Panel) -> None:
@@ -160,10 +179,14 @@ def plot_signals(path, panels: Sequence[tuple], *, xlabel: str, ylabel: str = "a
     """Writes a PNG of signals (a window and its reconstructions), one panel per
     ``(panel title, [(label, values, style_dict), ...])``, stacked on one x axis; the first
     signal of a panel is the reference, drawn in black unless its style says otherwise."""
+    import numpy as np
+
     plt = _pyplot()
     fig, axes = plt.subplots(len(panels), 1, figsize=figsize, sharex=True, squeeze=False)
     for ax, (panel_title, lines) in zip(axes[:, 0], panels):
         for i, (label, values, style) in enumerate(lines):
+            _refuse_non_finite(f"signal '{label}' of panel '{panel_title}'", "the signal",
+                               np.ravel(values).tolist())
             base = {"color": "black", "lw": 1.4} if i == 0 else {"lw": 1.1}
             ax.plot(values, label=label, **{**base, **style})
         ax.set_ylabel(ylabel)

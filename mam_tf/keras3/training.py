@@ -1,12 +1,15 @@
-"""Keras 3 training helpers: the vanishing-contributions schedule and selection counts,
-on any backend (the schedule itself is :func:`mam_tf.common.vanishing.vanishing_beta`, the
-counting :func:`mam_tf.common.masks.selection_counts_from_indices`, as on the tf_keras path)."""
+"""Keras 3 training helpers: the vanishing-contributions schedule, selection counts and the
+stop at a diverging loss, on any backend (the schedule itself is
+:func:`mam_tf.common.vanishing.vanishing_beta`, the counting
+:func:`mam_tf.common.masks.selection_counts_from_indices`, the check
+:class:`mam_tf.common.divergence.DivergenceCheck`, as on the tf_keras path)."""
 from __future__ import annotations
 
 import keras
 import numpy as np
 from keras import ops
 
+from mam_tf.common.divergence import DivergenceCheck, TrainingDiverged
 from mam_tf.common.inputs import iter_batches
 from mam_tf.common.masks import SelectionCounts, selection_counts_from_indices
 from mam_tf.common.vanishing import VanishingSchedule, vanishing_beta
@@ -14,7 +17,13 @@ from mam_tf.keras3 import mam_op
 from mam_tf.keras3.layers import MAMDense, mam_layers
 
 __all__ = ["VanishingContributions", "vanishing_beta", "SelectionCounts", "selection_counts",
-           "iter_batches"]
+           "iter_batches", "StopOnDivergence", "TrainingDiverged"]
+
+
+class StopOnDivergence(DivergenceCheck, keras.callbacks.Callback):
+    """Raises :class:`TrainingDiverged` at the first NaN or infinite loss (per batch) or
+    validation loss (per epoch), naming ``where``, the epoch and the batch; the arguments of
+    :class:`mam_tf.train.divergence.StopOnDivergence`."""
 
 
 class VanishingContributions(VanishingSchedule, keras.callbacks.Callback):

@@ -66,6 +66,14 @@ class Data:
         return arsnr(self.x_test[: len(probabilities)], self.reconstruct(probabilities, threshold))
 
 
+def _fit_callbacks(progress, epochs, desc):
+    """A stop at a NaN or infinite loss naming ``desc`` (the stage and seed), and a progress
+    bar when ``progress``."""
+    from mam_tf.train.divergence import StopOnDivergence
+
+    return [StopOnDivergence(f"biocas {desc}"), *fit_progress(progress, epochs, desc)]
+
+
 def _train(data_stage, p, progress):
     def compute(work):
         from mam_tf.train.compat import keras
@@ -76,7 +84,7 @@ def _train(data_stage, p, progress):
         t0 = time.perf_counter()
         model = cs_oracle(d.m, d.A.shape[1], p["kind"], seed=p["seed"])
         model.compile(keras.optimizers.Adam(p["lr"]), "binary_crossentropy")
-        callbacks = fit_progress(progress, p["epochs"], f"train {p['kind']} seed {p['seed']}")
+        callbacks = _fit_callbacks(progress, p["epochs"], f"train {p['kind']} seed {p['seed']}")
         if p["kind"] == "mam":
             callbacks.append(VanishingContributions(length=p["vc_epochs"]))
         keras.utils.set_random_seed(p["seed"])
@@ -91,12 +99,13 @@ def _train(data_stage, p, progress):
     return compute
 
 
-def _fine_tune_args(p, d):
+def _fine_tune_args(p, d, desc):
     from mam_tf.train.compat import keras
 
     return dict(x=d.y_train, y=d.l_train, optimizer=keras.optimizers.Adam(p["fine_tune_lr"]),
                 loss="binary_crossentropy", epochs=p["fine_tune_epochs"],
-                batch_size=p["batch_size"], verbose=0)
+                batch_size=p["batch_size"], verbose=0,
+                callbacks=_fit_callbacks(False, p["fine_tune_epochs"], desc))
 
 
 def _sweep(data_stage, train_stage, p, progress):
@@ -114,7 +123,10 @@ def _sweep(data_stage, train_stage, p, progress):
             one_shot.append(metric(pruned))
             if p["fine_tune_epochs"] > 0:
                 keras.utils.set_random_seed(p["seed"])
-                pruning.fine_tune(pruned, **_fine_tune_args(p, d))
+                kept = p["fractions"][len(one_shot) - 1]
+                pruning.fine_tune(pruned, **_fine_tune_args(
+                    p, d, f"fine-tune {p['kind']} {p['method']} at {kept:g} kept seed "
+                    f"{p['seed']}"))
 
         t0 = time.perf_counter()
         rows = pruning.sweep(model, list(p["fractions"]), metric,
@@ -149,7 +161,9 @@ def _deploy(data_stage, train_stage, p):
                                                       layers=HIDDEN, scope=p["scope"])
             if p["fine_tuned"]:
                 keras.utils.set_random_seed(p["seed"])
-                pruning.fine_tune(model, **_fine_tune_args(p, d))
+                pruning.fine_tune(model, **_fine_tune_args(
+                    p, d, f"deploy fine-tune {p['kind']} at {p['remaining']:g} kept seed "
+                    f"{p['seed']}"))
             model = pruning.strip_pruning(model)
         model.save(work / "pruned.keras")
         t0 = time.perf_counter()

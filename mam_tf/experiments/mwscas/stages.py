@@ -49,6 +49,13 @@ def _fit_verbose(run):
     return 2 if run.show_progress else 0
 
 
+def _stop_on_divergence(what, kind, seed):
+    """The callback that stops a fit at a NaN or infinite loss, naming the stage and seed."""
+    from mam_tf.train.divergence import StopOnDivergence
+
+    return StopOnDivergence(f"mwscas {what} {kind.upper()} seed {seed}")
+
+
 def _stage_train(cfg, run, data_stage, kind, seed):
     def compute(work):
         from mam_tf.train.layers import mam_layers
@@ -60,7 +67,9 @@ def _stage_train(cfg, run, data_stage, kind, seed):
         d = _load_npz(data_stage)
         model = ecg_autoencoder(kind, seed=seed)
         model.compile(keras.optimizers.Adam(cfg.lr), "mse")
-        callbacks = [VanishingContributions(length=cfg.vc_epochs)] if kind == "mam" else []
+        callbacks = [_stop_on_divergence("train", kind, seed)]
+        if kind == "mam":
+            callbacks.append(VanishingContributions(length=cfg.vc_epochs))
         t0 = time.perf_counter()
         hist = model.fit(d["train"], d["train"], validation_data=(d["val"], d["val"]),
                          epochs=cfg.epochs, batch_size=cfg.batch_size, callbacks=callbacks,
@@ -122,7 +131,8 @@ def _stage_qat(cfg, run, data_stage, train_stage, kind, seed):
         comp.compile(keras.optimizers.Adam(cfg.qat_lr), "mse")
         t0 = time.perf_counter()
         comp.fit(d["train"], d["train"], validation_data=(d["val"], d["val"]),
-                 epochs=cfg.qat_epochs, batch_size=cfg.batch_size, verbose=_fit_verbose(run))
+                 epochs=cfg.qat_epochs, batch_size=cfg.batch_size, verbose=_fit_verbose(run),
+                 callbacks=[_stop_on_divergence("QAT", kind, seed)])
         seconds = time.perf_counter() - t0
         _save(qat, work / "qat_tail.keras")
         test = d["test"]  # the whole split: this stage's key does not hold eval_windows
@@ -268,7 +278,9 @@ def _stage_fine_tune(cfg, run, data_stage, train_stage, qat_stage, prune_stage, 
             comp = _qat_composite(qat, split(float_model)[1])
             comp.compile(keras.optimizers.Adam(cfg.qat_lr), "mse")
             comp.fit(d["train"], d["train"], epochs=cfg.fine_tune_epochs,
-                     batch_size=cfg.batch_size, shuffle=True, verbose=_fit_verbose(run))
+                     batch_size=cfg.batch_size, shuffle=True, verbose=_fit_verbose(run),
+                     callbacks=[_stop_on_divergence(f"fine-tune at {fraction:g} kept", kind,
+                                                    seed)])
             kept = int(np.count_nonzero(kernel.numpy()))
             y = comp.predict(test, verbose=0, batch_size=256)
             twin, head = _float_twin(float_model, qat)
