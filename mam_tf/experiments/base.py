@@ -101,9 +101,19 @@ class Experiment:
     summary: Callable[[Any, dict], str] | str
     #: Its own modules (the package) and any it runs on beyond :data:`BASE_CODE`.
     code: tuple = ()
+    #: On a cluster (``--ray``): what one task of each stage kind asks for, ``{stage name:
+    #: {"num_cpus": n, "memory": bytes}}`` (:data:`mam_tf.experiments.cluster.DEFAULT_RESOURCES`
+    #: for the others).
+    resources: dict = dataclasses.field(default_factory=dict)
+    #: ``cost(cfg, stage name) -> float``: the work of one stage of that kind at ``cfg`` in
+    #: any unit (``--plan`` scales measured stage times by its ratios); None: unknown.
+    cost: Callable[[Any, str], float] | str | None = None
+
+    def code_modules(self) -> tuple:
+        return BASE_CODE + tuple(self.code)
 
     def code_fingerprint(self) -> str:
-        return pl.code_fingerprint(BASE_CODE + tuple(self.code))
+        return pl.code_fingerprint(self.code_modules())
 
     def part(self, name: str) -> Callable:
         """``stages``, ``outputs`` or ``summary`` as a function (imported if named)."""
@@ -114,12 +124,12 @@ class Experiment:
         return fn
 
     def run(self, cfg, out=None, *, progress: bool = True, merge=None, print_fn=print,
-            recompute: Sequence[str] = ()) -> dict:
+            recompute: Sequence[str] = (), ray: str | None = None) -> dict:
         """Runs (or resumes) the experiment into ``out`` (default
         ``runs/<experiment>-<scale>``); returns the results, also written to
         ``out/results.json``. See :func:`run`."""
         return run(self, cfg, out, progress=progress, merge=merge, print_fn=print_fn,
-                   recompute=recompute)
+                   recompute=recompute, ray=ray)
 
 
 def default_out(experiment: str, scale: str) -> Path:
@@ -146,14 +156,16 @@ def merged_seeds(experiment: str, scale: str, dirs: Sequence) -> list[int]:
 
 
 def run(exp: Experiment, cfg, out=None, *, progress: bool = True, merge=None,
-        print_fn=print, recompute: Sequence[str] = ()) -> dict:
+        print_fn=print, recompute: Sequence[str] = (), ray: str | None = None) -> dict:
     """Runs (or resumes) ``exp`` with ``cfg`` into ``out`` (default
     ``runs/<experiment>-<scale>``); returns the results, also written to ``out/results.json``.
 
     ``merge``: run folders of the same experiment and scale (other seeds, other machines):
     their finished stages are imported and their seeds added to ``cfg.seeds``.
     ``recompute``: stage names computed again even when on disk. ``print_fn``: where the
-    summary goes (None: nowhere).
+    summary goes (None: nowhere). ``ray``: a Ray cluster's address, or ``"local"``: the
+    stages run there as tasks, side by side where they do not depend on each other
+    (:mod:`mam_tf.experiments.cluster`; ``out`` must be on a filesystem every node sees).
     """
     if not isinstance(cfg, exp.config):
         raise TypeError(f"{exp.name}: run needs a {exp.config.__name__} (config_for(scale, "
@@ -166,11 +178,27 @@ def run(exp: Experiment, cfg, out=None, *, progress: bool = True, merge=None,
     if not cfg.seeds:
         raise ValueError(f"{exp.name}: no seeds to run (give --seeds, or --merge run folders)")
     code = exp.code_fingerprint()
+    executor = None
+    if ray is not None:
+        from mam_tf.experiments.cluster import RayExecutor
+
+        out = out.resolve()  # the tasks run in other folders, maybe on other machines
+        executor = RayExecutor(ray, resources=exp.resources, code_modules=exp.code_modules(),
+                               progress=progress)
+    try:
+        return _run(exp, cfg, out, code, executor, progress, merge, print_fn, recompute)
+    finally:
+        if executor is not None:
+            executor.close()
+
+
+def _run(exp, cfg, out, code, executor, progress, merge, print_fn, recompute):
     pipe = pl.Pipeline(out, exp.name, config=cfg.as_dict(), progress=progress, code=code,
-                       recompute=recompute)
+                       recompute=recompute, executor=executor)
     if merge:
         pipe.import_stages(merge)
     own, context = exp.part("stages")(cfg, pipe)
+    pipe.wait()
     results = {"experiment": exp.name, "scale": cfg.scale, "seeds": list(cfg.seeds),
                "config": cfg.as_dict(), "code": code, **own}
     pl.write_json(out / RESULTS, results)
@@ -225,6 +253,14 @@ def parse_fractions(flag: str):
 
 def _command(exp: Experiment, overrides: Callable[[argparse.Namespace], dict]):
     def cmd(args) -> int:
+        if args.plan:
+            from mam_tf.experiments import cluster
+
+            nodes, cpus = args.cluster
+            cfg = exp.config.for_scale(args.scale, seeds=tuple(args.seeds) if args.seeds
+                                       else None, **overrides(args))
+            print(cluster.plan_text(cluster.project(exp, cfg, args.plan, nodes, cpus)))
+            return 0
         from mam_tf.train.compat import tf
 
         tf.get_logger().setLevel("ERROR")  # retracing / AutoGraph notices drown the progress
@@ -232,7 +268,7 @@ def _command(exp: Experiment, overrides: Callable[[argparse.Namespace], dict]):
         seeds = tuple(args.seeds) if args.seeds else (() if args.merge else None)
         cfg = exp.config.for_scale(args.scale, seeds=seeds, **overrides(args))
         run(exp, cfg, args.out, progress=not args.no_progress, merge=args.merge,
-            recompute=args.recompute or ())
+            recompute=args.recompute or (), ray=args.ray)
         return 0
 
     return cmd
