@@ -34,6 +34,7 @@ def _python(code, *args, timeout=300, check=True):
 # ------------------------------------------------------------------------------------------
 # Without a cluster
 # ------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_without_ray_nothing_imports_it(tmp_path):
     _python("""
         import sys
@@ -52,6 +53,7 @@ def test_without_ray_nothing_imports_it(tmp_path):
     """, tmp_path)
 
 
+@pytest.mark.slow
 def test_a_missing_ray_names_the_cluster_extra(tmp_path):
     # Ray hidden from the import system: the command says which extra brings it, in one line.
     proc = _python("""
@@ -78,8 +80,11 @@ def test_a_missing_ray_names_the_cluster_extra(tmp_path):
 # ------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def ray_cluster():
+    """One local Ray instance with 2 CPUs for the module's tests."""
     ray = pytest.importorskip("ray", reason="Ray is the [cluster] extra")
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    from mam_tf.experiments.cluster import start_local
+
+    start_local(ray, num_cpus=2)
     yield ray
     ray.shutdown()
 
@@ -126,6 +131,7 @@ def _toy_stages(p, root):
     return d, trained, p.stage("sum", {}, total, deps=trained)
 
 
+@pytest.mark.slow
 def test_independent_stages_run_side_by_side_and_give_the_serial_values(ray_cluster, tmp_path):
     for s in (0, 1):  # serial: the barrier is passed beforehand, the stages run in turn
         (tmp_path / f"started-{s}").write_text("")
@@ -159,6 +165,7 @@ def test_independent_stages_run_side_by_side_and_give_the_serial_values(ray_clus
     assert _toy_stages(again, tmp_path)[2].value == total.value and not ex2.handles
 
 
+@pytest.mark.slow
 def test_a_killed_worker_is_retried_and_gives_the_same_result(ray_cluster, tmp_path):
     attempts = tmp_path / "attempts"
     attempts.mkdir()
@@ -198,6 +205,7 @@ def test_a_killed_worker_is_retried_and_gives_the_same_result(ray_cluster, tmp_p
     assert record["ran_on"]["pid"] == pids[1]
 
 
+@pytest.mark.slow
 def test_a_stage_that_raises_fails_once_with_its_message(ray_cluster, tmp_path):
     calls = tmp_path / "calls.txt"
 
@@ -251,6 +259,7 @@ _DRIVER = """
 """
 
 
+@pytest.mark.slow
 def test_a_restarted_driver_reads_finished_stages_back(ray_cluster, tmp_path):
     address = ray_cluster.get_runtime_context().gcs_address  # the drivers join this cluster
     out = tmp_path / "out"
@@ -274,3 +283,65 @@ def test_a_restarted_driver_reads_finished_stages_back(ray_cluster, tmp_path):
     assert (tmp_path / "first-calls").read_text() == "x\n"  # computed once, then read back
     stages = {r["stage"]: r for r in json.loads((out / "manifest.json").read_text())["stages"]}
     assert stages["first"]["cached"] and not stages["second"]["cached"]
+
+
+# ------------------------------------------------------------------------------------------
+# --plan: the projection (no Ray)
+# ------------------------------------------------------------------------------------------
+class _St:
+    def __init__(self, key, deps, secs):
+        self.key, self.deps, self.secs, self.name = key, deps, secs, key[0]
+
+
+def test_schedule_runs_each_stage_after_its_dependencies_on_free_cpus():
+    from mam_tf.experiments.cluster import schedule
+
+    # a (10 s), then b1-b3 (5 s each) reading a, then c (1 s) reading all three.
+    stages = [_St("a", [], 10), *(_St(f"b{i}", ["a"], 5) for i in (1, 2, 3)),
+              _St("c", ["b1", "b2", "b3"], 1)]
+    secs, one = (lambda s: s.secs), (lambda s: 1)
+    assert schedule(stages, secs, one, nodes=1, cpus_per_node=1) == 10 + 15 + 1
+    assert schedule(stages, secs, one, nodes=1, cpus_per_node=2) == 10 + 5 + 5 + 1
+    assert schedule(stages, secs, one, nodes=2, cpus_per_node=2) == 10 + 5 + 1
+    # a stage that needs 2 CPUs waits for a node with 2 free
+    assert schedule(stages, secs, lambda s: 2 if s.key == "b1" else 1, nodes=1,
+                    cpus_per_node=2) == 10 + 5 + 5 + 1
+
+
+def test_plan_lists_the_stages_and_scales_measured_times(tmp_path, capsys):
+    from mam_tf import cli
+    from mam_tf.experiments import mwscas
+    from mam_tf.experiments.cluster import plan_stages, project
+
+    tiny = mwscas.config_for("tiny", mcu=False)
+    stages = plan_stages(mwscas.EXPERIMENT, tiny)
+    names = [s.name for s in stages]
+    # one data stage; per kind train, QAT, prune, fine-tune; the tiny scale's 2 deployments
+    assert sorted(names) == sorted(["data"] + ["train", "qat", "prune", "fine_tune"] * 2
+                                   + ["deploy"] * 2)
+    by_key = {s.key: s for s in stages}
+    assert all(by_key[k].name == "data" for s in stages if s.name == "train" for k in s.deps)
+    measured = {"data": 2.0, "train": 30.0, "qat": 20.0, "prune": 40.0, "fine_tune": 10.0,
+                "deploy": 8.0}
+    (tmp_path / "manifest.json").write_text(json.dumps({
+        "experiment": "mwscas", "config": tiny.as_dict(), "loadavg_start": [0.5, 0.5, 0.5],
+        "stages": [{"stage": s.name, "seconds": measured[s.name]} for s in stages]}))
+    same = project(mwscas.EXPERIMENT, tiny, tmp_path, nodes=1, cpus_per_node=1)
+    assert same["serial_seconds"] == pytest.approx(sum(measured[n] for n in names))
+    assert same["makespan_seconds"] == pytest.approx(same["serial_seconds"])
+    # data, then the two kinds' chains side by side: 2 + 30 + 20 + 40 + max(10, 8)... each
+    # kind's fine-tune and deployment both read its prune: the longest chain is
+    # data -> train -> qat -> prune -> fine_tune.
+    wide = project(mwscas.EXPERIMENT, tiny, tmp_path, nodes=4, cpus_per_node=2)
+    assert wide["critical_path_seconds"] == pytest.approx(2 + 30 + 20 + 40 + 10)
+    assert wide["makespan_seconds"] == pytest.approx(wide["critical_path_seconds"])
+    # The demo scale trains 20 000 windows for 15 epochs where tiny trains 600 for 2.
+    demo = project(mwscas.EXPERIMENT, mwscas.config_for("demo", mcu=False), tmp_path, 1, 2)
+    assert demo["kinds"]["train"]["projected_seconds"] == pytest.approx(30.0 * 20000 * 15
+                                                                        / (600 * 2))
+    assert cli.main(["reproduce", "mwscas", "--scale", "paper", "--plan", str(tmp_path),
+                     "--cluster", "10x4"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("PROJECTION (not a measurement): mwscas at scale paper on 10 node(s)")
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["reproduce", "mwscas", "--cluster", "4"])

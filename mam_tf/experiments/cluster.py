@@ -34,7 +34,7 @@ from mam_tf.common import quiet
 from mam_tf.experiments import pipeline as pl
 
 __all__ = ["RayExecutor", "PendingStage", "PlanExecutor", "plan_stages", "schedule", "project",
-           "plan_text", "LOCAL", "DEFAULT_RESOURCES", "MAX_RETRIES"]
+           "plan_text", "start_local", "LOCAL", "DEFAULT_RESOURCES", "MAX_RETRIES"]
 
 #: ``--ray local``: start a Ray instance on this machine (all its CPUs).
 LOCAL = "local"
@@ -50,10 +50,24 @@ def _import_ray():
     return ray
 
 
+def start_local(ray, num_cpus: int | None = None) -> None:
+    """``ray.init`` of a Ray instance on this machine (all its usable CPUs by default; no
+    dashboard). Ray gives its own processes 30 seconds to start: on a machine whose cores are
+    all busy that start can fail ("timed out during startup"); run the command again."""
+    from mam_tf.common.machine import cpus_usable
+
+    ray.init(num_cpus=num_cpus or cpus_usable(), include_dashboard=False,
+             logging_level="WARNING")
+
+
 class PendingStage(pl.StageResult):
     """A stage handed to the cluster. ``name``, ``key``, ``path``, ``params`` and ``file()``
     are known at once; ``value``, ``cached`` and ``seconds`` wait for the stage to finish (and
     raise its error if it failed)."""
+
+    # Compared by identity: the dataclass's field comparison would wait for the value.
+    __eq__ = object.__eq__
+    __hash__ = object.__hash__
 
     def __init__(self, executor, name, key, path, params, label, ref):
         self.name, self.key, self.path, self.params = name, key, Path(path), params
@@ -95,6 +109,10 @@ _FIELDS = ("name", "key", "path", "value", "params", "cached", "seconds")
 
 class _RemoteStage(pl.StageResult):
     """A :class:`PendingStage` inside a task: the value is fetched if the task reads it."""
+
+    # Compared by identity: the dataclass's field comparison would wait for the value.
+    __eq__ = object.__eq__
+    __hash__ = object.__hash__
 
     def __init__(self, name, key, path, params, ref):
         self.name, self.key, self.path, self.params, self._ref = name, key, path, params, ref
@@ -192,10 +210,7 @@ class RayExecutor:
             self._owns_ray = True
             try:
                 if self.address == LOCAL:
-                    from mam_tf.common.machine import cpus_usable
-
-                    ray.init(num_cpus=cpus_usable(), include_dashboard=False,
-                             logging_level="WARNING")
+                    start_local(ray)
                 else:
                     ray.init(address=self.address, logging_level="WARNING")
             except ConnectionError as err:
@@ -390,6 +405,10 @@ def _duration(seconds: float) -> str:
 # ------------------------------------------------------------------------------------------
 class _Planned(pl.StageResult):
     """A stage the plan asks for: its coordinates only."""
+
+    # Compared by identity: the dataclass's field comparison would wait for the value.
+    __eq__ = object.__eq__
+    __hash__ = object.__hash__
 
     def __init__(self, name, key, path, params, label, deps):
         self.name, self.key, self.path, self.params = name, key, Path(path), params
