@@ -25,7 +25,7 @@ Ray is imported only here, and only when a run asks for a cluster (the ``[cluste
 """
 from __future__ import annotations
 
-import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -363,7 +363,8 @@ class RayExecutor:
                              bar_format="{desc}: {n}/{total} done |{bar:20}| {unit}",
                              leave=False, mininterval=0, file=sys.stderr)
         eta = (f"~{_duration(c['eta_seconds'])}" if not c["eta_unknown"] else
-               f">{_duration(c['eta_seconds'])} (+{c['eta_unknown']} of a kind not timed yet)")
+               f">{_duration(c['eta_seconds'])} (+{c['eta_unknown']} of a kind not timed yet)"
+               if c["eta_seconds"] else "? (no stage of a waiting kind has finished yet)")
         self._bar.total = len(self.handles)
         self._bar.n = c["done"]
         self._bar.unit = f"{c['running']} running, {c['waiting']} waiting, ETA {eta}"
@@ -523,17 +524,16 @@ def project(exp, cfg, measured_dir, nodes: int, cpus_per_node: int) -> dict:
         raise ValueError(f"--plan: '{measured_dir}' has no measured {missing[0]!r} stage")
 
     def seconds(st):
-        times = sorted(per_kind[st.name])
-        median = times[len(times) // 2]
-        return median * cost(cfg, st.name) / cost(measured_cfg, st.name)
+        return statistics.median(per_kind[st.name]) * cost(cfg, st.name) / cost(
+            measured_cfg, st.name)
 
     def cpus_of(st):
         return {**DEFAULT_RESOURCES, **exp.resources.get(st.name, {})}["num_cpus"]
 
     kinds = {}
     for st in stages:
-        k = kinds.setdefault(st.name, {"stages": 0, "measured_seconds": sorted(
-            per_kind[st.name])[len(per_kind[st.name]) // 2], "projected_seconds": seconds(st)})
+        k = kinds.setdefault(st.name, {"stages": 0, "measured_seconds": statistics.median(
+            per_kind[st.name]), "projected_seconds": seconds(st)})
         k["stages"] += 1
     serial = sum(seconds(st) for st in stages)
     makespan = schedule(stages, seconds, cpus_of, nodes, cpus_per_node)
