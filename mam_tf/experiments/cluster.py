@@ -245,7 +245,7 @@ class RayExecutor:
             num_cpus=cpus, memory=need.get("memory"), max_retries=self.max_retries,
             retry_exceptions=False, runtime_env={"env_vars": env}, name=f"{name}",
         ).remote(pipe, name, params, compute, deps, label, self.code_modules, self._board,
-                 quiet._enabled, *waits)
+                 quiet.is_enabled(), *waits)
         key = pl.stage_key(name, params, deps, pipe.code)
         handle = PendingStage(self, name, key, pipe.stage_path(name, key), pl.jsonable(params),
                               label, ref)
