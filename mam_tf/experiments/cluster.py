@@ -250,6 +250,7 @@ class RayExecutor:
         handle = PendingStage(self, name, key, pipe.stage_path(name, key), pl.jsonable(params),
                               label, ref)
         self.handles.append(handle)
+        handle.result()
         self._view(force=True)
         return handle
 
