@@ -250,7 +250,6 @@ class RayExecutor:
         handle = PendingStage(self, name, key, pipe.stage_path(name, key), pl.jsonable(params),
                               label, ref)
         self.handles.append(handle)
-        handle.result()
         self._view(force=True)
         return handle
 
