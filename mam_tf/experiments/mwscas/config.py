@@ -16,9 +16,9 @@ FINE_TUNED = "magnitude_fine_tuned"
 KINDS = ("mac", "mam")
 SRAM_BYTES = 512 * 1024  # STM32F767ZI
 _GIB = 2**30
-#: What one stage of each kind asks a cluster for (``--ray``): one CPU each (the model is
-#: small: one TensorFlow thread per stage and more stages side by side use the cores best),
-#: and the memory Ray reserves for it (a worker process with TensorFlow and the data).
+#: What one stage of each kind asks a cluster for (``--ray``): one CPU each (so that the most
+#: stages run side by side; the task's TensorFlow threads follow it), and the memory Ray
+#: reserves for it (a worker process with TensorFlow and the data).
 RESOURCES = {"data": {"num_cpus": 1, "memory": 1 * _GIB},
              **{k: {"num_cpus": 1, "memory": 2 * _GIB}
                 for k in ("train", "qat", "prune", "fine_tune", "deploy", "records")}}
