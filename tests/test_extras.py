@@ -19,9 +19,9 @@ PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
 #: optional module -> the distribution pip installs for it
 DISTRIBUTION = {"wfdb": "wfdb", "pywt": "PyWavelets", "scipy": "scipy",
                 "matplotlib": "matplotlib", "neurokit2": "neurokit2", "pytest": "pytest",
-                "nbclient": "nbclient", "nbformat": "nbformat"}
+                "nbclient": "nbclient", "nbformat": "nbformat", "ray": "ray"}
 #: never in the base install: the reproductions', the benchmarks', the tests' and the C build's
-HEAVY = {"wfdb", "PyWavelets", "scipy", "matplotlib", "neurokit2", "cmake", "pytest"}
+HEAVY = {"wfdb", "PyWavelets", "scipy", "matplotlib", "neurokit2", "cmake", "pytest", "ray"}
 
 
 def _names(requirements):
@@ -43,7 +43,7 @@ def test_each_optional_module_is_installed_by_the_extra_named_for_it():
         assert DISTRIBUTION[module].lower() in _names(optional[extra]), (module, extra)
     assert "cmake" in _names(optional["deploy"])
     # [test] brings every other extra, so the whole suite runs after `pip install -e .[test]`.
-    assert "mam-tf[deploy,experiments,bench]" in optional["test"]
+    assert "mam-tf[deploy,experiments,bench,cluster]" in optional["test"]
 
 
 class _HideWfdb(importlib.machinery.PathFinder):

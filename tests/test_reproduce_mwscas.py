@@ -1,6 +1,8 @@
 """`mam-tf reproduce mwscas` at its tiny scale: the outputs, their consistency with the saved
 models, the deployed model against the Keras one, resuming, and the model's structure."""
+import importlib.util
 import json
+import os
 
 import numpy as np
 import pytest
@@ -195,7 +197,6 @@ def test_a_changed_parameter_reruns_what_depends_on_it(tiny):
     assert again["points"] == results["points"] and again["deployed"] == results["deployed"]
 
 
-
 def _stage_dir(stages, label):
     """The stage folder whose stage.json has ``label`` (the label of its progress line)."""
     return next(d for d in stages.iterdir() if not d.name.startswith(".")
@@ -249,6 +250,45 @@ def _without_times(obj):
     if isinstance(obj, list):
         return [_without_times(v) for v in obj]
     return obj
+
+
+#: What a run in other processes may change: the timing fields, and the .tflite's size, whose
+#: tensor names carry the numbers Keras gives layers in a process (they depend on the models
+#: the process built before: a few bytes apart).
+TIMING = {"seconds_per_epoch", "qat_seconds_per_epoch", "convert_seconds",
+          "runtime_ms_per_window", "tflite_bytes"}
+
+
+def _without(obj, keys):
+    if isinstance(obj, dict):
+        return {k: _without(v, keys) for k, v in obj.items() if k not in keys}
+    if isinstance(obj, list):
+        return [_without(v, keys) for v in obj]
+    return obj
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="Ray is the [cluster] extra")
+def test_on_ray_the_results_are_the_serial_ones(tiny, tmp_path):
+    """`--ray local`: every stage a Ray task, the same results.json but for timing fields.
+    The tasks here take every CPU, so that TensorFlow sums with the serial run's thread count
+    (with fewer threads its float sums round differently: docs/cluster.md). Cost: a tiny run."""
+    import dataclasses
+
+    from mam_tf.common.machine import cpus_usable
+
+    cfg, out, results = tiny
+    n = cpus_usable()
+    exp = dataclasses.replace(mwscas.EXPERIMENT, resources={
+        k: {**v, "num_cpus": n} for k, v in mwscas.RESOURCES.items()})
+    on_ray = exp.run(cfg, tmp_path / "ray", progress=False, print_fn=None, ray="local")
+    assert _without(on_ray, TIMING) == _without(results, TIMING)
+    assert on_ray["training"][0]["seconds_per_epoch"] != results["training"][0][
+        "seconds_per_epoch"]  # measured again, not read back
+    manifest = json.loads((tmp_path / "ray" / "manifest.json").read_text())
+    assert manifest["stages_computed"] == len(manifest["stages"]) == 13
+    assert {r["ran_on"]["pid"] for r in manifest["stages"]}.isdisjoint({os.getpid()})
+    assert all(r["ran_on"]["node"] for r in manifest["stages"])
+
 
 def _conv_params(k, cin, cout):
     return k * cin * cout + cout

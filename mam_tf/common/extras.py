@@ -4,7 +4,8 @@
 the rest comes with an extra: ``[deploy]`` (CMake, which builds the C core the host runtime, the
 checker and ``bench mcu`` use), ``[experiments]`` (the reproductions: WFDB records, wavelets,
 signal processing, figures), ``[bench]`` (the ECGSYN baseline and the benchmark figures),
-``[test]`` (all of them and the test runner). CMake is a program, not a module: a missing one
+``[cluster]`` (Ray, for ``mam-tf reproduce --ray``), ``[test]`` (all of them and the test
+runner). CMake is a program, not a module: a missing one
 is reported by :mod:`mam_tf.deploy.native` when it builds the core.
 
 :func:`install` puts a last-resort import finder at the end of ``sys.meta_path``: when one of
@@ -24,6 +25,7 @@ EXTRA_OF = {
     "scipy": "experiments",
     "matplotlib": "experiments",
     "neurokit2": "bench",
+    "ray": "cluster",
     "pytest": "test",
     "nbclient": "test",
     "nbformat": "test",

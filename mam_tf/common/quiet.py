@@ -18,7 +18,7 @@ import sys
 import tempfile
 import warnings
 
-__all__ = ["NOISE", "is_noise", "filtered_stderr", "quiet_tensorflow", "enable"]
+__all__ = ["NOISE", "is_noise", "filtered_stderr", "quiet_tensorflow", "enable", "is_enabled"]
 
 #: One line of TensorFlow's own noise: an absl/glog record of severity I or W (or an E record
 #: about CUDA on a machine without it), absl's notice about logging before its initialisation,
@@ -44,6 +44,12 @@ def enable(on: bool = True) -> None:
     """Turns :func:`filtered_stderr` on (the ``mam-tf`` default) or off (``--verbose``)."""
     global _enabled
     _enabled = on
+
+
+def is_enabled() -> bool:
+    """Whether :func:`filtered_stderr` filters (what a process started for this one
+    repeats)."""
+    return _enabled
 
 
 @contextlib.contextmanager

@@ -13,7 +13,8 @@ from __future__ import annotations
 import argparse
 import importlib
 
-__all__ = ["EXPERIMENTS", "SCALES", "parse_seeds", "common_options", "add_reproduce_command"]
+__all__ = ["EXPERIMENTS", "SCALES", "parse_seeds", "parse_cluster", "common_options",
+           "add_reproduce_command"]
 
 #: Experiment modules of this package, each with ``add_command(subparsers, common)``.
 EXPERIMENTS: tuple[str, ...] = ("mwscas", "biocas", "transformer")
@@ -44,10 +45,23 @@ def parse_seeds(text: str | None) -> list[int] | None:
     return sorted(set(seeds))
 
 
+def parse_cluster(text: str) -> tuple[int, int]:
+    """``"4x16"`` -> (4, 16): nodes and CPUs per node."""
+    nodes, _, cpus = str(text).lower().partition("x")
+    try:
+        value = (int(nodes), int(cpus))
+    except ValueError:
+        value = (0, 0)
+    if min(value) < 1:
+        raise argparse.ArgumentTypeError(f"--cluster is {text!r}; give nodes x CPUs per node "
+                                         "like 4x16")
+    return value
+
+
 def common_options() -> argparse.ArgumentParser:
     """The options every ``reproduce`` experiment takes (a parent parser, ``add_help=False``):
     ``--scale``, ``-o/--out``, ``--seeds``, ``--merge``, ``--recompute``, ``--wait``,
-    ``--no-progress``."""
+    ``--ray``, ``--plan``, ``--cluster``, ``--no-progress``."""
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("common options")
     g.add_argument("--scale", choices=SCALES, default="demo",
@@ -68,6 +82,17 @@ def common_options() -> argparse.ArgumentParser:
     g.add_argument("--wait", action="store_true",
                    help="when another run is using the output folder, wait for it to end "
                    "(default: stop at once, naming that run's pid, host and start time)")
+    g.add_argument("--ray", default=None, metavar="ADDRESS",
+                   help="run the stages as tasks on a Ray cluster, independent ones side by "
+                   "side: ADDRESS of the cluster (host:6379, ray://host:10001, auto) or 'local' "
+                   "for Ray on this machine; --out must be on a filesystem every node sees "
+                   "(needs the [cluster] extra; docs/cluster.md)")
+    g.add_argument("--plan", default=None, metavar="RUN_DIR",
+                   help="compute nothing: print a projection of this run's time on --cluster "
+                   "from the stage times of the finished run folder RUN_DIR (any scale; best a "
+                   "--ray run, whose stages ran on the CPUs they declare)")
+    g.add_argument("--cluster", type=parse_cluster, default=(1, 2), metavar="NODESxCPUS",
+                   help="the cluster of --plan: nodes x CPUs per node, e.g. 4x16 (default 1x2)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars or stage lines")
     return p
 

@@ -102,11 +102,21 @@ class Experiment:
     summary: Callable[[Any, dict], str] | str
     #: Its own modules (the package) and any it runs on beyond :data:`BASE_CODE`.
     code: tuple = ()
+    #: On a cluster (``--ray``): what one task of each stage kind asks for, ``{stage name:
+    #: {"num_cpus": n, "memory": bytes}}`` (:data:`mam_tf.experiments.cluster.DEFAULT_RESOURCES`
+    #: for the others).
+    resources: dict = dataclasses.field(default_factory=dict)
+    #: ``cost(cfg, stage name) -> float``: the work of one stage of that kind at ``cfg`` in
+    #: any unit (``--plan`` scales measured stage times by its ratios); None: unknown.
+    cost: Callable[[Any, str], float] | str | None = None
+
+    def code_modules(self) -> tuple:
+        return BASE_CODE + tuple(self.code)
 
     def code_fingerprint(self) -> str:
         """Its modules, :data:`BASE_CODE` and the C sources of ``tflm_ops/`` (the core the
         deployment stages run)."""
-        return pl.code_fingerprint(BASE_CODE + tuple(self.code), trees=(tflm_ops_dir(),))
+        return pl.code_fingerprint(self.code_modules(), trees=(tflm_ops_dir(),))
 
     def part(self, name: str) -> Callable:
         """``stages``, ``outputs`` or ``summary`` as a function (imported if named)."""
@@ -117,12 +127,12 @@ class Experiment:
         return fn
 
     def run(self, cfg, out=None, *, progress: bool = True, merge=None, print_fn=print,
-            recompute: Sequence[str] = (), wait: bool = False) -> dict:
+            recompute: Sequence[str] = (), wait: bool = False, ray: str | None = None) -> dict:
         """Runs (or resumes) the experiment into ``out`` (default
         ``runs/<experiment>-<scale>``); returns the results, also written to
         ``out/results.json``. See :func:`run`."""
         return run(self, cfg, out, progress=progress, merge=merge, print_fn=print_fn,
-                   recompute=recompute, wait=wait)
+                   recompute=recompute, wait=wait, ray=ray)
 
 
 def default_out(experiment: str, scale: str) -> Path:
@@ -149,7 +159,8 @@ def merged_seeds(experiment: str, scale: str, dirs: Sequence) -> list[int]:
 
 
 def run(exp: Experiment, cfg, out=None, *, progress: bool = True, merge=None,
-        print_fn=print, recompute: Sequence[str] = (), wait: bool = False) -> dict:
+        print_fn=print, recompute: Sequence[str] = (), wait: bool = False,
+        ray: str | None = None) -> dict:
     """Runs (or resumes) ``exp`` with ``cfg`` into ``out`` (default
     ``runs/<experiment>-<scale>``); returns the results, also written to ``out/results.json``.
 
@@ -161,7 +172,10 @@ def run(exp: Experiment, cfg, out=None, *, progress: bool = True, merge=None,
 
     The run holds ``out`` from start to end; results, figures and models are written
     atomically and only with finite numbers; a full disk stops it with
-    :class:`~mam_tf.experiments.pipeline.WriteFailed` naming the path.
+    :class:`~mam_tf.experiments.pipeline.WriteFailed` naming the path. ``ray``: a Ray
+    cluster's address, or ``"local"``: the stages run there as tasks, side by side where they
+    do not depend on each other (:mod:`mam_tf.experiments.cluster`; ``out`` must be on a
+    filesystem every node sees).
     """
     if not isinstance(cfg, exp.config):
         raise TypeError(f"{exp.name}: run needs a {exp.config.__name__} (config_for(scale, "
@@ -174,11 +188,27 @@ def run(exp: Experiment, cfg, out=None, *, progress: bool = True, merge=None,
     if not cfg.seeds:
         raise ValueError(f"{exp.name}: no seeds to run (give --seeds, or --merge run folders)")
     code = exp.code_fingerprint()
+    executor = None
+    if ray is not None:
+        from mam_tf.experiments.cluster import RayExecutor
+
+        out = out.resolve()  # the tasks run in other folders, maybe on other machines
+        executor = RayExecutor(ray, resources=exp.resources, code_modules=exp.code_modules(),
+                               progress=progress)
+    try:
+        return _run(exp, cfg, out, code, executor, progress, merge, print_fn, recompute, wait)
+    finally:
+        if executor is not None:
+            executor.close()
+
+
+def _run(exp, cfg, out, code, executor, progress, merge, print_fn, recompute, wait):
     with pl.Pipeline(out, exp.name, config=cfg.as_dict(), progress=progress, code=code,
-                     recompute=recompute, wait=wait) as pipe:
+                     recompute=recompute, wait=wait, executor=executor) as pipe:
         if merge:
             pipe.import_stages(merge)
         own, context = exp.part("stages")(cfg, pipe)
+        pipe.wait()
         results = {"experiment": exp.name, "scale": cfg.scale, "seeds": list(cfg.seeds),
                    "config": cfg.as_dict(), "code": code, **own}
         pl.write_json(out / RESULTS, results)
@@ -248,6 +278,14 @@ def parse_fractions(flag: str):
 
 def _command(exp: Experiment, overrides: Callable[[argparse.Namespace], dict]):
     def cmd(args) -> int:
+        if args.plan:
+            from mam_tf.experiments import cluster
+
+            nodes, cpus = args.cluster
+            cfg = exp.config.for_scale(args.scale, seeds=tuple(args.seeds) if args.seeds
+                                       else None, **overrides(args))
+            print(cluster.plan_text(cluster.project(exp, cfg, args.plan, nodes, cpus)))
+            return 0
         from mam_tf.train.compat import tf
 
         tf.get_logger().setLevel("ERROR")  # retracing / AutoGraph notices drown the progress
@@ -255,7 +293,7 @@ def _command(exp: Experiment, overrides: Callable[[argparse.Namespace], dict]):
         seeds = tuple(args.seeds) if args.seeds else (() if args.merge else None)
         cfg = exp.config.for_scale(args.scale, seeds=seeds, **overrides(args))
         run(exp, cfg, args.out, progress=not args.no_progress, merge=args.merge,
-            recompute=args.recompute or (), wait=args.wait)
+            recompute=args.recompute or (), wait=args.wait, ray=args.ray)
         return 0
 
     return cmd

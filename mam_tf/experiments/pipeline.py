@@ -42,6 +42,13 @@ stages it reads (``deps``), and a function that computes it::
   :meth:`Pipeline.progress` wraps loops in a tqdm bar. ``write_manifest`` writes
   ``<out>/manifest.json``: the configuration, each stage's key, whether it was computed or read
   back and its time, the machine and the load average.
+* ``executor`` hands the stages it computes to somewhere else (a Ray cluster,
+  :mod:`mam_tf.experiments.cluster`): ``stage`` then returns at once a result whose ``value``
+  waits for the stage, so an experiment that reads values only once it has asked for every
+  independent stage gets them computed in parallel. Stages are still read back by the caller,
+  and still written into ``<out>/stages/`` (by the process that computes them).
+  :meth:`Pipeline.wait` waits for every stage asked for. A Pipeline sent to another process
+  (pickled) is a quiet copy without its executor: it computes stages where it lands.
 * :meth:`Pipeline.import_stages` copies finished stages from other output folders (runs of
   other seeds on other machines), which is how ``--merge`` joins runs: the merged run then
   reads them back instead of computing them.
@@ -54,6 +61,7 @@ import dataclasses
 import errno
 import fcntl
 import hashlib
+import io
 import json
 import math
 import os
@@ -61,8 +69,8 @@ import shutil
 import signal
 import socket
 import sys
-import threading
 import tempfile
+import threading
 import time
 import weakref
 from pathlib import Path
@@ -449,6 +457,10 @@ class Pipeline:
       code: the fingerprint of the code that computes the stages (:func:`code_fingerprint`),
         part of every stage's key and stored in the manifest.
       recompute: names of stages to compute again even when they are on disk.
+      executor: computes the stages elsewhere (``executor.submit(pipeline, name, params,
+        compute, deps, label)`` returns the result, its value pending; ``executor.wait()``
+        waits for all), e.g. :class:`mam_tf.experiments.cluster.RayExecutor`; None computes
+        them here, one after another.
       wait: when another live run holds ``out_dir``, wait for it to end instead of raising
         :class:`RunFolderBusy`.
 
@@ -458,7 +470,8 @@ class Pipeline:
 
     def __init__(self, out_dir, experiment: str, *, config: dict | None = None,
                  progress: bool = True, log: Callable[[str], None] | None = None,
-                 code: str = "", recompute: Iterable[str] = (), wait: bool = False):
+                 code: str = "", recompute: Iterable[str] = (), wait: bool = False,
+                 executor=None):
         self.out = Path(out_dir)
         self.stages_dir = self.out / STAGES_DIR
         self.experiment = experiment
@@ -474,6 +487,21 @@ class Pipeline:
         self.started = time.time()
         self._t0 = time.perf_counter()
         self._load_start = load_average()
+        self.executor = executor
+
+    def __getstate__(self):
+        # What another process gets: the stage cache's coordinates, no executor, no open
+        # files or locks, no output (the sender shows the progress).
+        state = {k: v for k, v in self.__dict__.items()
+                 if not isinstance(v, (io.IOBase, type(threading.Lock())))}
+        state.pop("_release", None)  # the run folder's lock stays with the driver
+        state.update(executor=None, records=[], show_progress=False, _log=None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._log = _silent
+        self._release = _nothing_to_release
 
     # -- the run folder's lock ----------------------------------------------------------
     def _lock_folder(self, wait: bool) -> None:
@@ -557,6 +585,8 @@ class Pipeline:
             self.log(f"{label}: read back ({found.path.name}, computed in {found.seconds:.1f} s)")
             self._record(found, label, 0.0)
             return found
+        if self.executor is not None:
+            return self.executor.submit(self, name, params, compute, deps, label)
         key = stage_key(name, params, deps, self.code)
         final = self.stage_path(name, key)
         self.log(f"{label}: computing ...")
@@ -569,7 +599,8 @@ class Pipeline:
             seconds = time.perf_counter() - t0
             check_finite(value, f"[{self.experiment}] {label}")
             meta = _stage_meta(work, name=name, key=key, label=label, params=params, deps=deps,
-                               code=self.code, value=value, seconds=seconds)
+                               code=self.code, value=value, seconds=seconds,
+                               ran_on=where_am_i())
             write_json(work / STAGE_FILE, meta)
             kill_point("stage-written", name)
             if final.exists():  # a damaged copy, or an identical stage finished meanwhile
@@ -584,13 +615,22 @@ class Pipeline:
         self.log(f"{label}: done in {seconds:.1f} s")
         result = StageResult(name, key, final, value, jsonable(params), False, seconds,
                              _content_digest(value, meta["files"]))
-        self._record(result, label, seconds)
+        self._record(result, label, seconds, where_am_i())
         return result
 
-    def _record(self, result: StageResult, label: str, wall: float) -> None:
-        self.records.append({"stage": result.name, "label": label, "key": result.key,
-                             "cached": result.cached, "seconds": round(result.seconds, 3),
-                             "wall_seconds_this_run": round(wall, 3)})
+    def _record(self, result: StageResult, label: str, wall: float,
+                ran_on: dict | None = None) -> dict:
+        record = {"stage": result.name, "label": label, "key": result.key,
+                  "cached": result.cached, "seconds": round(result.seconds, 3),
+                  "wall_seconds_this_run": round(wall, 3), "ran_on": ran_on}
+        self.records.append(record)
+        return record
+
+    def wait(self) -> None:
+        """Returns when every stage asked for is finished (at once without an executor); a
+        stage that failed raises its error."""
+        if self.executor is not None:
+            self.executor.wait()
 
     @property
     def computed(self) -> list[str]:
@@ -648,6 +688,7 @@ class Pipeline:
     def write_manifest(self, extra: dict | None = None) -> Path:
         """Writes ``<out>/manifest.json`` (configuration, stages, timings, machine) and returns
         its path. ``extra`` is merged in (e.g. the outputs written)."""
+        self.wait()
         manifest = {
             "experiment": self.experiment,
             "config": jsonable(self.config),
@@ -666,7 +707,8 @@ class Pipeline:
         return write_json(self.out / MANIFEST, manifest)
 
 
-def _stage_meta(work: Path, *, name, key, label, params, deps, code, value, seconds) -> dict:
+def _stage_meta(work: Path, *, name, key, label, params, deps, code, value, seconds,
+                ran_on=None) -> dict:
     """The stage.json of a stage computed into ``work``: what it is, what it was computed
     from (``inputs``: each dependency's digest), its value, its files' checksums and the
     checksum of all that."""
@@ -675,10 +717,23 @@ def _stage_meta(work: Path, *, name, key, label, params, deps, code, value, seco
         "deps": [d.key for d in deps], "inputs": {d.path.name: d.digest for d in deps},
         "code": code, "value": value, "seconds": round(seconds, 3),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "files": file_checksums(work),
+        "ran_on": ran_on, "files": file_checksums(work),
     }
     meta["checksum"] = _meta_checksum(meta)
     return meta
+
+
+def _silent(message: str) -> None:
+    pass
+
+
+def _nothing_to_release() -> None:
+    pass
+
+
+def where_am_i() -> dict:
+    """Where a stage is computed: the host name and the process id."""
+    return {"host": socket.gethostname(), "pid": os.getpid()}
 
 
 def machine() -> dict:

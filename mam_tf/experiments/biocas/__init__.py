@@ -35,7 +35,7 @@ import warnings
 from mam_tf.experiments import base
 from mam_tf.experiments.biocas.cli import add_command
 from mam_tf.experiments.biocas.config import (
-    HIDDEN, NAME, SCALES, SETUP, SWEEPS, TOLERANCE_DB, Config, config_for, method_name,
+    HIDDEN, NAME, RESOURCES, SCALES, SETUP, SWEEPS, TOLERANCE_DB, Config, config_for, method_name,
 )
 from mam_tf.experiments.biocas.results import min_remaining_keeping_baseline
 
@@ -46,7 +46,7 @@ __all__ = ["Config", "SCALES", "SETUP", "SWEEPS", "HIDDEN", "TOLERANCE_DB", "NAM
 EXPERIMENT = base.Experiment(NAME, Config, stages=f"{__name__}.stages:run_stages",
                              outputs=f"{__name__}.report:outputs",
                              summary=f"{__name__}.report:summary",
-                             code=(__name__,))
+                             code=(__name__,), resources=RESOURCES)
 #: ``run(cfg, out=None, *, progress=True, merge=None, print_fn=print, recompute=())``: runs
 #: (or resumes) the experiment into ``out`` (default ``runs/biocas-<scale>``) and returns the
 #: results, also written to ``out/results.json`` (:func:`mam_tf.experiments.base.run`).

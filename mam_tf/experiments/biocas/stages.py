@@ -220,7 +220,9 @@ def run_stages(cfg, run):
             st = run.stage("sweep", p, _sweep(data, trained[kind, seed], p, progress),
                            deps=[data, trained[kind, seed]],
                            label=f"sweep {kind} {method_name(method, scope)} seed {seed}")
-            sweeps.setdefault((kind, method, scope), []).append(st.value)
+            sweeps.setdefault((kind, method, scope), []).append(st)
+    # Values are read once every sweep is asked for: on a cluster they run side by side.
+    sweeps = {k: [st.value for st in v] for k, v in sweeps.items()}
 
     points = aggregate(sweeps)
     unpruned = {kind: summarize(trained[kind, s].value["arsnr"] for s in cfg.seeds)
@@ -264,7 +266,8 @@ def run_stages(cfg, run):
                            label=f"deploy {kind} int8 at {fraction:.0%} kept, seed {seed0}")
             deployed.append(({**{k: p[k] for k in ("kind", "seed", "remaining", "fine_tuned")},
                               "method": method_name(method, scope) if method != "none"
-                              else "none", **st.value}, st))
+                              else "none"}, st))
+    deployed = [({**d, **st.value}, st) for d, st in deployed]
 
     results = {
         "baseline_arsnr": baseline,

@@ -41,7 +41,8 @@ from __future__ import annotations
 from mam_tf.experiments import base
 from mam_tf.experiments.mwscas.cli import add_command
 from mam_tf.experiments.mwscas.config import (
-    FINE_TUNED, FRACTIONS, KINDS, METHODS, NAME, SCALES, Config, config_for, device_budget_bytes,
+    FINE_TUNED, FRACTIONS, KINDS, METHODS, NAME, RESOURCES, SCALES, Config, config_for,
+    device_budget_bytes,
 )
 
 __all__ = ["Config", "SCALES", "config_for", "run", "add_command", "FRACTIONS", "METHODS",
@@ -50,7 +51,8 @@ __all__ = ["Config", "SCALES", "config_for", "run", "add_command", "FRACTIONS", 
 EXPERIMENT = base.Experiment(NAME, Config, stages=f"{__name__}.stages:run_stages",
                              outputs=f"{__name__}.report:outputs",
                              summary=f"{__name__}.report:summary",
-                             code=(__name__, "mam_tf.device"))
+                             code=(__name__, "mam_tf.device"), resources=RESOURCES,
+                             cost=f"{__name__}.config:stage_cost")
 #: ``run(cfg, out=None, *, progress=True, merge=None, print_fn=print, recompute=())``: runs
 #: (or resumes) the experiment into ``out`` (default ``runs/mwscas-<scale>``) and returns the
 #: results, also written to ``out/results.json`` (:func:`mam_tf.experiments.base.run`).

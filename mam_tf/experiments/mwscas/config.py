@@ -15,6 +15,13 @@ METHODS = ("magnitude", "activation_rate")
 FINE_TUNED = "magnitude_fine_tuned"
 KINDS = ("mac", "mam")
 SRAM_BYTES = 512 * 1024  # STM32F767ZI
+_GIB = 2**30
+#: What one stage of each kind asks a cluster for (``--ray``): one CPU each (so that the most
+#: stages run side by side; the task's TensorFlow threads follow it), and the memory Ray
+#: reserves for it (a worker process with TensorFlow and the data).
+RESOURCES = {"data": {"num_cpus": 1, "memory": 1 * _GIB},
+             **{k: {"num_cpus": 1, "memory": 2 * _GIB}
+                for k in ("train", "qat", "prune", "fine_tune", "deploy", "records")}}
 
 
 @dataclasses.dataclass
@@ -168,3 +175,16 @@ def device_budget_bytes(model) -> int:
         other += kernel + 4 * bias
     fc1_inputs = int(tail.get_layer("fc1").input.shape[-1])
     return SRAM_BYTES - other - 2 * fc1_inputs
+
+
+def stage_cost(cfg, name) -> float:
+    """The work of one stage of kind ``name`` at ``cfg``, in windows passed through a model
+    (``--plan`` scales measured stage times by its ratios between scales)."""
+    train = 0.9 * cfg.windows  # the training and validation splits, every epoch
+    test = 0.1 * cfg.windows if cfg.eval_windows is None else min(cfg.eval_windows,
+                                                                   0.1 * cfg.windows)
+    return {"data": cfg.windows, "train": train * cfg.epochs, "qat": train * cfg.qat_epochs,
+            "prune": test * len(cfg.fractions) * len(cfg.methods) + cfg.rate_windows,
+            "fine_tune": len(cfg.fine_tune) * (0.8 * cfg.windows * cfg.fine_tune_epochs + test),
+            "deploy": cfg.deploy_windows,
+            "records": cfg.record_windows * len(cfg.fractions)}[name]
