@@ -13,7 +13,7 @@ def add_command(subparsers, common):
 
     return base.add_parser(
         subparsers, common, transformer.EXPERIMENT,
-        help="a transformer encoder block with a MAM MLP: MAC vs MAM at 10% of the MLP kept, "
+        help="a transformer encoder block with a MAM MLP: MAC vs MAM at 10%% of the MLP kept, "
              "int8 on the host runtime and the Cortex-M7",
         description=transformer.__doc__,
         epilog="scales: " + "; ".join(
