@@ -197,13 +197,31 @@ KILLS = ["training", "training", "training", "stage-write", "stage-write", "depl
 EXTRA = {"mwscas": ["--no-mcu"], "biocas": []}
 
 
+def _kill_and_resume(base: Path, experiment: str):
+    ref = kill.run_reference(experiment, base / experiment / "reference", EXTRA[experiment])
+    lines = []
+    outcome = kill.run_killed(ref, base / experiment / "killed", KILLS, random.Random(0),
+                              EXTRA[experiment], log_fn=lines.append)
+    return outcome, lines
+
+
+@pytest.fixture(scope="module")
+def killed_runs(tmp_path_factory):
+    """Both reproductions killed and resumed side by side (each is a chain of child processes
+    that mostly keep one core busy: together they take about the time of the longer one)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    base = tmp_path_factory.mktemp("kill")
+    pool = ThreadPoolExecutor(max_workers=len(kill.EXPERIMENTS))
+    futures = {e: pool.submit(_kill_and_resume, base, e) for e in kill.EXPERIMENTS}
+    yield futures
+    pool.shutdown(wait=True)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("experiment", kill.EXPERIMENTS)
-def test_killed_runs_resume_to_the_uninterrupted_results(tmp_path, experiment):
-    ref = kill.run_reference(experiment, tmp_path / "reference", EXTRA[experiment])
-    lines = []
-    outcome = kill.run_killed(ref, tmp_path / "killed", KILLS, random.Random(0),
-                              EXTRA[experiment], log_fn=lines.append)
+def test_killed_runs_resume_to_the_uninterrupted_results(killed_runs, experiment):
+    outcome, lines = killed_runs[experiment].result()
     assert outcome.failed is None, outcome.failed
     named = [p for p in outcome.points if p.kind != "random"]
     assert [p.kind for p in named] == KILLS[:-1]
