@@ -197,10 +197,13 @@ def test_a_changed_parameter_reruns_what_depends_on_it(tiny):
     assert again["points"] == results["points"] and again["deployed"] == results["deployed"]
 
 
-def _stage_dir(stages, label):
-    """The stage folder whose stage.json has ``label`` (the label of its progress line)."""
-    return next(d for d in stages.iterdir() if not d.name.startswith(".")
-                and json.loads((d / "stage.json").read_text())["label"] == label)
+def _stage_dir(run, label):
+    """The folder of the stage labelled ``label`` (the label of its progress line) in the run
+    folder's last manifest (other tests leave stages of other parameters in the tiny run's
+    folder, under the same labels)."""
+    manifest = json.loads((run / "manifest.json").read_text())
+    record = next(r for r in manifest["stages"] if r["label"] == label)
+    return run / "stages" / f"{record['stage']}-{record['key']}"
 
 
 def test_damaged_stage_files_are_recomputed_and_the_results_stay(tiny, tmp_path, capsys):
@@ -213,16 +216,16 @@ def test_damaged_stage_files_are_recomputed_and_the_results_stay(tiny, tmp_path,
     cfg, out, results = tiny
     run = tmp_path / "run"
     shutil.copytree(out, run)
-    stages = run / "stages"
-    fine_tune = _stage_dir(stages, "fine-tune MAC seed 0")
+    mwscas.run(cfg, run, progress=False, print_fn=None)  # its manifest names cfg's stages
+    fine_tune = _stage_dir(run, "fine-tune MAC seed 0")
     (fine_tune / "qat_tail_5pct.keras").unlink()
     recon = fine_tune / "recon.npz"
     recon.write_bytes(recon.read_bytes()[:100])
-    tflite = _stage_dir(stages, "deploy MAC seed 0 magnitude 5%") / "tail.tflite"
+    tflite = _stage_dir(run, "deploy MAC seed 0 magnitude 5%") / "tail.tflite"
     data = bytearray(tflite.read_bytes())
     data[len(data) // 2] ^= 0x01
     tflite.write_bytes(bytes(data))
-    meta_path = _stage_dir(stages, "records MAC seed 0") / "stage.json"
+    meta_path = _stage_dir(run, "records MAC seed 0") / "stage.json"
     meta = json.loads(meta_path.read_text())
     meta["value"]["windows"] += 1  # a record count that was not measured
     meta_path.write_text(json.dumps(meta))
