@@ -564,8 +564,8 @@ def add_bench_command(subparsers):
                    help="kills before a run may finish (default 5): a run is restarted after "
                    "each")
     p.add_argument("--reproduce-args", default=None, metavar="ARGS",
-                   help="more options for every `mam-tf reproduce` run, quoted as one "
-                   "argument (e.g. '--no-mcu'; default none)")
+                   help="more options for every `mam-tf reproduce` run, as one argument "
+                   "joined with '=' (e.g. --reproduce-args='--no-mcu --seeds 0'; default none)")
     p.add_argument("--keep", action="store_true",
                    help="keep the folders (and logs) of runs that differ from the reference "
                    "or fail, and the references (default: removed); their paths are printed")
