@@ -36,7 +36,7 @@ from mam_tf._native import tflm_ops_dir
 from mam_tf.experiments import pipeline as pl
 
 __all__ = ["ExperimentConfig", "Experiment", "run", "default_out", "merged_seeds",
-           "parse_fractions", "add_parser", "copy_file", "fit_progress", "RESULTS"]
+           "parse_fractions", "add_parser", "copy_file", "fit_progress", "fit_callbacks", "RESULTS"]
 
 RESULTS = "results.json"
 #: The modules every experiment's stages run on: a change in them recomputes its stages.
@@ -247,6 +247,14 @@ def fit_progress(progress: bool, epochs: int, desc: str) -> list:
     from tqdm.keras import TqdmCallback
 
     return [TqdmCallback(epochs=epochs, verbose=0, desc=desc, leave=False)]
+
+
+def fit_callbacks(experiment: str, progress: bool, epochs: int, desc: str) -> list:
+    """The callbacks of a tf_keras training in a stage: a stop at a NaN or infinite loss
+    naming ``experiment`` and ``desc`` (the stage and seed), and :func:`fit_progress`."""
+    from mam_tf.train.divergence import StopOnDivergence
+
+    return [StopOnDivergence(f"{experiment} {desc}"), *fit_progress(progress, epochs, desc)]
 
 
 # ------------------------------------------------------------------------------------------

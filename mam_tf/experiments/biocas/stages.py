@@ -14,7 +14,7 @@ from mam_tf.experiments.biocas.config import HIDDEN, TOLERANCE_DB, method_name
 from mam_tf.experiments.biocas.results import (
     aggregate, chosen_point, min_remaining_keeping_baseline,
 )
-from mam_tf.experiments.base import fit_progress
+from mam_tf.experiments.base import fit_callbacks
 from mam_tf.experiments.report import summarize
 
 __all__ = ["Data", "run_stages"]
@@ -67,11 +67,7 @@ class Data:
 
 
 def _fit_callbacks(progress, epochs, desc):
-    """A stop at a NaN or infinite loss naming ``desc`` (the stage and seed), and a progress
-    bar when ``progress``."""
-    from mam_tf.train.divergence import StopOnDivergence
-
-    return [StopOnDivergence(f"biocas {desc}"), *fit_progress(progress, epochs, desc)]
+    return fit_callbacks("biocas", progress, epochs, desc)
 
 
 def _train(data_stage, p, progress):

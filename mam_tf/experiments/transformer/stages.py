@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from mam_tf.experiments.base import fit_progress
+from mam_tf.experiments.base import fit_callbacks
 from mam_tf.experiments.report import summarize
 from mam_tf.experiments.transformer.config import KINDS
 from mam_tf.experiments.transformer.task import CLASSES
@@ -56,7 +56,8 @@ def _train(data_stage, p, progress):
                                   width=p["width"], heads=p["heads"], hidden=p["hidden"],
                                   seed=p["seed"])
         model.compile(keras.optimizers.Adam(p["lr"]), _loss())
-        callbacks = fit_progress(progress, p["epochs"], f"train {p['kind']} seed {p['seed']}")
+        callbacks = fit_callbacks("transformer", progress, p["epochs"],
+                                  f"train {p['kind']} seed {p['seed']}")
         if p["kind"] == "mam":
             callbacks.append(VanishingContributions(length=p["vc_epochs"]))
         t0 = time.perf_counter()
@@ -81,7 +82,9 @@ def _prune(data_stage, train_stage, p):
         one_shot = _accuracy(pruned, d["x_test"], d["y_test"])
         keras.utils.set_random_seed(p["seed"])
         pruning.fine_tune(pruned, d["x"], d["y"], optimizer=keras.optimizers.Adam(p["lr"]),
-                          loss=_loss(), epochs=p["epochs"], batch_size=p["batch_size"])
+                          loss=_loss(), epochs=p["epochs"], batch_size=p["batch_size"],
+                          callbacks=fit_callbacks("transformer", False, p["epochs"],
+                                                  f"fine-tune {p['kind']} seed {p['seed']}"))
         stripped = pruning.strip_pruning(pruned)
         stripped.save(work / "pruned.keras")
         kernels = [stripped.get_layer(name).kernel.numpy() for name in MLP_LAYERS]
