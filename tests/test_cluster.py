@@ -345,3 +345,15 @@ def test_plan_lists_the_stages_and_scales_measured_times(tmp_path, capsys):
     assert out.startswith("PROJECTION (not a measurement): mwscas at scale paper on 10 node(s)")
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["reproduce", "mwscas", "--cluster", "4"])
+
+
+def test_a_node_with_the_drivers_sources_accepts_the_drivers_fingerprint(tmp_path):
+    """The check each Ray task makes before computing agrees with the fingerprint the driver
+    puts in every stage key (both cover the C sources of tflm_ops/), and refuses another."""
+    from mam_tf.experiments import cluster
+    from mam_tf.experiments.mwscas import EXPERIMENT
+
+    cluster._CODE_SEEN.clear()
+    cluster._check_code(EXPERIMENT.code_modules(), EXPERIMENT.code_fingerprint())
+    with pytest.raises(ValueError, match="install the same mam-tf on every node"):
+        cluster._check_code(EXPERIMENT.code_modules(), "0.0.0+0000000000000000")

@@ -44,6 +44,13 @@ BASE_CODE = ("mam_tf.experiments.base", "mam_tf.experiments.pipeline", "mam_tf.t
              "mam_tf.deploy", "mam_tf.models", "mam_tf.common", "ecg_data")
 
 
+def code_fingerprint(modules: Sequence[str]) -> str:
+    """The code fingerprint of an experiment's stages: the sources of ``modules`` and the C
+    sources of ``tflm_ops/`` (the core the deployment stages build and run). The driver and
+    every cluster node compute it with this one function, so that they agree."""
+    return pl.code_fingerprint(modules, trees=(tflm_ops_dir(),))
+
+
 @dataclasses.dataclass
 class ExperimentConfig:
     """What shapes a run. A subclass adds its fields (with the ``demo`` values as defaults)
@@ -114,9 +121,9 @@ class Experiment:
         return BASE_CODE + tuple(self.code)
 
     def code_fingerprint(self) -> str:
-        """Its modules, :data:`BASE_CODE` and the C sources of ``tflm_ops/`` (the core the
-        deployment stages run)."""
-        return pl.code_fingerprint(self.code_modules(), trees=(tflm_ops_dir(),))
+        """Its modules, :data:`BASE_CODE` and the C sources of ``tflm_ops/``
+        (:func:`code_fingerprint`)."""
+        return code_fingerprint(self.code_modules())
 
     def part(self, name: str) -> Callable:
         """``stages``, ``outputs`` or ``summary`` as a function (imported if named)."""
