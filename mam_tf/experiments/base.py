@@ -32,7 +32,6 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Sequence
 
-from mam_tf._native import tflm_ops_dir
 from mam_tf.experiments import pipeline as pl
 
 __all__ = ["ExperimentConfig", "Experiment", "run", "default_out", "merged_seeds",
@@ -42,13 +41,6 @@ RESULTS = "results.json"
 #: The modules every experiment's stages run on: a change in them recomputes its stages.
 BASE_CODE = ("mam_tf.experiments.base", "mam_tf.experiments.pipeline", "mam_tf.train",
              "mam_tf.deploy", "mam_tf.models", "mam_tf.common", "ecg_data")
-
-
-def code_fingerprint(modules: Sequence[str]) -> str:
-    """The code fingerprint of an experiment's stages: the sources of ``modules`` and the C
-    sources of ``tflm_ops/`` (the core the deployment stages build and run). The driver and
-    every cluster node compute it with this one function, so that they agree."""
-    return pl.code_fingerprint(modules, trees=(tflm_ops_dir(),))
 
 
 @dataclasses.dataclass
@@ -122,8 +114,8 @@ class Experiment:
 
     def code_fingerprint(self) -> str:
         """Its modules, :data:`BASE_CODE` and the C sources of ``tflm_ops/``
-        (:func:`code_fingerprint`)."""
-        return code_fingerprint(self.code_modules())
+        (:func:`~mam_tf.experiments.pipeline.experiment_code`)."""
+        return pl.experiment_code(self.code_modules())
 
     def part(self, name: str) -> Callable:
         """``stages``, ``outputs`` or ``summary`` as a function (imported if named)."""

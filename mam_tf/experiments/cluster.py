@@ -140,9 +140,7 @@ def _check_code(modules: tuple, expected: str) -> None:
     if not modules:
         return
     if modules not in _CODE_SEEN:
-        from mam_tf.experiments.base import code_fingerprint
-
-        _CODE_SEEN[modules] = code_fingerprint(modules)
+        _CODE_SEEN[modules] = pl.experiment_code(modules)
     here = _CODE_SEEN[modules]
     if here != expected:
         raise ValueError(f"node {pl.where_am_i()['host']} runs mam-tf code {here}, the driver "

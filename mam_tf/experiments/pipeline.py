@@ -76,6 +76,7 @@ import weakref
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from mam_tf._native import tflm_ops_dir
 from mam_tf.common.machine import load_average
 
 __all__ = ["Pipeline", "StageResult", "stage_key", "code_fingerprint", "jsonable", "write_json",
@@ -172,6 +173,13 @@ def code_fingerprint(modules: Iterable[str], version: str | None = None,
             h.update(f.read_bytes())
             h.update(b"\0")
     return f"{version}+{h.hexdigest()[:16]}"
+
+
+def experiment_code(modules: Iterable[str]) -> str:
+    """The code fingerprint of an experiment's stages: the sources of ``modules`` and the C
+    sources of ``tflm_ops/`` (the core the deployment stages build and run). The driver and
+    every cluster node compute it with this one function, so that they agree."""
+    return code_fingerprint(modules, trees=(tflm_ops_dir(),))
 
 
 def check_finite(obj, where: str) -> None:
