@@ -39,10 +39,21 @@ export MAM_TF_REQUIRE_MCU=1
 # run (no arguments), or for the backends listed in MAM_TF_KERAS3_BACKENDS (e.g. "jax", or ""
 # for none). Every pass runs even when one fails; the script fails if any did. pytest exits 5
 # when it collects no test: that fails the script, as it must.
+# A full run spreads the suite's files over MAM_TF_TEST_WORKERS pytest processes (pytest-xdist,
+# default 2; 0 runs it in this one process): a file's tests stay together, in one process, so
+# that its module fixtures (a tiny reproduction, say) are computed once. It prints the slowest
+# tests at the end.
+suite_args=()
 if [ "$#" -eq 0 ]; then
     keras3_backends="${MAM_TF_KERAS3_BACKENDS-jax torch}"
+    workers="${MAM_TF_TEST_WORKERS:-2}"
+    suite_args+=(--durations=25)
 else
     keras3_backends="${MAM_TF_KERAS3_BACKENDS-}"
+    workers="${MAM_TF_TEST_WORKERS:-0}"
+fi
+if [ "$workers" != 0 ]; then
+    suite_args+=(-n "$workers" --dist loadfile)
 fi
 keras3_tests=()
 for f in tests/test_keras3_*.py; do
@@ -50,7 +61,7 @@ for f in tests/test_keras3_*.py; do
     [ "$f" = tests/test_keras3_backends.py ] || keras3_tests+=("$f")
 done
 failed=()
-KERAS_BACKEND="${KERAS_BACKEND:-tensorflow}" python -m pytest "$@" ||
+KERAS_BACKEND="${KERAS_BACKEND:-tensorflow}" python -m pytest "${suite_args[@]}" "$@" ||
     failed+=("the suite (KERAS_BACKEND=${KERAS_BACKEND:-tensorflow}): exit $?")
 for backend in $keras3_backends; do
     echo "[mam-tf] the Keras 3 tests on the $backend backend (KERAS_BACKEND=$backend)"

@@ -28,7 +28,7 @@ def _run(tmp_path, *args, **env):
     calls = tmp_path / "calls"
     calls.touch()
     full_env = {k: v for k, v in os.environ.items()
-                if k not in ("KERAS_BACKEND", "MAM_TF_KERAS3_BACKENDS")}
+                if k not in ("KERAS_BACKEND", "MAM_TF_KERAS3_BACKENDS", "MAM_TF_TEST_WORKERS")}
     full_env.update(MAM_TF_VENV=str(venv), MAM_TF_NO_INSTALL="1", CALLS=str(calls), **env)
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "test.sh"), *args], cwd=tmp_path,
                           env=full_env, capture_output=True, text=True, timeout=120)
@@ -46,7 +46,8 @@ def test_a_full_run_runs_the_keras3_tests_on_each_backend_in_its_own_process(tmp
     proc, calls = _run(tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert [backend for backend, _ in calls] == ["tensorflow", "jax", "torch"]
-    assert calls[0][1] == "-m pytest"
+    # the suite: its files spread over two processes, the slowest tests listed
+    assert calls[0][1] == "-m pytest --durations=25 -n 2 --dist loadfile"
     for backend, args in calls[1:]:
         files = sorted(Path(a).name for a in args.split() if a.startswith("tests/test_keras3_"))
         assert args.startswith("-m pytest") and files == _keras3_files(), (backend, args)
@@ -72,3 +73,10 @@ def test_arguments_go_to_pytest_and_skip_the_backend_passes_unless_asked(tmp_pat
     assert proc.returncode == 0 and calls == [["tensorflow", "-m pytest tests/test_ops.py -x"]]
     proc, calls = _run(tmp_path / "again", "tests/test_ops.py", MAM_TF_KERAS3_BACKENDS="torch")
     assert [backend for backend, _ in calls] == ["tensorflow", "torch"]
+
+
+def test_the_number_of_suite_processes_is_the_users(tmp_path):
+    proc, calls = _run(tmp_path, MAM_TF_TEST_WORKERS="0", MAM_TF_KERAS3_BACKENDS="")
+    assert proc.returncode == 0 and calls == [["tensorflow", "-m pytest --durations=25"]]
+    proc, calls = _run(tmp_path / "again", "tests/test_ops.py", MAM_TF_TEST_WORKERS="3")
+    assert calls == [["tensorflow", "-m pytest -n 3 --dist loadfile tests/test_ops.py"]]
