@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -271,7 +272,17 @@ def _build_into(b, cmsis_lib, cmsis_include, tflm=None):
         args += [f"-DTFLM_LIB={tflm[0]}", f"-DTFLM_ROOT={tflm[1]}",
                  f"-DFLATBUFFERS_INCLUDE_DIR={tflm[2]}", f"-DMAM_MODEL_OPS_DIR={ops}"]
     b.run(args, "configuring the Cortex-M7 firmware")
-    b.run([cmake, "--build", str(fw)], "building the Cortex-M7 firmware")
+    try:
+        b.run([cmake, "--build", str(fw)], "building the Cortex-M7 firmware")
+    except McuError as err:
+        missing = sorted(set(re.findall(r"undefined reference to `tflite::Register_(\w+)\(\)'",
+                                        b.log.read_text(errors="replace")))) if tflm else []
+        if not missing:
+            raise
+        raise McuError(f"TFLite-Micro library {tflm[0]} has no kernel for {', '.join(missing)}: "
+                       "the model firmware registers every operator `mam-tf export-tflm` knows; "
+                       "build TFLM's whole microlite library (docs/deployment.md)\n"
+                       f"{err}") from None
     b.run([cmake, "-S", str(_FW / "plugin"), "-B", str(pl), "-DCMAKE_BUILD_TYPE=Release"],
           "configuring the QEMU counting plugin")
     b.run([cmake, "--build", str(pl)], "building the QEMU counting plugin")
