@@ -85,8 +85,9 @@ def whole_model_rows(results):
 
 
 def operator_rows(results):
-    """Instructions per operator type in the whole block (summed over its ops, first sample),
-    median over the seeds, for each kind: [operator, ops, MAC, MAM]."""
+    """Per operator type in the whole block, for each kind: how many ops of it the model has
+    and their instructions summed (first sample), median over the seeds:
+    [operator, MAC ops, MAC instructions, MAM ops, MAM instructions]."""
     per = {}  # (operator, kind) -> [(ops, instructions) per seed]
     for r in _whole_runs(results):
         sums = {}
@@ -98,10 +99,12 @@ def operator_rows(results):
     names = sorted({name for name, _ in per}, key=lambda n: (n in ("MAM_SPARSE", "MAC_SPARSE"), n))
     rows = []
     for name in names:
-        counts = [per.get((name, kind)) for kind in KINDS]
-        ops = next(v[0][0] for v in counts if v)
-        rows.append([name, ops] + [int(statistics.median(c for _, c in v)) if v else "-"
-                                   for v in counts])
+        row = [name]
+        for kind in KINDS:
+            v = per.get((name, kind))
+            row += [int(statistics.median(n for n, _ in v)),
+                    int(statistics.median(c for _, c in v))] if v else ["-", "-"]
+        rows.append(row)
     return rows
 
 
@@ -151,9 +154,11 @@ def _report(cfg, results):
             "",
             rp.markdown_table(_WHOLE_HEADERS, whole),
             "",
-            "Instructions per operator type (summed over its ops; median over seeds):",
+            "Per operator type: its ops in the model and their instructions summed (median "
+            "over seeds):",
             "",
-            rp.markdown_table(["operator", "ops"] + [k.upper() for k in KINDS],
+            rp.markdown_table(["operator"] + [f"{k.upper()} {what}" for k in KINDS
+                                              for what in ("ops", "instructions")],
                               operator_rows(results)),
         ]
     else:
