@@ -540,7 +540,15 @@ def run_model(tflite, x_raw, b: Optional[McuBuild] = None, timeout: float = 600.
         (tmp / "model.tflite").write_bytes(data)
         (tmp / "model_in.bin").write_bytes(struct.pack("<II", x.shape[0], per_sample) + x.tobytes())
         cmd = _qemu(b.model_elf, *_counting(b, b.model_markers))
-        proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=timeout)
+        try:
+            proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            # A failed TFLITE_CHECK in a TFLite-Micro built with TF_LITE_MCU_DEBUG_LOG (as TFLM's
+            # make builds it for cortex_m_generic) prints "HALTED" and spins forever.
+            raise McuError(f"the model firmware did not finish in {timeout:.0f} s: a failed "
+                           "TFLite-Micro check halts the processor in an endless loop; "
+                           "`mam-tf check` on the host names the operator whose kernel "
+                           "aborts") from None
         if proc.returncode != 0:
             raise McuError(f"the model firmware exited {proc.returncode}:\n"
                            f"{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
