@@ -423,8 +423,8 @@ def _tiny_block(tmp_path):
 @needs_tflm
 def test_a_whole_transformer_block_on_the_cortex_m7_equals_the_host_runtime(tmp_path):
     """Every op of the block through TFLite-Micro on the emulated M7, bit for bit against the
-    host runtime (mam_tf.deploy.runtime: the C core and TFLM's host interpreter). Costs one
-    conversion (~10 s) and one QEMU run (~1 s) once the firmware is built."""
+    host runtime (mam_tf.deploy.runtime: the C core and TFLM's host interpreter). Cheap: one
+    conversion of a tiny untrained block and one QEMU run, once the firmware is built."""
     from mam_tf.deploy import flatbuffer as fb
     from mam_tf.deploy.runtime import Interpreter
 
