@@ -373,12 +373,16 @@ def test_cmsis_nn_fully_connected_equals_our_mac_kernels():
 TFLM_LIB = os.environ.get("MAM_TF_TFLM_LIB")
 
 
+needs_tflm = pytest.mark.skipif(
+    not (TFLM_LIB and os.environ.get("MAM_TF_TFLM_ROOT")
+         and os.environ.get("MAM_TF_FLATBUFFERS_INCLUDE")),
+    reason="TFLite-Micro for Cortex-M7 not given: set MAM_TF_TFLM_LIB to a static library "
+    "built with TFLM's own build, MAM_TF_TFLM_ROOT to its tree and MAM_TF_FLATBUFFERS_INCLUDE "
+    "to flatbuffers 25.9.23's include/")
+
+
 @needs_mcu
-@pytest.mark.skipif(not (TFLM_LIB and os.environ.get("MAM_TF_TFLM_ROOT")
-                         and os.environ.get("MAM_TF_FLATBUFFERS_INCLUDE")),
-                    reason="TFLite-Micro for Cortex-M7 not given: set MAM_TF_TFLM_LIB to a "
-                    "static library built with TFLM's own build, MAM_TF_TFLM_ROOT to its tree "
-                    "and MAM_TF_FLATBUFFERS_INCLUDE to flatbuffers 25.9.23's include/")
+@needs_tflm
 def test_whole_model_through_tflm_on_the_cortex_m7_equals_the_host_runtime(tmp_path):
     from mam_tf.deploy.runtime import Interpreter
 
@@ -393,3 +397,49 @@ def test_whole_model_through_tflm_on_the_cortex_m7_equals_the_host_runtime(tmp_p
     assert "MAM_SPARSE" in names and "MAC_SPARSE" in names
     assert all(count > 0 for _, count in got["ops"])
     assert 0 < got["arena_used"] < 4 << 20
+
+
+def _tiny_block(tmp_path):
+    """An untrained transformer block (fixed seed, MLP kept at 10%) converted to int8: the
+    attention's BATCH_MATMUL / TRANSPOSE / SOFTMAX, the LayerNorms' SQUARED_DIFFERENCE / RSQRT
+    and the MLP's two MAM_SPARSE ops."""
+    from mam_tf.deploy.convert import convert
+    from mam_tf.models import token_transformer
+    from mam_tf.models.token_transformer import MLP_LAYERS
+
+    rng = np.random.default_rng(3)
+    model = token_transformer(4, 6, 3, "mam", width=8, heads=2, hidden=16, beta=0.0, seed=3)
+    for name in MLP_LAYERS:
+        layer = model.get_layer(name)
+        k = layer.kernel.numpy()
+        k[rng.random(k.shape) >= 0.1] = 0
+        layer.kernel.assign(k)
+    path = tmp_path / "block.tflite"
+    path.write_bytes(convert(model, rng.standard_normal((32, 4, 6)).astype(np.float32)))
+    return path
+
+
+@needs_mcu
+@needs_tflm
+def test_a_whole_transformer_block_on_the_cortex_m7_equals_the_host_runtime(tmp_path):
+    """Every op of the block through TFLite-Micro on the emulated M7, bit for bit against the
+    host runtime (mam_tf.deploy.runtime: the C core and TFLM's host interpreter). Cheap: one
+    conversion of a tiny untrained block and one QEMU run, once the firmware is built."""
+    from mam_tf.deploy import flatbuffer as fb
+    from mam_tf.deploy.runtime import Interpreter
+
+    path = _tiny_block(tmp_path)
+    tfl = fb.load(path.read_bytes())
+    converted = [fb.op_name(tfl, op) for op in tfl.subgraphs[0].operators]
+    assert {"BATCH_MATMUL", "TRANSPOSE", "SQUARED_DIFFERENCE", "RSQRT", "SOFTMAX",
+            "MEAN"} <= set(converted) and converted.count("MAM_SPARSE") == 2
+    host = Interpreter(path)
+    # 16 samples: enough that one weight of the first layer changed by 1 changes an output
+    x = host.quantize_input(np.random.default_rng(4).standard_normal((16, 4, 6)))
+    want = host.run_raw(x)
+    assert len({row.tobytes() for row in want}) > 1  # the samples tell the outputs apart
+    got = bm.run_model(path, x, bm.build())
+    assert got["output"].dtype == want.dtype
+    np.testing.assert_array_equal(got["output"], want)
+    assert [name for name, _ in got["ops"]] == converted  # every op profiled, in order
+    assert all(count > 0 for _, count in got["ops"])

@@ -6,7 +6,10 @@
 // sample and writes every output tensor's bytes to model_out.bin. Each op's Invoke runs
 // between mcu_mark_begin() and mcu_mark_end() (a MicroProfilerInterface), so the counting
 // plugin reports its instructions. Prints "arena_used <bytes>" and, for the first sample,
-// "op <k> <name>" for each profiled op in order.
+// "op <k> <name>" for each profiled op in order. The operators it registers come from
+// mam_model_ops.h/.cc (MAM_MODEL_OPS_DIR in CMakeLists.txt): the registration `mam-tf
+// export-tflm` generates, listing every operator export-tflm knows when built by
+// mam_tf.device.mcu.
 //
 // An STM32Cube project does the same with the model embedded by `mam-tf convert --header`
 // (see docs/deployment.md); reading it from a file keeps one binary for every model here.
@@ -15,7 +18,7 @@
 #include <cstdlib>
 #include <cstring>
 
-#include "mam_sparse_op.h"
+#include "mam_model_ops.h"
 #include "mcu_markers.h"
 #include "tensorflow/lite/micro/cortex_m_generic/debug_log_callback.h"
 #include "tensorflow/lite/micro/micro_interpreter.h"
@@ -97,35 +100,8 @@ int main() {
 
   const tflite::Model* model = tflite::GetModel(model_data);
   // Locals, not statics: a static with a destructor would need __cxa_atexit / __dso_handle.
-  tflite::MicroMutableOpResolver<40> resolver;
-  resolver.AddCustom("MAM_SPARSE", tflite::Register_MAM_SPARSE());
-  resolver.AddCustom("MAC_SPARSE", tflite::Register_MAC_SPARSE());
-  resolver.AddFullyConnected();
-  resolver.AddQuantize();
-  resolver.AddDequantize();
-  resolver.AddReshape();
-  resolver.AddAdd();
-  resolver.AddMul();
-  resolver.AddSub();
-  resolver.AddRelu();
-  resolver.AddRelu6();
-  resolver.AddLogistic();
-  resolver.AddTanh();
-  resolver.AddSoftmax();
-  resolver.AddConv2D();
-  resolver.AddDepthwiseConv2D();
-  resolver.AddMaxPool2D();
-  resolver.AddAveragePool2D();
-  resolver.AddMean();
-  resolver.AddReduceMax();
-  resolver.AddConcatenation();
-  resolver.AddPad();
-  resolver.AddStridedSlice();
-  resolver.AddExpandDims();
-  resolver.AddSqueeze();
-  resolver.AddLeakyRelu();
-  resolver.AddMaximum();
-  resolver.AddMinimum();
+  mam_model::OpResolver resolver;
+  if (mam_model::RegisterOps(resolver) != kTfLiteOk) Fail(6, "RegisterOps failed");
 
   MarkerProfiler profiler;
   tflite::MicroInterpreter interpreter(model, resolver, arena, kArenaBytes, nullptr, &profiler);

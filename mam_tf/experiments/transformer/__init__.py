@@ -7,7 +7,10 @@ MLP is MAC (Dense) or MAM (MAMDense, trained with vanishing contributions); both
 magnitude to the same kept fraction of the MLP's weights (10% by default), fine-tuned with the
 masks held, converted to int8 (every token a row of the sparse op: MAM_SPARSE or MAC_SPARSE) and
 run on the host runtime. The sparse ops then run on the emulated Cortex-M7 (QEMU) on the rows
-they read in the host runtime, bit for bit against it, with their instruction counts.
+they read in the host runtime, bit for bit against it, with their instruction counts. Given a
+TFLite-Micro library built for Cortex-M7 (``$MAM_TF_TFLM_LIB``, ``$MAM_TF_TFLM_ROOT``,
+``$MAM_TF_FLATBUFFERS_INCLUDE``), the whole int8 block also runs there through TFLite-Micro,
+its output compared bit for bit with the host runtime's, with each op's instructions.
 
 Outputs in ``-o/--out`` (default ``runs/transformer-<scale>``): results.json, report.md,
 models/<kind>_seed<k>_int8.tflite, manifest.json and the cached stages.

@@ -9,7 +9,7 @@ from mam_tf.experiments.base import copy_file
 from mam_tf.experiments.transformer.config import KINDS
 from mam_tf.models.token_transformer import MLP_LAYERS
 
-__all__ = ["outputs", "summary", "device_rows"]
+__all__ = ["outputs", "summary", "device_rows", "whole_model_rows", "operator_rows"]
 
 
 def outputs(cfg, out, results, ctx):
@@ -61,6 +61,53 @@ def device_rows(results):
     return rows
 
 
+_WHOLE_HEADERS = ["MLP", "seed", "output equal to host", "instructions, all ops",
+                  "of which the MLP's sparse ops", "arena used, bytes"]
+
+
+def _whole_runs(results):
+    return [r for r in results["runs"]
+            if r["device"].get("ran") and (r["device"].get("whole_model") or {}).get("ran")]
+
+
+def whole_model_rows(results):
+    """One row per (kind, seed) whose whole block ran in TFLite-Micro on the emulated M7: its
+    output against the host runtime's, the instructions of every op's Invoke in the first
+    sample, the MAM_SPARSE / MAC_SPARSE ops' share of them, the arena used."""
+    rows = []
+    for r in _whole_runs(results):
+        w = r["device"]["whole_model"]
+        total = sum(c for _, c in w["ops"])
+        mlp = sum(c for name, c in w["ops"] if name in ("MAM_SPARSE", "MAC_SPARSE"))
+        rows.append([r["kind"].upper(), r["seed"], "yes" if w["equal"] else "NO", total,
+                     f"{mlp} ({100 * mlp / total:.1f}%)" if total else "-", w["arena_used"]])
+    return rows
+
+
+def operator_rows(results):
+    """Per operator type in the whole block, for each kind: how many ops of it the model has
+    and their instructions summed (first sample), median over the seeds:
+    [operator, MAC ops, MAC instructions, MAM ops, MAM instructions]."""
+    per = {}  # (operator, kind) -> [(ops, instructions) per seed]
+    for r in _whole_runs(results):
+        sums = {}
+        for name, count in r["device"]["whole_model"]["ops"]:
+            n, c = sums.get(name, (0, 0))
+            sums[name] = (n + 1, c + count)
+        for name, nc in sums.items():
+            per.setdefault((name, r["kind"]), []).append(nc)
+    names = sorted({name for name, _ in per}, key=lambda n: (n in ("MAM_SPARSE", "MAC_SPARSE"), n))
+    rows = []
+    for name in names:
+        row = [name]
+        for kind in KINDS:
+            v = per.get((name, kind))
+            row += [int(statistics.median(n for n, _ in v)),
+                    int(statistics.median(c for _, c in v))] if v else ["-", "-"]
+        rows.append(row)
+    return rows
+
+
 def _report(cfg, results):
     chance = 100 * results["chance"]
     lines = [
@@ -95,6 +142,31 @@ def _report(cfg, results):
     else:
         reasons = {r["device"].get("reason") for r in results["runs"]}
         lines.append(f"Not run: {'; '.join(sorted(str(x) for x in reasons))}.")
+    lines += ["", "## The whole block in TFLite-Micro on the emulated Cortex-M7", ""]
+    whole = whole_model_rows(results)
+    if whole:
+        lines += [
+            f"The int8 model as converted, every op through TFLite-Micro (reference kernels; "
+            f"MAM_SPARSE / MAC_SPARSE through the project's glue) on the first "
+            f"{cfg.device_samples} test samples, the output compared bit for bit with the host "
+            "runtime's. Instructions: each op's Invoke in the first sample, counted by QEMU "
+            "(no caches, no wait states).",
+            "",
+            rp.markdown_table(_WHOLE_HEADERS, whole),
+            "",
+            "Per operator type: its ops in the model and their instructions summed (median "
+            "over seeds):",
+            "",
+            rp.markdown_table(["operator"] + [f"{k.upper()} {what}" for k in KINDS
+                                              for what in ("ops", "instructions")],
+                              operator_rows(results)),
+        ]
+    else:
+        reasons = sorted({str((r["device"].get("whole_model") or {}).get(
+            "reason", "no TFLite-Micro library for Cortex-M7 given ($MAM_TF_TFLM_LIB)"))
+            if r["device"].get("ran") else str(r["device"].get("reason"))
+            for r in results["runs"]})
+        lines.append(f"Not run: {'; '.join(reasons)}.")
     lines.append("")
     return "\n".join(lines)
 
@@ -107,4 +179,8 @@ def summary(cfg, results) -> str:
     rows = device_rows(results)
     if rows:
         text += ["", rp.markdown_table(_DEVICE_HEADERS, rows)]
+    whole = whole_model_rows(results)
+    if whole:
+        text += ["", "the whole block in TFLite-Micro on the Cortex-M7 (first sample)",
+                 rp.markdown_table(_WHOLE_HEADERS, whole)]
     return "\n".join(text)

@@ -96,7 +96,9 @@ def _prune(data_stage, train_stage, p):
 
 def _device(tflite, x_raw, host_out):
     """The sparse ops on the emulated Cortex-M7 (:mod:`mam_tf.device.measure`), or why not;
-    and the whole model in TFLite-Micro there when the build has a TFLite-Micro library."""
+    and the whole model in TFLite-Micro there when the build has a TFLite-Micro library: its
+    output on every device sample against the host runtime's, each operator's instructions in
+    the first sample (``ops``: [name, instructions] in execution order) and their sum."""
     from mam_tf.device import mcu
     from mam_tf.device.measure import sparse_ops_on_device
 
@@ -115,7 +117,8 @@ def _device(tflite, x_raw, host_out):
         else:
             result["whole_model"] = {"ran": True,
                                      "equal": bool(np.array_equal(run["output"], host_out)),
-                                     "ops": run["ops"], "arena_used": run["arena_used"]}
+                                     "ops": run["ops"], "arena_used": run["arena_used"],
+                                     "instructions": sum(c for _, c in run["ops"])}
     return result
 
 
