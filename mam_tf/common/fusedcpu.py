@@ -19,7 +19,8 @@ import numpy as np
 
 from mam_tf.common import fusedbuild
 
-__all__ = ["GLUE", "LIBRARY_NAME", "backward", "build", "forward", "load"]
+__all__ = ["GLUE", "LIBRARY_NAME", "backward", "build", "forward", "load", "numpy_backward",
+           "numpy_forward"]
 
 GLUE = "mam_fused_cpu.cc"
 LIBRARY_NAME = "mam_fused_cpu.so"
@@ -41,8 +42,8 @@ def load(path: Path) -> ctypes.CDLL:
     lib.mam_fused_backward_f32.argtypes = [_P, _P, _P, _P, _P, _I, _I, _I, _P, _P, _I,
                                            ctypes.c_char_p, _I]
     lib.mam_fused_forward_f32.restype = lib.mam_fused_backward_f32.restype = ctypes.c_int
-    fusedbuild.self_test(lambda x, w: _np_forward(lib, x, w),
-              lambda g, x, w, amax, amin: _np_backward(lib, g, x, w, amax, amin))
+    fusedbuild.self_test(lambda x, w: numpy_forward(lib, x, w),
+                         lambda g, x, w, amax, amin: numpy_backward(lib, g, x, w, amax, amin))
     return lib
 
 
@@ -71,7 +72,8 @@ def _addr(a: np.ndarray) -> int:
     return a.ctypes.data
 
 
-def _np_forward(lib, x, w, threads=1):
+def numpy_forward(lib, x, w, threads=1):
+    """forward on numpy arrays: (y, amax, amin) of x [B, N] and w [N, M]."""
     x, w = (np.ascontiguousarray(a, np.float32) for a in (x, w))
     (b, n), m = x.shape, w.shape[1]
     y = np.empty((b, m), np.float32)
@@ -80,7 +82,8 @@ def _np_forward(lib, x, w, threads=1):
     return y, amax, amin
 
 
-def _np_backward(lib, g, x, w, amax, amin, threads=1):
+def numpy_backward(lib, g, x, w, amax, amin, threads=1):
+    """backward on numpy arrays: (dx, dw)."""
     g, x, w = (np.ascontiguousarray(a, np.float32) for a in (g, x, w))
     amax, amin = (np.ascontiguousarray(a, np.int32) for a in (amax, amin))
     (b, n), m = x.shape, w.shape[1]

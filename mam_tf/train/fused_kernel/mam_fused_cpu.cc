@@ -166,6 +166,10 @@ ffi::Error backward_impl(ffi::ThreadPool thread_pool, ffi::Buffer<ffi::F32, 2> g
   ffi::Error status = check_xw(x, w);
   if (status.failure()) return status;
   const int64_t B = x.dimensions()[0], N = x.dimensions()[1], M = w.dimensions()[1];
+  for (const auto dims : {g.dimensions(), amax.dimensions(), amin.dimensions()})
+    if (dims[0] != B || dims[1] != M)
+      return ffi::Error::InvalidArgument("MAM fused backward: g, amax and amin must be [" +
+                                         std::to_string(B) + ", " + std::to_string(M) + "]");
   const int64_t bad = mam::first_bad_index(amax.typed_data(), amin.typed_data(), B * M, N);
   if (bad >= 0)
     return ffi::Error::InvalidArgument(
