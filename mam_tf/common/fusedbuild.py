@@ -51,8 +51,11 @@ __all__ = [
 
 KERNEL_DIR = Path(__file__).resolve().parents[1] / "train" / "fused_kernel"
 KERNEL_DIR_ENV = "MAM_TF_KERNEL_DIR"
-#: The headers every glue source includes; a kernel directory must hold them and its glue.
+#: The headers of this version's glue sources. A kernel directory must hold the core
+#: (``REQUIRED``) and the glue built from it; an older checkout's directory (``--kernel-dir``)
+#: may lack the driver, whose code its glue then holds itself. Every header present is hashed.
 HEADERS = ("mam_fused.h", "mam_fused_driver.h")
+REQUIRED = ("mam_fused.h",)
 # -ffp-contract=off: a product must stay a rounded multiply (no FMA into the backward's sums),
 # so that fused and reference agree bit for bit. -march=native: the cache key holds the CPU.
 CXXFLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-shared", "-fPIC", "-w")
@@ -104,12 +107,12 @@ def cxxflags(flags: Optional[Sequence[str]] = None) -> tuple:
 
 def missing_sources(path, glue: str = "mam_fused_op.cc") -> list[str]:
     """The sources of the library built from ``glue`` that directory ``path`` lacks."""
-    return [name for name in (*HEADERS, glue) if not (Path(path) / name).is_file()]
+    return [name for name in (*REQUIRED, glue) if not (Path(path) / name).is_file()]
 
 
 def kernel_dir(glue: str = "mam_fused_op.cc") -> Path:
-    """Where the sources are: ``KERNEL_DIR``, or ``$MAM_TF_KERNEL_DIR`` (which must hold the
-    headers and ``glue``)."""
+    """Where the sources are: ``KERNEL_DIR``, or ``$MAM_TF_KERNEL_DIR`` (which must hold
+    ``mam_fused.h`` and ``glue``)."""
     override = os.environ.get(KERNEL_DIR_ENV)
     if not override:
         return KERNEL_DIR
@@ -129,7 +132,7 @@ def library_dir(cxx: str, glue: str, prefix: str, flags: Sequence[str],
                 link: Sequence[str] = ()) -> Path:
     """The cache directory of the library built from ``glue`` with these flags, on this CPU."""
     source_dir = kernel_dir(glue)
-    key = build_key([source_dir / name for name in (*HEADERS, glue)], parts=[
+    key = build_key([*sorted(source_dir.glob("*.h")), source_dir / glue], parts=[
         " ".join(_command(cxx, flags, Path("src"), Path("out"), link)), _cpu_signature()])
     return cache_root() / f"{prefix}-{key}"
 

@@ -24,8 +24,6 @@ import contextlib
 import threading
 from pathlib import Path
 
-import numpy as np
-
 from mam_tf.common import fusedbuild
 from mam_tf.common.fusedbuild import (  # noqa: F401  (public here too)
     KERNEL_DIR, KERNEL_DIR_ENV, MARCH_ENV, FusedKernelWarning, kernel_dir, missing_sources)
