@@ -3,7 +3,9 @@ joined to its routed gradient by a ``torch.autograd.Function``, on one of two pa
 
 - the fused CPU kernel (float32 CPU tensors): the library of :mod:`mam_tf.common.fusedcpu`
   called through its C ABI (ctypes, without the GIL) on contiguous tensors, on
-  ``torch.get_num_threads()`` threads; the same bits as the TensorFlow op for any thread count.
+  ``torch.get_num_threads()`` of torch's own OpenMP threads (the library is built with
+  ``-fopenmp`` and shares torch's libgomp); the same bits as the TensorFlow op for any thread
+  count.
   Its indices are int32;
 - the chunked array path (other dtypes, other devices, no C++ compiler, ``MAM_TF_FUSED=0``):
   forward in chunks of input columns, gradient by ``index_add_``; int64 indices. When the
@@ -24,8 +26,14 @@ from mam_tf.keras3._chunks import chunk_columns
 __all__ = ["forward", "backward", "mam_reduce", "chunked_forward", "chunked_backward",
            "fused_usable", "loader", "MAMReduce"]
 
+def _load():
+    # With OpenMP: the work runs on torch's own OpenMP threads (mam_fused_cpu.cc, OmpPool).
+    return fusedcpu.load(fusedcpu.build(prefix="cpu-omp", flags=("-fopenmp",
+                                                                 "-DMAM_FUSED_OPENMP")))
+
+
 #: The C library, built on first use (``loader.reset()`` forgets the outcome).
-loader = fusedbuild.LazyKernel(lambda: fusedcpu.load(fusedcpu.build()), "chunked PyTorch path")
+loader = fusedbuild.LazyKernel(_load, "chunked PyTorch path")
 
 
 def _chunk_stats(xc, wc, offset):

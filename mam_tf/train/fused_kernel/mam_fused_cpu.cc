@@ -1,6 +1,7 @@
 // The fused MAM driver (mam_fused_driver.h) without TensorFlow, for the Keras 3 backends:
 // - a plain C ABI (mam_fused_forward_f32, mam_fused_backward_f32) on contiguous float32 arrays,
-//   with its own pool of worker threads, which PyTorch calls through ctypes;
+//   with its own pool of worker threads or, with MAM_FUSED_OPENMP defined (and -fopenmp), on
+//   the process's OpenMP threads: PyTorch calls it through ctypes;
 // - with MAM_FUSED_XLA_FFI defined (the build adds jax.ffi.include_dir()), two XLA FFI
 //   handlers (MamFusedForward, MamFusedBackward) that run on XLA's intra-op thread pool, which
 //   JAX registers as custom-call targets (they work under jax.jit).
@@ -80,6 +81,25 @@ class CallerPool {
   int64_t threads_;
 };
 
+#ifdef MAM_FUSED_OPENMP
+// The driver's Pool on the process's OpenMP threads: built with -fopenmp, the library shares the
+// libgomp that PyTorch has loaded (same soname), so its work runs on torch's own intra-op
+// threads, awake from the ops before, instead of a second set of threads competing with them.
+// Unlike the worker pool, a parallel region ends at a barrier: the caller waits for every
+// thread of the region, also one that starts late.
+class OmpPool {
+ public:
+  explicit OmpPool(int64_t threads) : threads_(std::max<int64_t>(1, threads)) {}
+  int64_t num_threads() const { return threads_; }
+
+ private:
+  int64_t threads_;
+};
+using CallPool = OmpPool;
+#else
+using CallPool = CallerPool;
+#endif
+
 // Copies `message` into the caller's buffer (NUL-terminated, cut to fit).
 int fail(const std::string& message, char* error, int64_t error_size) {
   if (error != nullptr && error_size > 0)
@@ -88,6 +108,25 @@ int fail(const std::string& message, char* error, int64_t error_size) {
 }
 
 }  // namespace
+
+#ifdef MAM_FUSED_OPENMP
+namespace mam {
+// parallel_for on an OpenMP team: the caller and `helpers` threads claim the items.
+template <>
+void parallel_for<OmpPool>(OmpPool& pool, int64_t total, int64_t cost, int64_t cycles_per_helper,
+                           const std::function<void(int64_t, int64_t)>& fn) {
+  if (total <= 0) return;
+  const int64_t helpers = helper_count(pool, total, cost, cycles_per_helper);
+  if (helpers <= 0) {
+    fn(0, total);
+    return;
+  }
+  SharedItems shared(total, fn);
+#pragma omp parallel num_threads(static_cast<int>(helpers + 1))
+  shared.work();
+}
+}  // namespace mam
+#endif
 
 extern "C" {
 
@@ -98,7 +137,7 @@ __attribute__((visibility("default"))) int mam_fused_forward_f32(
     int32_t* amin, int64_t threads, char* error, int64_t error_size) {
   const std::string why = mam::check_inputs(N, N);
   if (!why.empty()) return fail(why, error, error_size);
-  CallerPool pool(threads);
+  CallPool pool(threads);
   mam::forward(pool, x, w, B, N, M, y, amax, amin);
   return 0;
 }
@@ -116,7 +155,7 @@ __attribute__((visibility("default"))) int mam_fused_backward_f32(
                     std::to_string(bad) + ": amax " + std::to_string(amax[bad]) + ", amin " +
                     std::to_string(amin[bad]) + ", inputs " + std::to_string(N),
                 error, error_size);
-  CallerPool pool(threads);
+  CallPool pool(threads);
   mam::backward(pool, g, x, w, amax, amin, B, N, M, dx, dw);
   return 0;
 }
