@@ -27,9 +27,13 @@ __all__ = ["forward", "backward", "mam_reduce", "chunked_forward", "chunked_back
            "fused_usable", "loader", "MAMReduce"]
 
 def _load():
-    # With OpenMP: the work runs on torch's own OpenMP threads (mam_fused_cpu.cc, OmpPool).
-    return fusedcpu.load(fusedcpu.build(prefix="cpu-omp", flags=("-fopenmp",
-                                                                 "-DMAM_FUSED_OPENMP")))
+    # With OpenMP the work runs on torch's own OpenMP threads (mam_fused_cpu.cc, OmpPool); a
+    # compiler without OpenMP builds the library with its own pool of threads instead.
+    try:
+        path = fusedcpu.build(prefix="cpu-omp", flags=("-fopenmp", "-DMAM_FUSED_OPENMP"))
+    except RuntimeError:
+        path = fusedcpu.build()
+    return fusedcpu.load(path)
 
 
 #: The C library, built on first use (``loader.reset()`` forgets the outcome).
