@@ -15,6 +15,7 @@ import pytest
 
 import npref
 from mam_tf import MAMDense
+from mam_tf.common import fusedbuild
 from mam_tf.train import fused
 from mam_tf.train import mam_op
 from mam_tf.train.compat import keras, tf
@@ -265,10 +266,10 @@ def test_mamdense_training_step_is_identical_with_and_without_the_kernel(rng):
 @pytest.fixture
 def fresh_state(monkeypatch):
     """A process state in which the fused kernel was never tried; restored afterwards."""
-    saved = dict(fused._state)
-    monkeypatch.setattr(fused, "_state", {"tried": False, "module": None, "reason": None})
+    saved = (fused.loader.tried, fused.loader.loaded, fused.loader.reason)
+    fused.loader.reset()
     yield
-    fused._state.update(saved)
+    fused.loader.tried, fused.loader.loaded, fused.loader.reason = saved
 
 
 def test_a_failed_build_warns_once_and_the_reference_path_works(monkeypatch, fresh_state, rng):
@@ -302,7 +303,7 @@ def test_cache_key_follows_sources_and_flags(monkeypatch, tmp_path):
     monkeypatch.setenv("MAM_TF_CACHE", str(tmp_path))
     a = fused.library_dir("c++")
     assert a.parent == tmp_path and a.name.startswith(f"ops-{tf.__version__}-")
-    monkeypatch.setattr(fused, "CXXFLAGS", fused.CXXFLAGS + ("-DCHANGED",))
+    monkeypatch.setattr(fusedbuild, "CXXFLAGS", fusedbuild.CXXFLAGS + ("-DCHANGED",))
     assert fused.library_dir("c++") != a
 
 

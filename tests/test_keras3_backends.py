@@ -27,6 +27,8 @@ assert keras.__version__.startswith("3."), keras.__version__
 for name in ("tf_keras", "tensorflow_model_optimization"):
     assert name not in sys.modules, f"{name} was imported"
 assert "TF_USE_LEGACY_KERAS" not in os.environ, os.environ["TF_USE_LEGACY_KERAS"]
+if sys.argv[1] != "tensorflow":  # the fused kernel's build and glue included
+    assert "tensorflow" not in sys.modules, "tensorflow was imported"
 if sys.argv[1] == "tensorflow":
     import tensorflow as tf
     assert tf.keras.__version__.startswith("3."), tf.keras.__version__

@@ -332,8 +332,11 @@ def _largest_tensor_built(fn, x, w, g):
 
 @pytest.mark.skipif(BACKEND == "tensorflow",
                     reason="TensorFlow's paths are covered by tests/test_memory.py")
-def test_op_never_builds_the_batch_inputs_units_product(rng, monkeypatch):
+@pytest.mark.parametrize("path", ["fused", "chunked"])
+def test_op_never_builds_the_batch_inputs_units_product(rng, monkeypatch, path):
     from mam_tf.keras3 import _chunks
+    if path == "chunked":
+        monkeypatch.setenv("MAM_TF_FUSED", "0")
     b, n, m = 8, 512, 16
     monkeypatch.setattr(_chunks, "CHUNK_PRODUCTS", 1024)  # 8 columns a chunk
     x = rng.standard_normal((b, n)).astype(np.float32)

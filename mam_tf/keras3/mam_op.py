@@ -3,7 +3,8 @@
 - TensorFlow: :func:`mam_tf.train.mam_op.mam_reduce`, the same op as the tf_keras layer (the
   fused CPU kernel outside XLA, the chunked TensorFlow reference under ``jit_compile``);
   imported through :mod:`mam_tf.train.tfcore`, never tf_keras.
-- JAX: :mod:`._jax`; PyTorch: :mod:`._torch`.
+- JAX: :mod:`._jax` (the fused CPU kernel as an XLA custom call, else a chunked array path);
+  PyTorch: :mod:`._torch` (the fused CPU kernel through its C ABI, else a chunked path).
 
 Every backend computes ``y[b, j] = max_i(x[b, i] w[i, j]) + min_i(x[b, i] w[i, j])`` with the
 lowest index winning ties, and routes the gradient to the selected pair only (a pair that is

@@ -9,34 +9,25 @@ float32 only. Forward values and indices are bit-identical to the reference; gra
 fixed order (mam_fused.h): dw[i,j] over rows b ascending, dx[b,i] over units j ascending, the max
 term before the min term, whatever the thread count.
 
-How it is built: the C++ sources in ``mam_tf/train/fused_kernel`` are compiled on first use by one direct
-compiler call against the installed TensorFlow (``tf.sysconfig`` flags, ``-march=native``) into
-``~/.cache/mam-tf/ops-<tf version>-<hash>/`` (``$MAM_TF_CACHE`` overrides the root). The hash
-covers the sources, the compiler, every flag and the CPU's feature flags, so a changed source,
-TensorFlow or machine gets its own build. ``$MAM_TF_KERNEL_DIR`` builds from another directory
-of the same two sources instead (another checkout's ``mam_tf/train/fused_kernel``: ``mam-tf bench train
---kernel-dir`` times two kernel versions side by side), and ``$MAM_TF_MARCH`` replaces
-``-march=native`` (``MARCH_ENV``: the code paths of older CPUs, on this one). The build goes
-through :func:`mam_tf.common.buildcache.cached_build` (one compile among parallel processes, a
-finished directory or none, the compiler's log quoted when it fails). When any of this fails,
-``available()`` is False, one ``FusedKernelWarning`` says why, and mam-tf uses the reference
-path. ``MAM_TF_FUSED=0`` turns the fast path off without a warning.
+How it is built: :mod:`mam_tf.common.fusedbuild` compiles ``mam_fused_op.cc`` (the TensorFlow
+glue around the framework-free driver and core of ``mam_tf/train/fused_kernel``) on first use
+against the installed TensorFlow (``tf.sysconfig`` flags, ``-march=native``) into
+``~/.cache/mam-tf/ops-<tf version>-<hash>/``; read there what the hash covers and what
+``$MAM_TF_KERNEL_DIR`` (``mam-tf bench train --kernel-dir`` times two kernel versions side by
+side) and ``$MAM_TF_MARCH`` do. When any of this fails, ``available()`` is False, one
+``FusedKernelWarning`` says why, and mam-tf uses the reference path. ``MAM_TF_FUSED=0`` turns
+the fast path off without a warning.
 """
 from __future__ import annotations
 
 import contextlib
-import os
-import platform
-import re
-import shutil
 import threading
-import warnings
 from pathlib import Path
 
-import numpy as np
-
+from mam_tf.common import fusedbuild
+from mam_tf.common.fusedbuild import (  # noqa: F401  (public here too)
+    KERNEL_DIR, KERNEL_DIR_ENV, MARCH_ENV, FusedKernelWarning, kernel_dir, missing_sources)
 from mam_tf.train.tfcore import in_save_context, in_xla_context, tf
-from mam_tf.common.buildcache import build_key, cache_root, cached_build
 
 __all__ = [
     "FusedKernelWarning",
@@ -48,117 +39,36 @@ __all__ = [
     "usable",
 ]
 
-KERNEL_DIR = Path(__file__).resolve().parent / "fused_kernel"
-KERNEL_DIR_ENV = "MAM_TF_KERNEL_DIR"
-SOURCES = ("mam_fused.h", "mam_fused_op.cc")
+GLUE = "mam_fused_op.cc"
+SOURCES = (*fusedbuild.HEADERS, GLUE)
 LIBRARY_NAME = "mam_fused_op.so"
-# -ffp-contract=off: a product must stay a rounded multiply (no FMA into the backward's sums),
-# so that fused and reference agree bit for bit. -march=native: the cache key holds the CPU.
-CXXFLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-shared", "-fPIC", "-w")
-#: Another -march than native for the build (e.g. x86-64-v3: AVX2, x86-64-v2: SSE4.2), to run
-#: the code paths of other CPUs on this one. A level this CPU cannot execute kills the process
-#: with an illegal instruction when the library loads: a knob for testing, not for speed.
-MARCH_ENV = "MAM_TF_MARCH"
-BUILD_TIMEOUT_S = 600
-
-
-class FusedKernelWarning(RuntimeWarning):
-    """The fused kernel cannot be used; MAMDense falls back to the (slower) reference path."""
-
 
 _lock = threading.Lock()
-_state: dict = {"tried": False, "module": None, "reason": None}
 _disabled = 0  # depth of disabled() blocks, process-wide (tracing may happen on other threads)
 
 
-
-
-def _compiler() -> str | None:
-    for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
-        if name and shutil.which(name):
-            return shutil.which(name)
-    return None
-
-
-def _cpu_signature() -> str:
-    flags = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                flags = line
-                break
-    return f"{platform.machine()} {platform.processor()} {flags}"
-
-
-def _cxxflags() -> tuple:
-    march = os.environ.get(MARCH_ENV, "").strip()
-    if not march:
-        return CXXFLAGS
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", march):
-        raise RuntimeError(f"${MARCH_ENV} is {march!r}; give a -march value such as x86-64-v3")
-    return tuple(f"-march={march}" if flag == "-march=native" else flag for flag in CXXFLAGS)
-
-
-def _build_command(cxx: str, source: Path, output: Path) -> list[str]:
-    return [
-        cxx, *_cxxflags(), *tf.sysconfig.get_compile_flags(), str(source), "-o", str(output),
-        *tf.sysconfig.get_link_flags(),
-    ]
-
-
-def missing_sources(path) -> list[str]:
-    """The kernel sources (``SOURCES``) that directory ``path`` lacks."""
-    return [name for name in SOURCES if not (Path(path) / name).is_file()]
-
-
-def kernel_dir() -> Path:
-    """Where the sources are: this package's ``kernels``, or ``$MAM_TF_KERNEL_DIR``."""
-    override = os.environ.get(KERNEL_DIR_ENV)
-    if not override:
-        return KERNEL_DIR
-    path = Path(override).expanduser().resolve()
-    missing = missing_sources(path)
-    if missing:
-        raise RuntimeError(f"${KERNEL_DIR_ENV} is {override!r}, which lacks {', '.join(missing)}")
-    return path
+def _tf_flags() -> tuple:
+    return tuple(tf.sysconfig.get_compile_flags()), tuple(tf.sysconfig.get_link_flags())
 
 
 def library_dir(cxx: str) -> Path:
     """The cache directory of the library for this TensorFlow, compiler, sources and CPU."""
-    key = build_key([kernel_dir() / name for name in SOURCES], parts=[
-        " ".join(_build_command(cxx, Path("src"), Path("out"))), _cpu_signature()])
-    return cache_root() / f"ops-{tf.__version__}-{key}"
+    flags, link = _tf_flags()
+    return fusedbuild.library_dir(cxx, GLUE, f"ops-{tf.__version__}",
+                                  (*fusedbuild.cxxflags(), *flags), link)
 
 
 def build() -> Path:
     """Compiles the op library unless it is cached; returns its path. Raises on failure."""
-    cxx = _compiler()
-    if cxx is None:
-        raise RuntimeError("no C++ compiler found (tried $CXX, c++, g++, clang++)")
-
-    def compile_into(b):
-        command = _build_command(cxx, kernel_dir() / "mam_fused_op.cc", b.dir / LIBRARY_NAME)
-        b.run(command, f"compiling the fused CPU kernel with {Path(cxx).name}",
-              timeout=BUILD_TIMEOUT_S)
-
-    final = cached_build(library_dir(cxx), compile_into, what="the fused CPU kernel",
-                         error=RuntimeError)
-    return final / LIBRARY_NAME
+    flags, link = _tf_flags()
+    return fusedbuild.build_library(GLUE, LIBRARY_NAME, f"ops-{tf.__version__}", flags=flags,
+                                    link=link)
 
 
 def _self_test(module) -> None:
     """A few exact values through both ops, to catch a miscompiled library before it trains."""
-    x = np.array([[1.0, -2.0, 3.0, 0.0], [0.0, 0.0, 0.0, 0.0]], np.float32)
-    w = np.array([[1.0, 2.0], [1.0, -1.0], [1.0, 0.5], [5.0, 1.0]], np.float32)
-    y, amax, amin = (t.numpy() for t in module.mam_fused_forward(x, w))
-    dx, dw = (t.numpy() for t in module.mam_fused_backward(np.ones((2, 2), np.float32), x, w,
-                                                           amax, amin))
-    ok = (np.array_equal(y, [[1.0, 2.0], [0.0, 0.0]])  # unit 1 of row 0: a tie, index 0 wins
-          and np.array_equal(amax, [[2, 0], [0, 0]]) and np.array_equal(amin, [[1, 3], [0, 0]])
-          and np.array_equal(dx, [[2.0, 1.0, 1.0, 1.0], [6.0, 0.0, 0.0, 0.0]])  # row 1: twice
-          and np.array_equal(dw, [[0.0, 1.0], [-2.0, 0.0], [3.0, 0.0], [0.0, 0.0]]))
-    if not ok:
-        raise RuntimeError("the compiled library failed its self-test (wrong values)")
+    fusedbuild.self_test(lambda x, w: [t.numpy() for t in module.mam_fused_forward(x, w)],
+                         lambda *a: [t.numpy() for t in module.mam_fused_backward(*a)])
 
 
 def _load():
@@ -168,32 +78,22 @@ def _load():
     return module
 
 
+#: The TensorFlow op library, loaded on first use (``loader.reset()`` forgets the outcome).
+loader = fusedbuild.LazyKernel(lambda: _load(), "pure-TensorFlow reference path")
+
+
 def available() -> bool:
     """Whether the fused kernel can run here: builds and loads it on the first call (cached).
 
     When it cannot, warns once (``FusedKernelWarning``, with the reason) and returns False.
     ``MAM_TF_FUSED=0`` in the environment makes it False without a warning.
     """
-    if os.environ.get("MAM_TF_FUSED", "1") == "0":
-        return False
-    with _lock:
-        if not _state["tried"]:
-            _state["tried"] = True
-            try:
-                _state["module"] = _load()
-            except Exception as e:  # noqa: BLE001  any failure means: use the reference path
-                _state["reason"] = f"{type(e).__name__}: {e}"
-                warnings.warn(
-                    "mam_tf: the fused CPU kernel is unavailable, MAMDense uses the pure-"
-                    f"TensorFlow reference path (correct, much slower). Reason: {_state['reason']}"
-                    " (set MAM_TF_FUSED=0 to use the reference path without this warning)",
-                    FusedKernelWarning, stacklevel=2)
-    return _state["module"] is not None
+    return loader.available()
 
 
 def unavailable_reason() -> str | None:
     """Why the last ``available()`` check failed, or None."""
-    return _state["reason"]
+    return loader.reason
 
 
 @contextlib.contextmanager
@@ -237,9 +137,10 @@ def _is_float32(t) -> bool:
 
 
 def _module():
-    if not available():
-        raise RuntimeError(f"mam_tf.train.fused: the fused kernel is unavailable ({_state['reason']})")
-    return _state["module"]
+    try:
+        return loader.get()
+    except RuntimeError as e:
+        raise RuntimeError(f"mam_tf.train.fused: {e}") from None
 
 
 def _float32(name: str, t) -> tf.Tensor:
