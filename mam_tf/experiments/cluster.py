@@ -93,6 +93,7 @@ class PendingStage(pl.StageResult):
     cached = property(lambda self: self.result().cached)
     seconds = property(lambda self: self.result().seconds)
     digest = property(lambda self: self.result().digest)
+    memory = property(lambda self: self.result().memory)
 
     def __reduce__(self):
         # Sent to a task (a dependency, or inside a stage's function): its coordinates, and
@@ -127,6 +128,7 @@ class _RemoteStage(pl.StageResult):
     cached = property(lambda self: self._get().cached)
     seconds = property(lambda self: self._get().seconds)
     digest = property(lambda self: self._get().digest)
+    memory = property(lambda self: self._get().memory)
 
 
 # ------------------------------------------------------------------------------------------
@@ -197,6 +199,8 @@ class RayExecutor:
         ``"local"`` to start Ray on this machine with all its CPUs.
       resources: per stage name, what one task asks for: ``{"num_cpus": n, "memory": bytes}``
         (others get :data:`DEFAULT_RESOURCES`); TensorFlow's threads follow ``num_cpus``.
+      task_cpus: every task's ``num_cpus`` instead (``--task-cpus``); a node of the cluster
+        must have that many CPUs.
       code_modules: the modules of the code fingerprint (a node with other sources refuses).
       progress: show the progress view (stages done, running, waiting, an ETA) on stderr.
       max_retries: retries of a task whose worker or node died.
@@ -204,10 +208,11 @@ class RayExecutor:
 
     def __init__(self, address: str, *, resources: dict | None = None,
                  code_modules: tuple = (), progress: bool = True,
-                 max_retries: int = MAX_RETRIES):
+                 max_retries: int = MAX_RETRIES, task_cpus: int | None = None):
         ray = _import_ray()
         self.address = str(address)
         self.resources = {k: {**DEFAULT_RESOURCES, **v} for k, v in (resources or {}).items()}
+        self.task_cpus = None if task_cpus is None else int(task_cpus)
         self.code_modules = tuple(code_modules)
         self.max_retries = int(max_retries)
         self.show_progress = bool(progress)
@@ -231,11 +236,24 @@ class RayExecutor:
         self._last_view = 0.0
         self._running: dict = {}
         self._failed: list[PendingStage] = []
+        if self.task_cpus is not None:
+            self._check_task_cpus(ray)
+
+    def _check_task_cpus(self, ray) -> None:
+        """A task that asks for more CPUs than any node has would wait forever: refused."""
+        largest = max((n.get("Resources", {}).get("CPU", 0.0) for n in ray.nodes()
+                       if n.get("Alive")), default=0.0)
+        if self.task_cpus > largest:
+            self.close()
+            raise ValueError(f"--task-cpus {self.task_cpus}: no node of the Ray cluster at "
+                             f"{self.address} has that many CPUs (the largest has "
+                             f"{largest:g})")
 
     # -- submitting ---------------------------------------------------------------------
     def needs(self, name: str) -> dict:
         """What a task of stage ``name`` asks for."""
-        return self.resources.get(name, dict(DEFAULT_RESOURCES))
+        need = self.resources.get(name, dict(DEFAULT_RESOURCES))
+        return need if self.task_cpus is None else {**need, "num_cpus": self.task_cpus}
 
     def submit(self, pipe, name, params, compute, deps, label) -> PendingStage:
         """Sends the stage to the cluster (the pipeline has not found it on disk)."""
@@ -502,10 +520,13 @@ def schedule(stages, seconds, cpus_of, nodes: int, cpus_per_node: int) -> float:
     return max(finish.values(), default=0.0)
 
 
-def project(exp, cfg, measured_dir, nodes: int, cpus_per_node: int) -> dict:
+def project(exp, cfg, measured_dir, nodes: int, cpus_per_node: int,
+            task_cpus: int | None = None) -> dict:
     """A projection of running ``exp`` with ``cfg`` on ``nodes`` x ``cpus_per_node`` CPUs from
     a finished run's per-stage times (``measured_dir/manifest.json``), each scaled by
-    ``exp.cost`` (the work of a stage kind at the target config over the measured one)."""
+    ``exp.cost`` (the work of a stage kind at the target config over the measured one).
+    ``task_cpus``: every stage takes that many CPUs (``--task-cpus``) instead of its kind's
+    declaration; the stage times are still the measured ones."""
     path = Path(measured_dir) / pl.MANIFEST
     if not path.is_file():
         raise FileNotFoundError(f"--plan: '{measured_dir}' has no {pl.MANIFEST} (not a "
@@ -534,6 +555,8 @@ def project(exp, cfg, measured_dir, nodes: int, cpus_per_node: int) -> dict:
             measured_cfg, st.name)
 
     def cpus_of(st):
+        if task_cpus is not None:
+            return task_cpus
         return {**DEFAULT_RESOURCES, **exp.resources.get(st.name, {})}["num_cpus"]
 
     kinds = {}
