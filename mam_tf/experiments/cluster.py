@@ -228,6 +228,8 @@ class RayExecutor:
                 raise ConnectionError(f"--ray {self.address}: no Ray cluster there ({err})") \
                     from None
         self.cluster_cpus = float(ray.cluster_resources().get("CPU", 1.0))
+        if self.task_cpus is not None:
+            self._check_task_cpus(ray)
         self._board = ray.remote(num_cpus=0)(_Board).remote()
         self._task = ray.remote(_run_stage)
         self.handles: list[PendingStage] = []
@@ -236,15 +238,15 @@ class RayExecutor:
         self._last_view = 0.0
         self._running: dict = {}
         self._failed: list[PendingStage] = []
-        if self.task_cpus is not None:
-            self._check_task_cpus(ray)
 
     def _check_task_cpus(self, ray) -> None:
         """A task that asks for more CPUs than any node has would wait forever: refused."""
         largest = max((n.get("Resources", {}).get("CPU", 0.0) for n in ray.nodes()
                        if n.get("Alive")), default=0.0)
         if self.task_cpus > largest:
-            self.close()
+            if self._owns_ray:
+                ray.shutdown()
+                self._owns_ray = False
             raise ValueError(f"--task-cpus {self.task_cpus}: no node of the Ray cluster at "
                              f"{self.address} has that many CPUs (the largest has "
                              f"{largest:g})")
