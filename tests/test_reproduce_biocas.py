@@ -154,6 +154,52 @@ def test_a_rerun_reads_every_stage_back(run, capsys):
 
 
 
+#: What a run measures afresh (times) or names by process (the .tflite's tensor names carry
+#: the numbers Keras gives layers in a process: docs/cluster.md).
+TIMING = {"train_seconds", "seconds", "tflite_bytes"}
+
+
+def _without(obj, keys):
+    if isinstance(obj, dict):
+        return {k: _without(v, keys) for k, v in obj.items() if k not in keys}
+    if isinstance(obj, list):
+        return [_without(v, keys) for v in obj]
+    return obj
+
+
+def test_on_ray_the_mam_stages_give_the_serial_results(run, tmp_path):
+    """`--ray local --task-cpus <the serial run's threads>`: the MAM oracle's stages (its
+    training, its two sweeps, its deployments) computed as Ray tasks, the MAC ones read back
+    from the serial run, give the serial results.json but for its timing fields. Cost: Ray's
+    start and the MAM half of a tiny run (the whole tiny run again would double this module's
+    time; the MAC stages are the same code on the same executor)."""
+    import os
+    import shutil
+
+    pytest.importorskip("ray", reason="Ray is the [cluster] extra")
+    from mam_tf.common.machine import cpus_usable
+
+    out, results = run
+    ray_out = tmp_path / "ray"
+    (ray_out / "stages").mkdir(parents=True)
+    on_ray = set()
+    for stage in (out / "stages").iterdir():
+        meta = json.loads((stage / "stage.json").read_text())
+        if meta["params"].get("kind") == "mam":
+            on_ray.add(meta["label"])
+        else:
+            shutil.copytree(stage, ray_out / "stages" / stage.name)
+    assert len(on_ray) >= 4  # training, two sweeps, a deployment at least
+    assert cli_main(["reproduce", "biocas", "--scale", "tiny", "-o", str(ray_out),
+                     "--no-progress", "--ray", "local", "--task-cpus", str(cpus_usable())]) == 0
+    assert _without(json.loads((ray_out / "results.json").read_text()), TIMING) == _without(
+        results, TIMING)
+    manifest = json.loads((ray_out / "manifest.json").read_text())
+    computed = [r for r in manifest["stages"] if not r["cached"]]
+    assert {r["label"] for r in computed} == on_ray
+    assert all(r["ran_on"]["node"] and r["ran_on"]["pid"] != os.getpid() for r in computed)
+
+
 def test_training_that_diverges_stops_with_one_line(tmp_path, monkeypatch, capsys):
     """A NaN in one training measurement: the MAM oracle's training stops in its first epoch,
     naming the stage and the seed; nothing of it is stored. (The MAC oracle's loss stays

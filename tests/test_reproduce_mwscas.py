@@ -3,6 +3,7 @@ models, the deployed model against the Keras one, resuming, and the model's stru
 import importlib.util
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -272,18 +273,15 @@ def _without(obj, keys):
 
 @pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="Ray is the [cluster] extra")
 def test_on_ray_the_results_are_the_serial_ones(tiny, tmp_path):
-    """`--ray local`: every stage a Ray task, the same results.json but for timing fields.
-    The tasks here take every CPU, so that TensorFlow sums with the serial run's thread count
-    (with fewer threads its float sums round differently: docs/cluster.md). Cost: a tiny run."""
-    import dataclasses
-
+    """`--ray local --task-cpus N`: every stage a Ray task, the same results.json but for
+    timing fields. N is the serial run's thread count (the usable CPUs), so that TensorFlow
+    sums as the serial run does (with fewer threads its float sums round differently:
+    docs/cluster.md). Cost: a tiny run."""
     from mam_tf.common.machine import cpus_usable
 
     cfg, out, results = tiny
-    n = cpus_usable()
-    exp = dataclasses.replace(mwscas.EXPERIMENT, resources={
-        k: {**v, "num_cpus": n} for k, v in mwscas.RESOURCES.items()})
-    on_ray = exp.run(cfg, tmp_path / "ray", progress=False, print_fn=None, ray="local")
+    on_ray = mwscas.run(cfg, tmp_path / "ray", progress=False, print_fn=None, ray="local",
+                        task_cpus=cpus_usable())
     assert _without(on_ray, TIMING) == _without(results, TIMING)
     assert on_ray["training"][0]["seconds_per_epoch"] != results["training"][0][
         "seconds_per_epoch"]  # measured again, not read back
@@ -291,6 +289,9 @@ def test_on_ray_the_results_are_the_serial_ones(tiny, tmp_path):
     assert manifest["stages_computed"] == len(manifest["stages"]) == 13
     assert {r["ran_on"]["pid"] for r in manifest["stages"]}.isdisjoint({os.getpid()})
     assert all(r["ran_on"]["node"] for r in manifest["stages"])
+    if sys.platform == "linux":  # the worker process: Python, Ray, the stage
+        assert all(r["memory"]["peak_rss_bytes"] >= r["memory"]["rss_start_bytes"] > 2**20
+                   for r in manifest["stages"])
 
 
 def _conv_params(k, cin, cout):
