@@ -363,9 +363,12 @@ def test_plan_lists_the_stages_and_scales_measured_times(tmp_path, capsys):
     assert all(by_key[k].name == "data" for s in stages if s.name == "train" for k in s.deps)
     measured = {"data": 2.0, "train": 30.0, "qat": 20.0, "prune": 40.0, "fine_tune": 10.0,
                 "deploy": 8.0}
+    peak = {"train": 3 * 2**30, "deploy": 2**29}  # train above its 2 GiB, deploy below
     (tmp_path / "manifest.json").write_text(json.dumps({
         "experiment": "mwscas", "config": tiny.as_dict(), "loadavg_start": [0.5, 0.5, 0.5],
-        "stages": [{"stage": s.name, "seconds": measured[s.name]} for s in stages]}))
+        "stages": [{"stage": s.name, "seconds": measured[s.name],
+                    "memory": {"rss_start_bytes": 2**20, "peak_rss_bytes": peak[s.name]}
+                    if s.name in peak else None} for s in stages]}))
     same = project(mwscas.EXPERIMENT, tiny, tmp_path, nodes=1, cpus_per_node=1)
     assert same["serial_seconds"] == pytest.approx(sum(measured[n] for n in names))
     assert same["makespan_seconds"] == pytest.approx(same["serial_seconds"])
@@ -386,6 +389,12 @@ def test_plan_lists_the_stages_and_scales_measured_times(tmp_path, capsys):
                      "--cluster", "10x4"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("PROJECTION (not a measurement): mwscas at scale paper on 10 node(s)")
+    rows = {line.split()[0]: line.split() for line in out.splitlines()}
+    assert rows["train"][-2:] == ["3072", "2048"] and rows["deploy"][-2:] == ["512", "2048"]
+    assert rows["qat"][-2:] == ["-", "2048"]
+    assert out.strip().splitlines()[-1] == (
+        "WARNING: measured peaks above the memory declared for train: Ray may place too many "
+        "of them on one node (raise RESOURCES)")
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["reproduce", "mwscas", "--cluster", "4"])
 

@@ -540,9 +540,12 @@ def project(exp, cfg, measured_dir, nodes: int, cpus_per_node: int,
     measured_cfg = exp.config(**{k: tuple(v) if isinstance(v, list) else v
                                  for k, v in manifest["config"].items()})
     per_kind: dict = {}
+    peaks: dict = {}
     for r in manifest["stages"]:
         if r.get("seconds"):
             per_kind.setdefault(r["stage"], []).append(float(r["seconds"]))
+        if (r.get("memory") or {}).get("peak_rss_bytes"):
+            peaks[r["stage"]] = max(peaks.get(r["stage"], 0), r["memory"]["peak_rss_bytes"])
     stages = plan_stages(exp, cfg)
     if exp.cost is None and manifest["config"] != cfg.as_dict():
         raise ValueError(f"--plan: {exp.name} has no cost model; it projects only the "
@@ -556,15 +559,19 @@ def project(exp, cfg, measured_dir, nodes: int, cpus_per_node: int,
         return statistics.median(per_kind[st.name]) * cost(cfg, st.name) / cost(
             measured_cfg, st.name)
 
+    def declared(name):
+        return {**DEFAULT_RESOURCES, **exp.resources.get(name, {})}
+
     def cpus_of(st):
         if task_cpus is not None:
             return task_cpus
-        return {**DEFAULT_RESOURCES, **exp.resources.get(st.name, {})}["num_cpus"]
+        return declared(st.name)["num_cpus"]
 
     kinds = {}
     for st in stages:
         k = kinds.setdefault(st.name, {"stages": 0, "measured_seconds": statistics.median(
-            per_kind[st.name]), "projected_seconds": seconds(st)})
+            per_kind[st.name]), "projected_seconds": seconds(st),
+            "peak_rss_bytes": peaks.get(st.name), "memory": declared(st.name)["memory"]})
         k["stages"] += 1
     serial = sum(seconds(st) for st in stages)
     makespan = schedule(stages, seconds, cpus_of, nodes, cpus_per_node)
@@ -587,13 +594,25 @@ def plan_text(p: dict) -> str:
              f"{p['nodes']} node(s) x {p['cpus_per_node']} CPUs, from the stage times of "
              f"{p['measured']} (scale {p['measured_scale']}, load average "
              f"{p['measured_loadavg'][0]} at its start)",
-             f"{'stage':<12}{'count':>6}{'measured s':>12}{'projected s':>14}"]
+             f"{'stage':<12}{'count':>6}{'measured s':>12}{'projected s':>14}"
+             f"{'peak MiB':>10}{'declared MiB':>14}"]
+    over = []
     for name, k in p["kinds"].items():
+        peak = k.get("peak_rss_bytes")
         lines.append(f"{name:<12}{k['stages']:>6}{k['measured_seconds']:>12.1f}"
-                     f"{k['projected_seconds']:>14.0f}")
+                     f"{k['projected_seconds']:>14.0f}"
+                     f"{'-' if peak is None else f'{peak / 2**20:.0f}':>10}"
+                     f"{k['memory'] / 2**20:>14.0f}")
+        if peak is not None and peak > k["memory"]:
+            over.append(name)
     lines += [f"{p['stages']} stages: {_duration(p['serial_seconds'])} one after another, "
               f"{_duration(p['makespan_seconds'])} on the cluster (longest chain of dependent "
               f"stages {_duration(p['critical_path_seconds'])})",
               "Assumes each stage runs on its declared CPUs as fast as measured, times scaling "
-              "with the work of the target scale, and no time to move files."]
+              "with the work of the target scale, and no time to move files. peak MiB: the "
+              "largest resident memory of a process computing a stage of that kind in the "
+              "measured run (at its scale; docs/cluster.md projects it to others)."]
+    if over:
+        lines.append(f"WARNING: measured peaks above the memory declared for {', '.join(over)}"
+                     ": Ray may place too many of them on one node (raise RESOURCES)")
     return "\n".join(lines)
