@@ -11,6 +11,8 @@ from mam_tf.cli import main as cli_main
 from mam_tf.experiments import biocas
 from mam_tf.deploy.runtime import Interpreter
 
+from json_fields import without
+
 PNG = b"\x89PNG\r\n\x1a\n"
 pytestmark = pytest.mark.slow
 
@@ -159,14 +161,6 @@ def test_a_rerun_reads_every_stage_back(run, capsys):
 TIMING = {"train_seconds", "seconds", "tflite_bytes"}
 
 
-def _without(obj, keys):
-    if isinstance(obj, dict):
-        return {k: _without(v, keys) for k, v in obj.items() if k not in keys}
-    if isinstance(obj, list):
-        return [_without(v, keys) for v in obj]
-    return obj
-
-
 def test_on_ray_the_mam_stages_give_the_serial_results(run, tmp_path):
     """`--ray local --task-cpus <the serial run's threads>`: the MAM oracle's stages (its
     training, its two sweeps, its deployments) computed as Ray tasks, the MAC ones read back
@@ -192,7 +186,7 @@ def test_on_ray_the_mam_stages_give_the_serial_results(run, tmp_path):
     assert len(on_ray) >= 4  # training, two sweeps, a deployment at least
     assert cli_main(["reproduce", "biocas", "--scale", "tiny", "-o", str(ray_out),
                      "--no-progress", "--ray", "local", "--task-cpus", str(cpus_usable())]) == 0
-    assert _without(json.loads((ray_out / "results.json").read_text()), TIMING) == _without(
+    assert without(json.loads((ray_out / "results.json").read_text()), TIMING) == without(
         results, TIMING)
     manifest = json.loads((ray_out / "manifest.json").read_text())
     computed = [r for r in manifest["stages"] if not r["cached"]]

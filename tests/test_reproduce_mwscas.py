@@ -14,6 +14,8 @@ from mam_tf.train.compat import keras
 from mam_tf.experiments import mwscas
 from mam_tf.models import ecg_autoencoder, split
 
+from json_fields import without
+
 pytestmark = pytest.mark.slow
 
 FRACS = [1.0, 0.5, 0.2, 0.1, 0.05, 0.02, 0.01]
@@ -263,14 +265,6 @@ TIMING = {"seconds_per_epoch", "qat_seconds_per_epoch", "convert_seconds",
           "runtime_ms_per_window", "tflite_bytes"}
 
 
-def _without(obj, keys):
-    if isinstance(obj, dict):
-        return {k: _without(v, keys) for k, v in obj.items() if k not in keys}
-    if isinstance(obj, list):
-        return [_without(v, keys) for v in obj]
-    return obj
-
-
 @pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="Ray is the [cluster] extra")
 def test_on_ray_the_results_are_the_serial_ones(tiny, tmp_path):
     """`--ray local --task-cpus N`: every stage a Ray task, the same results.json but for
@@ -282,7 +276,7 @@ def test_on_ray_the_results_are_the_serial_ones(tiny, tmp_path):
     cfg, out, results = tiny
     on_ray = mwscas.run(cfg, tmp_path / "ray", progress=False, print_fn=None, ray="local",
                         task_cpus=cpus_usable())
-    assert _without(on_ray, TIMING) == _without(results, TIMING)
+    assert without(on_ray, TIMING) == without(results, TIMING)
     assert on_ray["training"][0]["seconds_per_epoch"] != results["training"][0][
         "seconds_per_epoch"]  # measured again, not read back
     manifest = json.loads((tmp_path / "ray" / "manifest.json").read_text())
