@@ -12,9 +12,10 @@ NAME = "transformer"
 KINDS = ("mac", "mam")
 _GIB = 2**30
 #: What one stage of each kind asks a cluster for (``--ray``): one CPU (one TensorFlow thread:
-#: the block is small) and the memory Ray reserves for it (docs/cluster.md gives the peaks
-#: measured).
-RESOURCES = {k: {"num_cpus": 1, "memory": 1 * _GIB} for k in ("data", "train", "prune", "deploy")}
+#: the block is small) and the memory Ray reserves for it: the peak of a worker process that
+#: has computed other stages before, above its data at every scale (docs/cluster.md, Memory).
+RESOURCES = {"data": {"num_cpus": 1, "memory": 1 * _GIB},
+             **{k: {"num_cpus": 1, "memory": 3 * _GIB // 2} for k in ("train", "prune", "deploy")}}
 
 
 @dataclasses.dataclass
