@@ -155,6 +155,8 @@ def test_independent_stages_run_side_by_side_and_give_the_serial_values(ray_clus
     assert sorted(ran) == ["data", "sum", "train", "train"][:len(ran)] and len(
         manifest["stages"]) == 4
     assert {r["ran_on"]["pid"] for r in manifest["stages"] if r["stage"] == "train"} == pids
+    # every stage in a fresh worker process: none inherits another stage's memory
+    assert len({r["ran_on"]["pid"] for r in manifest["stages"]}) == 4
     assert all(r["ran_on"]["node"] and r["seconds"] >= 0 for r in manifest["stages"])
     if sys.platform == "linux":  # the worker's resident memory: Python, Ray, the stage
         assert all(r["memory"]["peak_rss_bytes"] >= r["memory"]["rss_start_bytes"] > 2**20

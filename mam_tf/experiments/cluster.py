@@ -8,7 +8,7 @@ dependencies, and ``Pipeline.stage`` returns at once a :class:`PendingStage` who
 waits for the task. The experiments ask for every independent stage before they read a value,
 so seeds, kinds, fine-tunes and deployments run side by side, each task with the CPUs and
 memory its kind declares (``Experiment.resources``) and TensorFlow's intra- and inter-op
-threads set to its CPUs.
+threads set to its CPUs, each in a worker process of its own (its memory is its own).
 
 Where results live: the task computes the stage as the serial run does, into
 ``<out>/stages/`` (a temporary folder renamed into place), so ``--out`` must be a folder every
@@ -231,7 +231,10 @@ class RayExecutor:
         if self.task_cpus is not None:
             self._check_task_cpus(ray)
         self._board = ray.remote(num_cpus=0)(_Board).remote()
-        self._task = ray.remote(_run_stage)
+        # A fresh worker process for every stage (max_calls=1): a reused one keeps what
+        # TensorFlow and Keras held for the stages it computed before (its resident memory
+        # grew by 0.1-0.3 GiB a stage), so a stage's memory would depend on its worker's past.
+        self._task = ray.remote(max_calls=1)(_run_stage)
         self.handles: list[PendingStage] = []
         self._pipe = None
         self._bar = None
