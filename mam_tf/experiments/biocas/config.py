@@ -11,8 +11,10 @@ __all__ = ["NAME", "TOLERANCE_DB", "HIDDEN", "SETUP", "SWEEPS", "SCALES", "RESOU
 
 NAME = "biocas"
 #: What one stage of each kind asks a cluster for (``--ray``): one CPU (one TensorFlow thread:
-#: the oracles are small) and the memory Ray reserves for it.
-RESOURCES = {k: {"num_cpus": 1, "memory": 2**30} for k in ("data", "train", "sweep", "deploy")}
+#: the oracles are small) and the memory Ray reserves for it: the peak of its worker process,
+#: with the paper scale's data (docs/cluster.md, Memory).
+RESOURCES = {"data": {"num_cpus": 1, "memory": 2**30},
+             **{k: {"num_cpus": 1, "memory": 2 * 2**30} for k in ("train", "sweep", "deploy")}}
 TOLERANCE_DB = 0.5
 HIDDEN = ["hidden_1", "hidden_2"]
 
