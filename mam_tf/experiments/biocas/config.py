@@ -14,7 +14,7 @@ NAME = "biocas"
 #: the oracles are small) and the memory Ray reserves for it: the peak of its worker process,
 #: with the paper scale's data (docs/cluster.md, Memory).
 RESOURCES = {"data": {"num_cpus": 1, "memory": 2**30},
-             **{k: {"num_cpus": 1, "memory": 2 * 2**30} for k in ("train", "sweep", "deploy")}}
+             **{k: {"num_cpus": 1, "memory": 5 * 2**29} for k in ("train", "sweep", "deploy")}}
 TOLERANCE_DB = 0.5
 HIDDEN = ["hidden_1", "hidden_2"]
 
