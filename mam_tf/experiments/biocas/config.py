@@ -13,7 +13,7 @@ NAME = "biocas"
 #: What one stage of each kind asks a cluster for (``--ray``): one CPU (one TensorFlow thread:
 #: the oracles are small) and the memory Ray reserves for it: the peak of its worker process,
 #: with the paper scale's data (docs/cluster.md, Memory).
-RESOURCES = {"data": {"num_cpus": 1, "memory": 2**30},
+RESOURCES = {"data": {"num_cpus": 1, "memory": 3 * 2**29},
              **{k: {"num_cpus": 1, "memory": 5 * 2**29} for k in ("train", "sweep", "deploy")}}
 TOLERANCE_DB = 0.5
 HIDDEN = ["hidden_1", "hidden_2"]
