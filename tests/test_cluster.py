@@ -365,7 +365,7 @@ def test_plan_lists_the_stages_and_scales_measured_times(tmp_path, capsys):
     assert all(by_key[k].name == "data" for s in stages if s.name == "train" for k in s.deps)
     measured = {"data": 2.0, "train": 30.0, "qat": 20.0, "prune": 40.0, "fine_tune": 10.0,
                 "deploy": 8.0}
-    peak = {"train": 3 * 2**30, "deploy": 2**29}  # train above its 2 GiB, deploy below
+    peak = {"train": 3 * 2**30, "deploy": 2**29}  # train above its 2 GiB, deploy below 2.5
     (tmp_path / "manifest.json").write_text(json.dumps({
         "experiment": "mwscas", "config": tiny.as_dict(), "loadavg_start": [0.5, 0.5, 0.5],
         "stages": [{"stage": s.name, "seconds": measured[s.name],
@@ -392,7 +392,7 @@ def test_plan_lists_the_stages_and_scales_measured_times(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.startswith("PROJECTION (not a measurement): mwscas at scale paper on 10 node(s)")
     rows = {line.split()[0]: line.split() for line in out.splitlines()}
-    assert rows["train"][-2:] == ["3072", "2048"] and rows["deploy"][-2:] == ["512", "2048"]
+    assert rows["train"][-2:] == ["3072", "2048"] and rows["deploy"][-2:] == ["512", "2560"]
     assert rows["qat"][-2:] == ["-", "2048"]
     assert out.strip().splitlines()[-1] == (
         "WARNING: measured peaks above the memory declared for train: Ray may place too many "
@@ -454,9 +454,12 @@ def test_a_node_with_the_drivers_sources_accepts_the_drivers_fingerprint(tmp_pat
     """The check each Ray task makes before computing agrees with the fingerprint the driver
     puts in every stage key (both cover the C sources of tflm_ops/), and refuses another."""
     from mam_tf.experiments import cluster
+    from mam_tf.experiments.base import code_fingerprint
     from mam_tf.experiments.mwscas import EXPERIMENT
 
     cluster._CODE_SEEN.clear()
-    cluster._check_code(EXPERIMENT.code_modules(), EXPERIMENT.code_fingerprint())
+    cluster._check_code(EXPERIMENT.code_modules(), EXPERIMENT.code_fingerprint(),
+                        code_fingerprint)
     with pytest.raises(ValueError, match="install the same mam-tf on every node"):
-        cluster._check_code(EXPERIMENT.code_modules(), "0.0.0+0000000000000000")
+        cluster._check_code(EXPERIMENT.code_modules(), "0.0.0+0000000000000000",
+                            code_fingerprint)

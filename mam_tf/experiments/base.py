@@ -207,7 +207,8 @@ def run(exp: Experiment, cfg, out=None, *, progress: bool = True, merge=None,
 
         out = out.resolve()  # the tasks run in other folders, maybe on other machines
         executor = RayExecutor(ray, resources=exp.resources, code_modules=exp.code_modules(),
-                               progress=progress, task_cpus=task_cpus)
+                               fingerprint=code_fingerprint, progress=progress,
+                               task_cpus=task_cpus)
     try:
         return _run(exp, cfg, out, code, executor, progress, merge, print_fn, recompute, wait)
     finally:

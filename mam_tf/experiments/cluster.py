@@ -137,21 +137,20 @@ class _RemoteStage(pl.StageResult):
 _CODE_SEEN: dict = {}
 
 
-def _check_code(modules: tuple, expected: str) -> None:
-    """Refuses to compute on a node whose sources differ from the driver's."""
+def _check_code(modules: tuple, expected: str, fingerprint) -> None:
+    """Refuses to compute on a node whose sources differ from the driver's. ``fingerprint``:
+    the driver's own function of the fingerprint (sent by reference: the node runs its copy)."""
     if not modules:
         return
     if modules not in _CODE_SEEN:
-        from mam_tf.experiments.base import code_fingerprint
-
-        _CODE_SEEN[modules] = code_fingerprint(modules)
+        _CODE_SEEN[modules] = fingerprint(modules)
     here = _CODE_SEEN[modules]
     if here != expected:
         raise ValueError(f"node {pl.where_am_i()['host']} runs mam-tf code {here}, the driver "
                          f"{expected}: install the same mam-tf on every node")
 
 
-def _run_stage(pipe, name, params, compute, deps, label, modules, board, quiet_tf, *_ready):
+def _run_stage(pipe, name, params, compute, deps, label, code, board, quiet_tf, *_ready):
     """Computes one stage where Ray placed it (``_ready``: the finished dependencies, there
     only so that Ray starts this after them). ``quiet_tf``: keep TensorFlow's start-up noise
     off the worker's stderr (which Ray shows on the driver), as the driver does."""
@@ -161,7 +160,8 @@ def _run_stage(pipe, name, params, compute, deps, label, modules, board, quiet_t
 
     ran_on = {**pl.where_am_i(), "node": ray.get_runtime_context().get_node_id()}
     board.started.remote(pl.stage_key(name, params, deps, pipe.code), ran_on)
-    _check_code(modules, pipe.code)
+    modules, fingerprint = code  # the driver's code modules and fingerprint function
+    _check_code(modules, pipe.code, fingerprint)
     if not pipe.stages_dir.is_dir():
         raise FileNotFoundError(f"node {ran_on['host']} does not see the run folder "
                                 f"'{pipe.out}': --ray needs --out on a filesystem every node "
@@ -202,18 +202,25 @@ class RayExecutor:
       task_cpus: every task's ``num_cpus`` instead (``--task-cpus``); a node of the cluster
         must have that many CPUs.
       code_modules: the modules of the code fingerprint (a node with other sources refuses).
+      fingerprint: ``fingerprint(code_modules) -> str``, the function that gave the stage keys'
+        code fingerprint (:func:`mam_tf.experiments.base.code_fingerprint`); every node
+        checks its sources with it.
       progress: show the progress view (stages done, running, waiting, an ETA) on stderr.
       max_retries: retries of a task whose worker or node died.
     """
 
     def __init__(self, address: str, *, resources: dict | None = None,
                  code_modules: tuple = (), progress: bool = True,
-                 max_retries: int = MAX_RETRIES, task_cpus: int | None = None):
+                 max_retries: int = MAX_RETRIES, task_cpus: int | None = None,
+                 fingerprint=None):
         ray = _import_ray()
         self.address = str(address)
         self.resources = {k: {**DEFAULT_RESOURCES, **v} for k, v in (resources or {}).items()}
         self.task_cpus = None if task_cpus is None else int(task_cpus)
         self.code_modules = tuple(code_modules)
+        self.fingerprint = fingerprint
+        if self.code_modules and fingerprint is None:
+            raise TypeError("RayExecutor: code_modules need the fingerprint function")
         self.max_retries = int(max_retries)
         self.show_progress = bool(progress)
         self._owns_ray = False
@@ -273,7 +280,8 @@ class RayExecutor:
         ref = self._task.options(
             num_cpus=cpus, memory=need.get("memory"), max_retries=self.max_retries,
             retry_exceptions=False, runtime_env={"env_vars": env}, name=f"{name}",
-        ).remote(pipe, name, params, compute, deps, label, self.code_modules, self._board,
+        ).remote(pipe, name, params, compute, deps, label,
+                 (self.code_modules, self.fingerprint), self._board,
                  quiet.is_enabled(), *waits)
         key = pl.stage_key(name, params, deps, pipe.code)
         handle = PendingStage(self, name, key, pipe.stage_path(name, key), pl.jsonable(params),
