@@ -162,11 +162,11 @@ TIMING = {"train_seconds", "seconds", "tflite_bytes"}
 
 
 def test_on_ray_biocas_stages_give_the_serial_results(run, tmp_path):
-    """`--ray local --task-cpus <the serial run's threads>`: the MAM oracle's sweep of the
-    recipe (activation rates ranked globally, each point fine-tuned) and its one-shot
-    deployments computed as Ray tasks, the other stages read back from the serial run, give
-    the serial results.json but for its timing fields. Cost: Ray's start and those stages of
-    a tiny run (the whole tiny run again on Ray would double this module's time)."""
+    """`--ray local --task-cpus <the serial run's threads>`: the MAM oracle's two sweeps
+    (activation rates ranked globally and per layer, each point fine-tuned), side by side, and
+    its one-shot deployments computed as Ray tasks, the other stages read back from the serial
+    run, give the serial results.json but for its timing fields. Cost: Ray's start and those
+    stages of a tiny run (the whole tiny run again on Ray would double this module's time)."""
     import os
     import shutil
 
@@ -176,9 +176,7 @@ def test_on_ray_biocas_stages_give_the_serial_results(run, tmp_path):
     def on_ray_too(meta):
         p = meta["params"]
         return p.get("kind") == "mam" and (
-            (meta["name"] == "sweep" and (p["method"], p["scope"]) == ("activation_rate",
-                                                                       "global"))
-            or (meta["name"] == "deploy" and not p["fine_tuned"]))
+            meta["name"] == "sweep" or (meta["name"] == "deploy" and not p["fine_tuned"]))
 
     out, results = run
     ray_out = tmp_path / "ray"
@@ -190,7 +188,8 @@ def test_on_ray_biocas_stages_give_the_serial_results(run, tmp_path):
             on_ray.add(meta["label"])
         else:
             shutil.copytree(stage, ray_out / "stages" / stage.name)
-    assert {label.split()[0] for label in on_ray} == {"sweep", "deploy"}
+    assert sorted(label.split()[0] for label in on_ray)[-2:] == ["sweep", "sweep"]
+    assert "deploy" in {label.split()[0] for label in on_ray}
     assert cli_main(["reproduce", "biocas", "--scale", "tiny", "-o", str(ray_out),
                      "--no-progress", "--ray", "local", "--task-cpus", str(cpus_usable())]) == 0
     assert without(json.loads((ray_out / "results.json").read_text()), TIMING) == without(
