@@ -162,11 +162,13 @@ TIMING = {"train_seconds", "seconds", "tflite_bytes"}
 
 
 def test_on_ray_biocas_stages_give_the_serial_results(run, tmp_path):
-    """`--ray local --task-cpus <the serial run's threads>`: the MAM oracle's two sweeps
-    (activation rates ranked globally and per layer, each point fine-tuned), side by side, and
-    its one-shot deployments computed as Ray tasks, the other stages read back from the serial
-    run, give the serial results.json but for its timing fields. Cost: Ray's start and those
-    stages of a tiny run (the whole tiny run again on Ray would double this module's time)."""
+    """`--ray local --task-cpus <the serial run's threads>`: the MAC oracle's two sweeps (by
+    magnitude and by activation rate, each point fine-tuned), side by side, and its one-shot
+    deployment computed as Ray tasks, the other stages read back from the serial run, give the
+    serial results.json but for its timing fields. (The MAC ones: at the tiny scale the MAM
+    oracle's ARSNR is the same at every point, so its sweeps would show no mix-up.) Cost:
+    Ray's start and those stages of a tiny run (the whole tiny run again on Ray would double
+    this module's time)."""
     import os
     import shutil
 
@@ -175,7 +177,7 @@ def test_on_ray_biocas_stages_give_the_serial_results(run, tmp_path):
 
     def on_ray_too(meta):
         p = meta["params"]
-        return p.get("kind") == "mam" and (
+        return p.get("kind") == "mac" and (
             meta["name"] == "sweep" or (meta["name"] == "deploy" and not p["fine_tuned"]))
 
     out, results = run
