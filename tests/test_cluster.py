@@ -3,8 +3,9 @@
 Toy stages (no TensorFlow) on one local Ray instance shared by the module: independent stages
 run side by side, a killed worker's stage is retried and gives the serial result, a stage that
 raises fails once with its message, a stopped and restarted driver reads finished stages back,
-and the manifest says where each stage ran. Without ``--ray`` Ray is never imported, and a
-missing Ray names the extra. Cost: about 30-60 s (Ray's start, a worker per task shape).
+the manifest says where each stage ran and its memory, and ``--task-cpus`` sets every task's
+CPUs and TensorFlow threads. Without ``--ray`` Ray is never imported, and a missing Ray names
+the extra. Cost: about 30-60 s (Ray's start, a worker per task shape).
 """
 import json
 import os
@@ -154,7 +155,12 @@ def test_independent_stages_run_side_by_side_and_give_the_serial_values(ray_clus
     assert sorted(ran) == ["data", "sum", "train", "train"][:len(ran)] and len(
         manifest["stages"]) == 4
     assert {r["ran_on"]["pid"] for r in manifest["stages"] if r["stage"] == "train"} == pids
+    # every stage in a fresh worker process: none inherits another stage's memory
+    assert len({r["ran_on"]["pid"] for r in manifest["stages"]}) == 4
     assert all(r["ran_on"]["node"] and r["seconds"] >= 0 for r in manifest["stages"])
+    if sys.platform == "linux":  # the worker's resident memory: Python, Ray, the stage
+        assert all(r["memory"]["peak_rss_bytes"] >= r["memory"]["rss_start_bytes"] > 2**20
+                   for r in manifest["stages"])
     # The stage folders are those of the serial run (same keys, same values).
     for name in ("data", "train", "sum"):
         a = sorted(x.name for x in (tmp_path / "serial" / "stages").glob(f"{name}-*"))
@@ -293,6 +299,42 @@ class _St:
         self.key, self.deps, self.secs, self.name = key, deps, secs, key[0]
 
 
+@pytest.mark.slow
+def test_task_cpus_sets_every_tasks_cpus_and_tensorflow_threads(ray_cluster, tmp_path):
+    def _threads_and_cpus(work):  # (a closure: Ray ships it by value, not by module name)
+        """What a task was given: Ray's CPUs and the thread counts TensorFlow reads."""
+        import ray
+
+        return {"cpus": ray.get_runtime_context().get_assigned_resources().get("CPU"),
+                "threads": [os.environ.get(v) for v in (
+                    "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS")]}
+
+    declared = {"probe": {"num_cpus": 1}}
+    one = _pipeline(tmp_path / "one", _executor(resources=declared))
+    assert one.stage("probe", {}, _threads_and_cpus).value == {"cpus": 1.0,
+                                                               "threads": ["1"] * 3}
+    two = _pipeline(tmp_path / "two", _executor(resources=declared, task_cpus=2))
+    assert two.stage("probe", {}, _threads_and_cpus).value == {"cpus": 2.0,
+                                                               "threads": ["2"] * 3}
+    # A task no node can hold would wait forever: refused at once, in one line.
+    with pytest.raises(ValueError, match=r"^--task-cpus 3: no node of the Ray cluster at "
+                                         r"local has that many CPUs \(the largest has 2\)$"):
+        _executor(task_cpus=3)
+
+
+def test_task_cpus_without_a_cluster_is_refused_in_one_line(tmp_path, capsys):
+    from mam_tf import cli
+
+    assert cli.main(["reproduce", "mwscas", "--scale", "tiny", "--task-cpus", "2", "-o",
+                     str(tmp_path / "out")]) != 0
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("--task-cpus 2 sets the CPUs of Ray tasks; it needs --ray (or --plan)")
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["reproduce", "mwscas", "--task-cpus", "0"])
+
+
 def test_schedule_runs_each_stage_after_its_dependencies_on_free_cpus():
     from mam_tf.experiments.cluster import schedule
 
@@ -323,9 +365,12 @@ def test_plan_lists_the_stages_and_scales_measured_times(tmp_path, capsys):
     assert all(by_key[k].name == "data" for s in stages if s.name == "train" for k in s.deps)
     measured = {"data": 2.0, "train": 30.0, "qat": 20.0, "prune": 40.0, "fine_tune": 10.0,
                 "deploy": 8.0}
+    peak = {"train": 3 * 2**30, "deploy": 2**29}  # train above its 2 GiB, deploy below 2.5
     (tmp_path / "manifest.json").write_text(json.dumps({
         "experiment": "mwscas", "config": tiny.as_dict(), "loadavg_start": [0.5, 0.5, 0.5],
-        "stages": [{"stage": s.name, "seconds": measured[s.name]} for s in stages]}))
+        "stages": [{"stage": s.name, "seconds": measured[s.name],
+                    "memory": {"rss_start_bytes": 2**20, "peak_rss_bytes": peak[s.name]}
+                    if s.name in peak else None} for s in stages]}))
     same = project(mwscas.EXPERIMENT, tiny, tmp_path, nodes=1, cpus_per_node=1)
     assert same["serial_seconds"] == pytest.approx(sum(measured[n] for n in names))
     assert same["makespan_seconds"] == pytest.approx(same["serial_seconds"])
@@ -335,6 +380,9 @@ def test_plan_lists_the_stages_and_scales_measured_times(tmp_path, capsys):
     wide = project(mwscas.EXPERIMENT, tiny, tmp_path, nodes=4, cpus_per_node=2)
     assert wide["critical_path_seconds"] == pytest.approx(2 + 30 + 20 + 40 + 10)
     assert wide["makespan_seconds"] == pytest.approx(wide["critical_path_seconds"])
+    # --task-cpus 2 on a 2-CPU node: every stage takes the whole node, one after another.
+    whole = project(mwscas.EXPERIMENT, tiny, tmp_path, nodes=1, cpus_per_node=2, task_cpus=2)
+    assert whole["makespan_seconds"] == pytest.approx(same["serial_seconds"])
     # The demo scale trains 20 000 windows for 15 epochs where tiny trains 600 for 2.
     demo = project(mwscas.EXPERIMENT, mwscas.config_for("demo", mcu=False), tmp_path, 1, 2)
     assert demo["kinds"]["train"]["projected_seconds"] == pytest.approx(30.0 * 20000 * 15
@@ -343,8 +391,63 @@ def test_plan_lists_the_stages_and_scales_measured_times(tmp_path, capsys):
                      "--cluster", "10x4"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("PROJECTION (not a measurement): mwscas at scale paper on 10 node(s)")
+    rows = {line.split()[0]: line.split() for line in out.splitlines()}
+    assert rows["train"][-2:] == ["3072", "2048"] and rows["deploy"][-2:] == ["512", "2560"]
+    assert rows["qat"][-2:] == ["-", "2048"]
+    assert out.strip().splitlines()[-1] == (
+        "WARNING: measured peaks above the memory declared for train: Ray may place too many "
+        "of them on one node (raise RESOURCES)")
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["reproduce", "mwscas", "--cluster", "4"])
+
+
+def _manifest_of(stages, cfg, measured, folder):
+    folder.mkdir()
+    (folder / "manifest.json").write_text(json.dumps({
+        "experiment": cfg.EXPERIMENT, "config": cfg.as_dict(), "loadavg_start": [0.5] * 3,
+        "stages": [{"stage": s.name, "seconds": measured[s.name]} for s in stages]}))
+    return folder
+
+
+def test_biocas_plan_projects_other_scales_by_its_cost_model(tmp_path):
+    from mam_tf.experiments import biocas
+    from mam_tf.experiments.cluster import plan_stages, project
+
+    tiny = biocas.config_for("tiny")
+    stages = plan_stages(biocas.EXPERIMENT, tiny)
+    # data, a training per kind, the four sweeps; the deployments depend on the sweeps' values
+    assert sorted(s.name for s in stages) == ["data"] + ["sweep"] * 4 + ["train"] * 2
+    measured = _manifest_of(stages, tiny, {"data": 1.0, "train": 10.0, "sweep": 20.0},
+                            tmp_path / "tiny")
+    small = project(biocas.EXPERIMENT, biocas.config_for("small"), measured, 1, 2)
+    # small: 20 000 training windows x 20 epochs + 2 000 test ones; tiny 800 x 3 + 200.
+    assert small["kinds"]["train"]["projected_seconds"] == pytest.approx(
+        10.0 * (20000 * 20 + 2000) / (800 * 3 + 200))
+    # a sweep: rates over the training windows, then per fraction the test windows and the
+    # fine-tune's epochs (small: 8 fractions, 5 epochs; tiny: 2 fractions, 1 epoch)
+    assert small["kinds"]["sweep"]["projected_seconds"] == pytest.approx(
+        20.0 * (20000 + 8 * (2000 + 20000 * 5)) / (800 + 2 * (200 + 800 * 1)))
+    assert small["stages"] == 1 + 3 * (2 + 4)
+
+
+def test_transformer_asks_for_every_stage_before_reading_one(tmp_path):
+    """On a cluster, stages run side by side only if all are asked for before a value is read:
+    the plan (which ends at the first value read) holds every stage of every kind and seed."""
+    from mam_tf.experiments import transformer
+    from mam_tf.experiments.cluster import plan_stages, project
+
+    cfg = transformer.config_for("tiny", seeds=(0, 1))
+    stages = plan_stages(transformer.EXPERIMENT, cfg)
+    assert sorted(s.name for s in stages) == sorted(["data"] + ["train", "prune", "deploy"] * 4)
+    measured = _manifest_of(stages, cfg, {"data": 1.0, "train": 10.0, "prune": 5.0,
+                                          "deploy": 3.0}, tmp_path / "tiny")
+    # 4 chains of 18 s after the data: side by side on 4 CPUs
+    wide = project(transformer.EXPERIMENT, cfg, measured, nodes=1, cpus_per_node=4)
+    assert wide["makespan_seconds"] == pytest.approx(1 + 10 + 5 + 3)
+    # paper: 16 000 samples x 20 epochs + 2 000 test; tiny: 2 000 x 5 + 300
+    paper = project(transformer.EXPERIMENT, transformer.config_for("paper"), measured, 1, 2)
+    assert paper["kinds"]["train"]["projected_seconds"] == pytest.approx(
+        10.0 * (16000 * 20 + 2000) / (2000 * 5 + 300))
 
 
 def test_a_node_with_the_drivers_sources_accepts_the_drivers_fingerprint(tmp_path):

@@ -11,6 +11,8 @@ from mam_tf.cli import main as cli_main
 from mam_tf.experiments import biocas
 from mam_tf.deploy.runtime import Interpreter
 
+from json_fields import without
+
 PNG = b"\x89PNG\r\n\x1a\n"
 pytestmark = pytest.mark.slow
 
@@ -152,6 +154,52 @@ def test_a_rerun_reads_every_stage_back(run, capsys):
     assert again["points"] == res["points"]
     assert again["min_remaining_keeping_baseline"] == res["min_remaining_keeping_baseline"]
 
+
+
+#: What a run measures afresh (times) or names by process (the .tflite's tensor names carry
+#: the numbers Keras gives layers in a process: docs/cluster.md).
+TIMING = {"train_seconds", "seconds", "tflite_bytes"}
+
+
+def test_on_ray_biocas_stages_give_the_serial_results(run, tmp_path):
+    """`--ray local --task-cpus <the serial run's threads>`: the MAC oracle's two sweeps (by
+    magnitude and by activation rate, each point fine-tuned), side by side, and its one-shot
+    deployment computed as Ray tasks, the other stages read back from the serial run, give the
+    serial results.json but for its timing fields. (The MAC ones: at the tiny scale the MAM
+    oracle's ARSNR is the same at every point, so its sweeps would show no mix-up.) Cost:
+    Ray's start and those stages of a tiny run (the whole tiny run again on Ray would double
+    this module's time)."""
+    import os
+    import shutil
+
+    pytest.importorskip("ray", reason="Ray is the [cluster] extra")
+    from mam_tf.common.machine import cpus_usable
+
+    def on_ray_too(meta):
+        p = meta["params"]
+        return p.get("kind") == "mac" and (
+            meta["name"] == "sweep" or (meta["name"] == "deploy" and not p["fine_tuned"]))
+
+    out, results = run
+    ray_out = tmp_path / "ray"
+    (ray_out / "stages").mkdir(parents=True)
+    on_ray = set()
+    for stage in (out / "stages").iterdir():
+        meta = json.loads((stage / "stage.json").read_text())
+        if on_ray_too(meta):
+            on_ray.add(meta["label"])
+        else:
+            shutil.copytree(stage, ray_out / "stages" / stage.name)
+    assert sorted(label.split()[0] for label in on_ray)[-2:] == ["sweep", "sweep"]
+    assert "deploy" in {label.split()[0] for label in on_ray}
+    assert cli_main(["reproduce", "biocas", "--scale", "tiny", "-o", str(ray_out),
+                     "--no-progress", "--ray", "local", "--task-cpus", str(cpus_usable())]) == 0
+    assert without(json.loads((ray_out / "results.json").read_text()), TIMING) == without(
+        results, TIMING)
+    manifest = json.loads((ray_out / "manifest.json").read_text())
+    computed = [r for r in manifest["stages"] if not r["cached"]]
+    assert {r["label"] for r in computed} == on_ray
+    assert all(r["ran_on"]["node"] and r["ran_on"]["pid"] != os.getpid() for r in computed)
 
 
 def test_training_that_diverges_stops_with_one_line(tmp_path, monkeypatch, capsys):

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-__all__ = ["describe", "line", "load_average", "cpus_usable", "memory_bytes"]
+__all__ = ["describe", "line", "load_average", "cpus_usable", "memory_bytes", "PeakMemory"]
 
 
 def _cpuinfo() -> tuple[Optional[str], set]:
@@ -59,6 +59,51 @@ def memory_bytes() -> Optional[int]:
     with contextlib.suppress(ValueError, OSError, AttributeError):
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     return None
+
+
+_STATUS = Path("/proc/self/status")
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+def _status_bytes(field: str) -> Optional[int]:
+    """A ``kB`` field of /proc/self/status (``VmRSS``, ``VmHWM``) in bytes; None without it."""
+    with contextlib.suppress(OSError, ValueError):
+        for text in _STATUS.read_text().splitlines():
+            if text.startswith(field + ":"):
+                return int(text.split()[1]) * 1024
+    return None
+
+
+class PeakMemory:
+    """The peak resident memory (RSS) of this process over a ``with`` block (Linux).
+
+    On entry the kernel's high-water mark of the process's RSS (``VmHWM``) is reset to the
+    current RSS (``5`` written to ``/proc/self/clear_refs``, Linux 4.0 on); on exit it is the
+    largest RSS the process reached inside the block, every thread's allocations included.
+    :meth:`record` gives ``{"rss_start_bytes", "peak_rss_bytes"}``, or None where the kernel
+    offers neither file (another OS, a restricted /proc). One block at a time per process: the
+    reset is process-wide."""
+
+    def __init__(self):
+        self.start: Optional[int] = None
+        self.peak: Optional[int] = None
+
+    def __enter__(self):
+        try:
+            _CLEAR_REFS.write_text("5")
+        except OSError:
+            return self
+        self.start = _status_bytes("VmRSS")
+        return self
+
+    def __exit__(self, *exc):
+        if self.start is not None:
+            self.peak = _status_bytes("VmHWM")
+
+    def record(self) -> Optional[dict]:
+        if self.start is None or self.peak is None:
+            return None
+        return {"rss_start_bytes": self.start, "peak_rss_bytes": max(self.peak, self.start)}
 
 
 def describe(tensorflow: bool = False) -> dict:

@@ -13,7 +13,8 @@ from __future__ import annotations
 import argparse
 import importlib
 
-__all__ = ["EXPERIMENTS", "SCALES", "parse_seeds", "parse_cluster", "common_options",
+__all__ = ["EXPERIMENTS", "SCALES", "parse_seeds", "parse_cluster", "parse_task_cpus",
+           "common_options",
            "add_reproduce_command"]
 
 #: Experiment modules of this package, each with ``add_command(subparsers, common)``.
@@ -58,10 +59,22 @@ def parse_cluster(text: str) -> tuple[int, int]:
     return value
 
 
+def parse_task_cpus(text: str) -> int:
+    """``"2"`` -> 2: the CPUs (and TensorFlow threads) of every stage's task, at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"--task-cpus is {text!r}; give a whole number of CPUs "
+                                         "of at least 1")
+    return value
+
+
 def common_options() -> argparse.ArgumentParser:
     """The options every ``reproduce`` experiment takes (a parent parser, ``add_help=False``):
     ``--scale``, ``-o/--out``, ``--seeds``, ``--merge``, ``--recompute``, ``--wait``,
-    ``--ray``, ``--plan``, ``--cluster``, ``--no-progress``."""
+    ``--ray``, ``--task-cpus``, ``--plan``, ``--cluster``, ``--no-progress``."""
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("common options")
     g.add_argument("--scale", choices=SCALES, default="demo",
@@ -87,6 +100,12 @@ def common_options() -> argparse.ArgumentParser:
                    "side: ADDRESS of the cluster (host:6379, ray://host:10001, auto) or 'local' "
                    "for Ray on this machine; --out must be on a filesystem every node sees "
                    "(needs the [cluster] extra; docs/cluster.md)")
+    g.add_argument("--task-cpus", type=parse_task_cpus, default=None, metavar="N",
+                   help="with --ray or --plan: every stage's task asks for N CPUs and computes "
+                   "with N TensorFlow threads (default: what each stage kind declares, 1). "
+                   "TensorFlow's float sums depend on its thread count: N equal to the "
+                   "serial run's threads (its machine's usable CPUs) gives that run's "
+                   "results.json but for its timing fields (docs/cluster.md)")
     g.add_argument("--plan", default=None, metavar="RUN_DIR",
                    help="compute nothing: print a projection of this run's time on --cluster "
                    "from the stage times of the finished run folder RUN_DIR (any scale; best a "

@@ -126,12 +126,13 @@ class Experiment:
         return fn
 
     def run(self, cfg, out=None, *, progress: bool = True, merge=None, print_fn=print,
-            recompute: Sequence[str] = (), wait: bool = False, ray: str | None = None) -> dict:
+            recompute: Sequence[str] = (), wait: bool = False, ray: str | None = None,
+            task_cpus: int | None = None) -> dict:
         """Runs (or resumes) the experiment into ``out`` (default
         ``runs/<experiment>-<scale>``); returns the results, also written to
         ``out/results.json``. See :func:`run`."""
         return run(self, cfg, out, progress=progress, merge=merge, print_fn=print_fn,
-                   recompute=recompute, wait=wait, ray=ray)
+                   recompute=recompute, wait=wait, ray=ray, task_cpus=task_cpus)
 
 
 def default_out(experiment: str, scale: str) -> Path:
@@ -159,7 +160,7 @@ def merged_seeds(experiment: str, scale: str, dirs: Sequence) -> list[int]:
 
 def run(exp: Experiment, cfg, out=None, *, progress: bool = True, merge=None,
         print_fn=print, recompute: Sequence[str] = (), wait: bool = False,
-        ray: str | None = None) -> dict:
+        ray: str | None = None, task_cpus: int | None = None) -> dict:
     """Runs (or resumes) ``exp`` with ``cfg`` into ``out`` (default
     ``runs/<experiment>-<scale>``); returns the results, also written to ``out/results.json``.
 
@@ -174,7 +175,9 @@ def run(exp: Experiment, cfg, out=None, *, progress: bool = True, merge=None,
     :class:`~mam_tf.experiments.pipeline.WriteFailed` naming the path. ``ray``: a Ray
     cluster's address, or ``"local"``: the stages run there as tasks, side by side where they
     do not depend on each other (:mod:`mam_tf.experiments.cluster`; ``out`` must be on a
-    filesystem every node sees).
+    filesystem every node sees). ``task_cpus``: every task asks for that many CPUs and
+    computes with as many TensorFlow threads, whatever its kind declares (with the serial
+    run's thread count, the serial run's numbers).
     """
     if not isinstance(cfg, exp.config):
         raise TypeError(f"{exp.name}: run needs a {exp.config.__name__} (config_for(scale, "
@@ -186,6 +189,9 @@ def run(exp: Experiment, cfg, out=None, *, progress: bool = True, merge=None,
         cfg = cfg.replace(seeds=tuple(seeds))
     if not cfg.seeds:
         raise ValueError(f"{exp.name}: no seeds to run (give --seeds, or --merge run folders)")
+    if task_cpus is not None and ray is None:
+        raise ValueError(f"{exp.name}: --task-cpus {task_cpus} sets the CPUs of Ray tasks; it "
+                         "needs --ray (or --plan)")
     code = exp.code_fingerprint()
     executor = None
     if ray is not None:
@@ -193,7 +199,7 @@ def run(exp: Experiment, cfg, out=None, *, progress: bool = True, merge=None,
 
         out = out.resolve()  # the tasks run in other folders, maybe on other machines
         executor = RayExecutor(ray, resources=exp.resources, code_modules=exp.code_modules(),
-                               progress=progress)
+                               progress=progress, task_cpus=task_cpus)
     try:
         return _run(exp, cfg, out, code, executor, progress, merge, print_fn, recompute, wait)
     finally:
@@ -291,7 +297,8 @@ def _command(exp: Experiment, overrides: Callable[[argparse.Namespace], dict]):
             nodes, cpus = args.cluster
             cfg = exp.config.for_scale(args.scale, seeds=tuple(args.seeds) if args.seeds
                                        else None, **overrides(args))
-            print(cluster.plan_text(cluster.project(exp, cfg, args.plan, nodes, cpus)))
+            print(cluster.plan_text(cluster.project(exp, cfg, args.plan, nodes, cpus,
+                                                    task_cpus=args.task_cpus)))
             return 0
         from mam_tf.train.compat import tf
 
@@ -300,7 +307,8 @@ def _command(exp: Experiment, overrides: Callable[[argparse.Namespace], dict]):
         seeds = tuple(args.seeds) if args.seeds else (() if args.merge else None)
         cfg = exp.config.for_scale(args.scale, seeds=seeds, **overrides(args))
         run(exp, cfg, args.out, progress=not args.no_progress, merge=args.merge,
-            recompute=args.recompute or (), wait=args.wait, ray=args.ray)
+            recompute=args.recompute or (), wait=args.wait, ray=args.ray,
+            task_cpus=args.task_cpus)
         return 0
 
     return cmd

@@ -8,7 +8,7 @@ dependencies, and ``Pipeline.stage`` returns at once a :class:`PendingStage` who
 waits for the task. The experiments ask for every independent stage before they read a value,
 so seeds, kinds, fine-tunes and deployments run side by side, each task with the CPUs and
 memory its kind declares (``Experiment.resources``) and TensorFlow's intra- and inter-op
-threads set to its CPUs.
+threads set to its CPUs, each in a worker process of its own (its memory is its own).
 
 Where results live: the task computes the stage as the serial run does, into
 ``<out>/stages/`` (a temporary folder renamed into place), so ``--out`` must be a folder every
@@ -93,6 +93,7 @@ class PendingStage(pl.StageResult):
     cached = property(lambda self: self.result().cached)
     seconds = property(lambda self: self.result().seconds)
     digest = property(lambda self: self.result().digest)
+    memory = property(lambda self: self.result().memory)
 
     def __reduce__(self):
         # Sent to a task (a dependency, or inside a stage's function): its coordinates, and
@@ -127,6 +128,7 @@ class _RemoteStage(pl.StageResult):
     cached = property(lambda self: self._get().cached)
     seconds = property(lambda self: self._get().seconds)
     digest = property(lambda self: self._get().digest)
+    memory = property(lambda self: self._get().memory)
 
 
 # ------------------------------------------------------------------------------------------
@@ -136,7 +138,8 @@ _CODE_SEEN: dict = {}
 
 
 def _check_code(modules: tuple, expected: str) -> None:
-    """Refuses to compute on a node whose sources differ from the driver's."""
+    """Refuses to compute on a node whose sources differ from the driver's (the fingerprint
+    of :func:`~mam_tf.experiments.pipeline.experiment_code`, as the driver's stage keys)."""
     if not modules:
         return
     if modules not in _CODE_SEEN:
@@ -195,6 +198,8 @@ class RayExecutor:
         ``"local"`` to start Ray on this machine with all its CPUs.
       resources: per stage name, what one task asks for: ``{"num_cpus": n, "memory": bytes}``
         (others get :data:`DEFAULT_RESOURCES`); TensorFlow's threads follow ``num_cpus``.
+      task_cpus: every task's ``num_cpus`` instead (``--task-cpus``); a node of the cluster
+        must have that many CPUs.
       code_modules: the modules of the code fingerprint (a node with other sources refuses).
       progress: show the progress view (stages done, running, waiting, an ETA) on stderr.
       max_retries: retries of a task whose worker or node died.
@@ -202,10 +207,11 @@ class RayExecutor:
 
     def __init__(self, address: str, *, resources: dict | None = None,
                  code_modules: tuple = (), progress: bool = True,
-                 max_retries: int = MAX_RETRIES):
+                 max_retries: int = MAX_RETRIES, task_cpus: int | None = None):
         ray = _import_ray()
         self.address = str(address)
         self.resources = {k: {**DEFAULT_RESOURCES, **v} for k, v in (resources or {}).items()}
+        self.task_cpus = None if task_cpus is None else int(task_cpus)
         self.code_modules = tuple(code_modules)
         self.max_retries = int(max_retries)
         self.show_progress = bool(progress)
@@ -221,8 +227,13 @@ class RayExecutor:
                 raise ConnectionError(f"--ray {self.address}: no Ray cluster there ({err})") \
                     from None
         self.cluster_cpus = float(ray.cluster_resources().get("CPU", 1.0))
+        if self.task_cpus is not None:
+            self._check_task_cpus(ray)
         self._board = ray.remote(num_cpus=0)(_Board).remote()
-        self._task = ray.remote(_run_stage)
+        # A fresh worker process for every stage (max_calls=1): a reused one keeps what
+        # TensorFlow and Keras held for the stages it computed before (its resident memory
+        # grew by 0.1-0.3 GiB a stage), so a stage's memory would depend on its worker's past.
+        self._task = ray.remote(max_calls=1)(_run_stage)
         self.handles: list[PendingStage] = []
         self._pipe = None
         self._bar = None
@@ -230,10 +241,23 @@ class RayExecutor:
         self._running: dict = {}
         self._failed: list[PendingStage] = []
 
+    def _check_task_cpus(self, ray) -> None:
+        """A task that asks for more CPUs than any node has would wait forever: refused."""
+        largest = max((n.get("Resources", {}).get("CPU", 0.0) for n in ray.nodes()
+                       if n.get("Alive")), default=0.0)
+        if self.task_cpus > largest:
+            if self._owns_ray:
+                ray.shutdown()
+                self._owns_ray = False
+            raise ValueError(f"--task-cpus {self.task_cpus}: no node of the Ray cluster at "
+                             f"{self.address} has that many CPUs (the largest has "
+                             f"{largest:g})")
+
     # -- submitting ---------------------------------------------------------------------
     def needs(self, name: str) -> dict:
         """What a task of stage ``name`` asks for."""
-        return self.resources.get(name, dict(DEFAULT_RESOURCES))
+        need = self.resources.get(name, dict(DEFAULT_RESOURCES))
+        return need if self.task_cpus is None else {**need, "num_cpus": self.task_cpus}
 
     def submit(self, pipe, name, params, compute, deps, label) -> PendingStage:
         """Sends the stage to the cluster (the pipeline has not found it on disk)."""
@@ -248,7 +272,8 @@ class RayExecutor:
         ref = self._task.options(
             num_cpus=cpus, memory=need.get("memory"), max_retries=self.max_retries,
             retry_exceptions=False, runtime_env={"env_vars": env}, name=f"{name}",
-        ).remote(pipe, name, params, compute, deps, label, self.code_modules, self._board,
+        ).remote(pipe, name, params, compute, deps, label,
+                 self.code_modules, self._board,
                  quiet.is_enabled(), *waits)
         key = pl.stage_key(name, params, deps, pipe.code)
         handle = PendingStage(self, name, key, pipe.stage_path(name, key), pl.jsonable(params),
@@ -500,10 +525,13 @@ def schedule(stages, seconds, cpus_of, nodes: int, cpus_per_node: int) -> float:
     return max(finish.values(), default=0.0)
 
 
-def project(exp, cfg, measured_dir, nodes: int, cpus_per_node: int) -> dict:
+def project(exp, cfg, measured_dir, nodes: int, cpus_per_node: int,
+            task_cpus: int | None = None) -> dict:
     """A projection of running ``exp`` with ``cfg`` on ``nodes`` x ``cpus_per_node`` CPUs from
     a finished run's per-stage times (``measured_dir/manifest.json``), each scaled by
-    ``exp.cost`` (the work of a stage kind at the target config over the measured one)."""
+    ``exp.cost`` (the work of a stage kind at the target config over the measured one).
+    ``task_cpus``: every stage takes that many CPUs (``--task-cpus``) instead of its kind's
+    declaration; the stage times are still the measured ones."""
     path = Path(measured_dir) / pl.MANIFEST
     if not path.is_file():
         raise FileNotFoundError(f"--plan: '{measured_dir}' has no {pl.MANIFEST} (not a "
@@ -515,9 +543,12 @@ def project(exp, cfg, measured_dir, nodes: int, cpus_per_node: int) -> dict:
     measured_cfg = exp.config(**{k: tuple(v) if isinstance(v, list) else v
                                  for k, v in manifest["config"].items()})
     per_kind: dict = {}
+    peaks: dict = {}
     for r in manifest["stages"]:
         if r.get("seconds"):
             per_kind.setdefault(r["stage"], []).append(float(r["seconds"]))
+        if (r.get("memory") or {}).get("peak_rss_bytes"):
+            peaks[r["stage"]] = max(peaks.get(r["stage"], 0), r["memory"]["peak_rss_bytes"])
     stages = plan_stages(exp, cfg)
     if exp.cost is None and manifest["config"] != cfg.as_dict():
         raise ValueError(f"--plan: {exp.name} has no cost model; it projects only the "
@@ -531,13 +562,19 @@ def project(exp, cfg, measured_dir, nodes: int, cpus_per_node: int) -> dict:
         return statistics.median(per_kind[st.name]) * cost(cfg, st.name) / cost(
             measured_cfg, st.name)
 
+    def declared(name):
+        return {**DEFAULT_RESOURCES, **exp.resources.get(name, {})}
+
     def cpus_of(st):
-        return {**DEFAULT_RESOURCES, **exp.resources.get(st.name, {})}["num_cpus"]
+        if task_cpus is not None:
+            return task_cpus
+        return declared(st.name)["num_cpus"]
 
     kinds = {}
     for st in stages:
         k = kinds.setdefault(st.name, {"stages": 0, "measured_seconds": statistics.median(
-            per_kind[st.name]), "projected_seconds": seconds(st)})
+            per_kind[st.name]), "projected_seconds": seconds(st),
+            "peak_rss_bytes": peaks.get(st.name), "memory": declared(st.name)["memory"]})
         k["stages"] += 1
     serial = sum(seconds(st) for st in stages)
     makespan = schedule(stages, seconds, cpus_of, nodes, cpus_per_node)
@@ -560,13 +597,25 @@ def plan_text(p: dict) -> str:
              f"{p['nodes']} node(s) x {p['cpus_per_node']} CPUs, from the stage times of "
              f"{p['measured']} (scale {p['measured_scale']}, load average "
              f"{p['measured_loadavg'][0]} at its start)",
-             f"{'stage':<12}{'count':>6}{'measured s':>12}{'projected s':>14}"]
+             f"{'stage':<12}{'count':>6}{'measured s':>12}{'projected s':>14}"
+             f"{'peak MiB':>10}{'declared MiB':>14}"]
+    over = []
     for name, k in p["kinds"].items():
+        peak = k.get("peak_rss_bytes")
         lines.append(f"{name:<12}{k['stages']:>6}{k['measured_seconds']:>12.1f}"
-                     f"{k['projected_seconds']:>14.0f}")
+                     f"{k['projected_seconds']:>14.0f}"
+                     f"{'-' if peak is None else f'{peak / 2**20:.0f}':>10}"
+                     f"{k['memory'] / 2**20:>14.0f}")
+        if peak is not None and peak > k["memory"]:
+            over.append(name)
     lines += [f"{p['stages']} stages: {_duration(p['serial_seconds'])} one after another, "
               f"{_duration(p['makespan_seconds'])} on the cluster (longest chain of dependent "
               f"stages {_duration(p['critical_path_seconds'])})",
               "Assumes each stage runs on its declared CPUs as fast as measured, times scaling "
-              "with the work of the target scale, and no time to move files."]
+              "with the work of the target scale, and no time to move files. peak MiB: the "
+              "largest resident memory of a process computing a stage of that kind in the "
+              "measured run (at its scale; docs/cluster.md projects it to others)."]
+    if over:
+        lines.append(f"WARNING: measured peaks above the memory declared for {', '.join(over)}"
+                     ": Ray may place too many of them on one node (raise RESOURCES)")
     return "\n".join(lines)

@@ -41,7 +41,8 @@ stages it reads (``deps``), and a function that computes it::
 * Every stage prints one line when it starts and one when it is done or read back;
   :meth:`Pipeline.progress` wraps loops in a tqdm bar. ``write_manifest`` writes
   ``<out>/manifest.json``: the configuration, each stage's key, whether it was computed or read
-  back and its time, the machine and the load average.
+  back, its time, where it ran and its memory (the computing process's resident memory at
+  the stage's start and its peak during it), the machine and the load average.
 * ``executor`` hands the stages it computes to somewhere else (a Ray cluster,
   :mod:`mam_tf.experiments.cluster`): ``stage`` then returns at once a result whose ``value``
   waits for the stage, so an experiment that reads values only once it has asked for every
@@ -77,7 +78,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from mam_tf._native import tflm_ops_dir
-from mam_tf.common.machine import load_average
+from mam_tf.common.machine import PeakMemory, load_average
 
 __all__ = ["Pipeline", "StageResult", "stage_key", "code_fingerprint", "jsonable", "write_json",
            "read_json", "check_finite", "file_checksums", "stage_damage", "RunFolderBusy",
@@ -433,6 +434,10 @@ class StageResult:
       seconds: how long computing it took (when it was computed, possibly in an earlier run).
       digest: a hash of its value and its files' contents; the stages computed from it record
         it, and are recomputed when it changes.
+      memory: the computing process's resident memory when the stage started and its peak
+        while it computed (``{"rss_start_bytes", "peak_rss_bytes"}``,
+        :class:`~mam_tf.common.machine.PeakMemory`; None where the OS does not tell, or for a
+        stage computed before it was measured).
     """
 
     name: str
@@ -443,6 +448,7 @@ class StageResult:
     cached: bool
     seconds: float
     digest: str = ""
+    memory: dict | None = None
 
     def file(self, name: str) -> Path:
         """The path of a file the stage wrote (an error names the stage if it is missing)."""
@@ -565,7 +571,7 @@ class Pipeline:
             return None
         return StageResult(name, key, path, meta.get("value"), meta["params"], True,
                            float(meta.get("seconds", 0.0)),
-                           _content_digest(meta.get("value"), meta["files"]))
+                           _content_digest(meta.get("value"), meta["files"]), meta.get("memory"))
 
     def stage(self, name: str, params: dict, compute: Callable[[Path], Any], *,
               deps: Sequence[StageResult] = (), label: str | None = None) -> StageResult:
@@ -603,12 +609,13 @@ class Pipeline:
         try:
             work = Path(tempfile.mkdtemp(dir=self.stages_dir, prefix=f".tmp-{name}-{key}-"))
             kill_point("compute", name)
-            value = jsonable(compute(work))
+            with PeakMemory() as peak:
+                value = jsonable(compute(work))
             seconds = time.perf_counter() - t0
             check_finite(value, f"[{self.experiment}] {label}")
             meta = _stage_meta(work, name=name, key=key, label=label, params=params, deps=deps,
                                code=self.code, value=value, seconds=seconds,
-                               ran_on=where_am_i())
+                               ran_on=where_am_i(), memory=peak.record())
             write_json(work / STAGE_FILE, meta)
             kill_point("stage-written", name)
             if final.exists():  # a damaged copy, or an identical stage finished meanwhile
@@ -622,7 +629,7 @@ class Pipeline:
                 shutil.rmtree(work, ignore_errors=True)
         self.log(f"{label}: done in {seconds:.1f} s")
         result = StageResult(name, key, final, value, jsonable(params), False, seconds,
-                             _content_digest(value, meta["files"]))
+                             _content_digest(value, meta["files"]), meta["memory"])
         self._record(result, label, seconds, where_am_i())
         return result
 
@@ -630,7 +637,8 @@ class Pipeline:
                 ran_on: dict | None = None) -> dict:
         record = {"stage": result.name, "label": label, "key": result.key,
                   "cached": result.cached, "seconds": round(result.seconds, 3),
-                  "wall_seconds_this_run": round(wall, 3), "ran_on": ran_on}
+                  "wall_seconds_this_run": round(wall, 3), "ran_on": ran_on,
+                  "memory": result.memory}
         self.records.append(record)
         return record
 
@@ -716,7 +724,7 @@ class Pipeline:
 
 
 def _stage_meta(work: Path, *, name, key, label, params, deps, code, value, seconds,
-                ran_on=None) -> dict:
+                ran_on=None, memory=None) -> dict:
     """The stage.json of a stage computed into ``work``: what it is, what it was computed
     from (``inputs``: each dependency's digest), its value, its files' checksums and the
     checksum of all that."""
@@ -725,7 +733,7 @@ def _stage_meta(work: Path, *, name, key, label, params, deps, code, value, seco
         "deps": [d.key for d in deps], "inputs": {d.path.name: d.digest for d in deps},
         "code": code, "value": value, "seconds": round(seconds, 3),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "ran_on": ran_on, "files": file_checksums(work),
+        "ran_on": ran_on, "memory": memory, "files": file_checksums(work),
     }
     meta["checksum"] = _meta_checksum(meta)
     return meta

@@ -46,7 +46,8 @@ __all__ = ["Config", "SCALES", "SETUP", "SWEEPS", "HIDDEN", "TOLERANCE_DB", "NAM
 EXPERIMENT = base.Experiment(NAME, Config, stages=f"{__name__}.stages:run_stages",
                              outputs=f"{__name__}.report:outputs",
                              summary=f"{__name__}.report:summary",
-                             code=(__name__,), resources=RESOURCES)
+                             code=(__name__,), resources=RESOURCES,
+                             cost=f"{__name__}.config:stage_cost")
 #: ``run(cfg, out=None, *, progress=True, merge=None, print_fn=print, recompute=())``: runs
 #: (or resumes) the experiment into ``out`` (default ``runs/biocas-<scale>``) and returns the
 #: results, also written to ``out/results.json`` (:func:`mam_tf.experiments.base.run`).

@@ -6,13 +6,15 @@ from typing import ClassVar
 
 from mam_tf.experiments.base import ExperimentConfig
 
-__all__ = ["NAME", "TOLERANCE_DB", "HIDDEN", "SETUP", "SWEEPS", "SCALES", "Config", "config_for",
-           "method_name"]
+__all__ = ["NAME", "TOLERANCE_DB", "HIDDEN", "SETUP", "SWEEPS", "SCALES", "RESOURCES", "Config",
+           "config_for", "method_name", "stage_cost"]
 
 NAME = "biocas"
 #: What one stage of each kind asks a cluster for (``--ray``): one CPU (one TensorFlow thread:
-#: the oracles are small) and the memory Ray reserves for it.
-RESOURCES = {k: {"num_cpus": 1, "memory": 2**30} for k in ("data", "train", "sweep", "deploy")}
+#: the oracles are small) and the memory Ray reserves for it: the peak of its worker process,
+#: with the paper scale's data (docs/cluster.md, Memory).
+RESOURCES = {"data": {"num_cpus": 1, "memory": 3 * 2**29},
+             **{k: {"num_cpus": 1, "memory": 5 * 2**29} for k in ("train", "sweep", "deploy")}}
 TOLERANCE_DB = 0.5
 HIDDEN = ["hidden_1", "hidden_2"]
 
@@ -99,3 +101,16 @@ Config.SCALES = SCALES = {
 def config_for(scale, **overrides) -> Config:
     """The :class:`Config` of a scale, with ``overrides`` (None values ignored), checked."""
     return Config.for_scale(scale, **overrides)
+
+
+def stage_cost(cfg, name) -> float:
+    """The work of one stage of kind ``name`` at ``cfg``, in windows passed through an oracle
+    (or, for the data, made and labelled); ``--plan`` scales measured stage times by its ratios
+    between configurations. A sweep counts the activation rates over the training windows,
+    then for each fraction the test windows and the fine-tune's epochs; a deployment is counted
+    as a fine-tuned one (the most work one can be)."""
+    train, test = cfg.windows, cfg.test
+    return {"data": train + test,
+            "train": train * cfg.epochs + test,
+            "sweep": train + len(cfg.fractions) * (test + train * cfg.fine_tune_epochs),
+            "deploy": train * (1 + cfg.fine_tune_epochs) + 2 * test}[name]

@@ -18,10 +18,12 @@ SRAM_BYTES = 512 * 1024  # STM32F767ZI
 _GIB = 2**30
 #: What one stage of each kind asks a cluster for (``--ray``): one CPU each (so that the most
 #: stages run side by side; the task's TensorFlow threads follow it), and the memory Ray
-#: reserves for it (a worker process with TensorFlow and the data).
+#: reserves for it: the peak of its worker process (Python, TensorFlow, the data and models)
+#: with the paper scale's data (docs/cluster.md, Memory).
 RESOURCES = {"data": {"num_cpus": 1, "memory": 1 * _GIB},
              **{k: {"num_cpus": 1, "memory": 2 * _GIB}
-                for k in ("train", "qat", "prune", "fine_tune", "deploy", "records")}}
+                for k in ("train", "qat", "fine_tune", "records")},
+             **{k: {"num_cpus": 1, "memory": 5 * _GIB // 2} for k in ("prune", "deploy")}}
 
 
 @dataclasses.dataclass

@@ -21,13 +21,17 @@ from __future__ import annotations
 
 from mam_tf.experiments import base
 from mam_tf.experiments.transformer.cli import add_command
-from mam_tf.experiments.transformer.config import KINDS, NAME, SCALES, Config, config_for
+from mam_tf.experiments.transformer.config import (
+    KINDS, NAME, RESOURCES, SCALES, Config, config_for,
+)
 
-__all__ = ["Config", "SCALES", "KINDS", "NAME", "EXPERIMENT", "config_for", "run", "add_command"]
+__all__ = ["Config", "SCALES", "KINDS", "NAME", "RESOURCES", "EXPERIMENT", "config_for", "run",
+           "add_command"]
 
 EXPERIMENT = base.Experiment(NAME, Config, stages=f"{__name__}.stages:run_stages",
                              outputs=f"{__name__}.report:outputs",
                              summary=f"{__name__}.report:summary",
-                             code=(__name__, "mam_tf.device"))
+                             code=(__name__, "mam_tf.device"), resources=RESOURCES,
+                             cost=f"{__name__}.config:stage_cost")
 #: ``run(cfg, out=None, *, progress=True, merge=None, print_fn=print, recompute=())``.
 run = EXPERIMENT.run

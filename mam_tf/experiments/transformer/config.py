@@ -6,10 +6,16 @@ from typing import ClassVar
 
 from mam_tf.experiments.base import ExperimentConfig
 
-__all__ = ["NAME", "KINDS", "SCALES", "Config", "config_for"]
+__all__ = ["NAME", "KINDS", "SCALES", "RESOURCES", "Config", "config_for", "stage_cost"]
 
 NAME = "transformer"
 KINDS = ("mac", "mam")
+_GIB = 2**30
+#: What one stage of each kind asks a cluster for (``--ray``): one CPU (one TensorFlow thread:
+#: the block is small) and the memory Ray reserves for it: the peak of a worker process that
+#: has computed other stages before, above its data at every scale (docs/cluster.md, Memory).
+RESOURCES = {"data": {"num_cpus": 1, "memory": 1 * _GIB},
+             **{k: {"num_cpus": 1, "memory": 3 * _GIB // 2} for k in ("train", "prune", "deploy")}}
 
 
 @dataclasses.dataclass
@@ -75,3 +81,13 @@ Config.SCALES = SCALES = {
 def config_for(scale, **overrides) -> Config:
     """The :class:`Config` of a scale, with ``overrides`` (None values ignored), checked."""
     return Config.for_scale(scale, **overrides)
+
+
+def stage_cost(cfg, name) -> float:
+    """The work of one stage of kind ``name`` at ``cfg``, in sequences passed through the block
+    (or, for the data, made); ``--plan`` scales measured stage times by its ratios between
+    configurations. The deployment's few samples on the emulated Cortex-M7 are left out."""
+    return {"data": cfg.samples + cfg.test,
+            "train": cfg.samples * cfg.epochs + cfg.test,
+            "prune": cfg.samples * cfg.fine_tune_epochs + 2 * cfg.test,
+            "deploy": cfg.calibration + 2 * cfg.deploy_test}[name]

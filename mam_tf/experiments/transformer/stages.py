@@ -161,7 +161,7 @@ def run_stages(cfg, pipe):
     data_params = {k: getattr(cfg, k) for k in ("samples", "test", "tokens", "symbols", "noise",
                                                 "data_seed")}
     data = pipe.stage("data", data_params, _make_data(data_params))
-    runs = []
+    asked = []
     for seed in cfg.seeds:
         for kind in KINDS:
             p = {"kind": kind, "seed": int(seed), **_model_params(cfg)}
@@ -175,15 +175,19 @@ def run_stages(cfg, pipe):
                   "device_samples": cfg.device_samples}
             deploy = pipe.stage("deploy", dp, _deploy(data, pruned, dp), deps=[data, pruned],
                                 label=f"deploy {kind} seed {seed}")
-            runs.append({"kind": kind, "seed": int(seed), "remaining": cfg.remaining,
-                         "trained": train.value["accuracy"],
-                         "one_shot": pruned.value["one_shot"],
-                         "fine_tuned": pruned.value["fine_tuned"],
-                         "int8": deploy.value["int8"], "float_on_deployed": deploy.value["float"],
-                         "nonzero": pruned.value["nonzero"], "total": pruned.value["total"],
-                         "model_bytes": deploy.value["model_bytes"],
-                         "layers": deploy.value["layers"], "device": deploy.value["device"],
-                         "tflite": str(deploy.path / "model.tflite")})
+            asked.append((kind, seed, train, pruned, deploy))
+    # Values are read once every stage is asked for: on a cluster they run side by side.
+    runs = []
+    for kind, seed, train, pruned, deploy in asked:
+        runs.append({"kind": kind, "seed": int(seed), "remaining": cfg.remaining,
+                     "trained": train.value["accuracy"],
+                     "one_shot": pruned.value["one_shot"],
+                     "fine_tuned": pruned.value["fine_tuned"],
+                     "int8": deploy.value["int8"], "float_on_deployed": deploy.value["float"],
+                     "nonzero": pruned.value["nonzero"], "total": pruned.value["total"],
+                     "model_bytes": deploy.value["model_bytes"],
+                     "layers": deploy.value["layers"], "device": deploy.value["device"],
+                     "tflite": str(deploy.path / "model.tflite")})
     summary = {kind: {key: summarize([r[key] for r in runs if r["kind"] == kind])
                       for key in ("trained", "one_shot", "fine_tuned", "int8")}
                for kind in KINDS}
