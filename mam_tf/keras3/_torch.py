@@ -26,6 +26,7 @@ from mam_tf.keras3._chunks import chunk_columns
 __all__ = ["forward", "backward", "mam_reduce", "chunked_forward", "chunked_backward",
            "fused_usable", "loader", "MAMReduce"]
 
+
 def _load():
     # With OpenMP the work runs on torch's own OpenMP threads (mam_fused_cpu.cc, OmpPool); a
     # compiler without OpenMP builds the library with its own pool of threads instead.
