@@ -115,12 +115,8 @@ namespace mam {
 template <>
 void parallel_for<OmpPool>(OmpPool& pool, int64_t total, int64_t cost, int64_t cycles_per_helper,
                            const std::function<void(int64_t, int64_t)>& fn) {
-  if (total <= 0) return;
-  const int64_t helpers = helper_count(pool, total, cost, cycles_per_helper);
-  if (helpers <= 0) {
-    fn(0, total);
-    return;
-  }
+  const int64_t helpers = helpers_or_inline(pool, total, cost, cycles_per_helper, fn);
+  if (helpers == 0) return;
   SharedItems shared(total, fn);
 #pragma omp parallel num_threads(static_cast<int>(helpers + 1))
   shared.work();

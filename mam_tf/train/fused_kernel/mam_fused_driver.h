@@ -80,15 +80,22 @@ int64_t helper_count(Pool& pool, int64_t total, int64_t cost, int64_t cycles_per
        static_cast<int64_t>(work / static_cast<double>(cycles_per_helper))}));
 }
 
+// The helpers to wake for `fn` over `total` items; 0 when the work is too small to share, after
+// running all of it on the calling thread.
+template <class Pool>
+int64_t helpers_or_inline(Pool& pool, int64_t total, int64_t cost, int64_t cycles_per_helper,
+                          const std::function<void(int64_t, int64_t)>& fn) {
+  if (total <= 0) return 0;
+  const int64_t helpers = helper_count(pool, total, cost, cycles_per_helper);
+  if (helpers <= 0) fn(0, total);
+  return helpers;  // helper_count is never negative
+}
+
 template <class Pool>
 void parallel_for(Pool& pool, int64_t total, int64_t cost, int64_t cycles_per_helper,
                   const std::function<void(int64_t, int64_t)>& fn) {
-  if (total <= 0) return;
-  const int64_t helpers = helper_count(pool, total, cost, cycles_per_helper);
-  if (helpers <= 0) {
-    fn(0, total);
-    return;
-  }
+  const int64_t helpers = helpers_or_inline(pool, total, cost, cycles_per_helper, fn);
+  if (helpers == 0) return;
   auto shared = std::make_shared<SharedItems>(total, fn);
   for (int64_t h = 0; h < helpers; ++h) pool.schedule([shared] { shared->work(); });
   shared->work();
