@@ -142,6 +142,51 @@ def test_manifest_records_what_was_computed(tmp_path):
     assert manifest["stages_computed"] == 0 and manifest["stages_read_back"] == 3
 
 
+_EVENTS: list = []
+
+
+def _fresh():
+    _EVENTS.append("fresh")
+
+
+class _Noted(Counter):
+    def __call__(self, workdir):
+        _EVENTS.append(f"compute {self.value}")
+        return super().__call__(workdir)
+
+
+def test_before_stage_runs_before_every_stage_computed_also_in_a_pickled_copy(tmp_path):
+    """``before_stage`` runs just before each stage function this process calls, not for a
+    stage read back; a pickled Pipeline (what a Ray task gets) keeps it."""
+    import pickle
+
+    _EVENTS.clear()
+    with Pipeline(tmp_path, "t", progress=False, before_stage=_fresh) as run:
+        run.stage("a", {}, _Noted(1))
+        run.stage("b", {}, _Noted(2))
+        assert _EVENTS == ["fresh", "compute 1", "fresh", "compute 2"]
+        _EVENTS.clear()
+        task_copy = pickle.loads(pickle.dumps(run))
+        task_copy.stage("c", {}, _Noted(3))
+        assert _EVENTS == ["fresh", "compute 3"]
+    _EVENTS.clear()
+    with Pipeline(tmp_path, "t", progress=False, before_stage=_fresh) as again:
+        assert again.stage("a", {}, _Noted(1)).cached
+        again.stage("d", {}, _Noted(4))
+    assert _EVENTS == ["fresh", "compute 4"]
+
+
+def test_fresh_keras_numbers_layers_as_a_new_process_does():
+    """After :func:`base.fresh_keras` Keras names layers from zero again, as in a process
+    that built none (a Ray task's fresh worker): ``dense``, then ``dense_1``."""
+    keras = pytest.importorskip("tf_keras")
+    keras.layers.Dense(1)  # whatever this process built before
+    base.fresh_keras()
+    assert [keras.layers.Dense(1).name for _ in range(2)] == ["dense", "dense_1"]
+    base.fresh_keras()
+    assert keras.layers.Dense(1).name == "dense"
+
+
 @pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="peak RSS: Linux only")
 def test_a_stage_records_its_peak_memory_not_its_memory_at_the_end(tmp_path):
     """A stage that holds 256 MiB for a moment and frees it: the manifest and stage.json

@@ -156,9 +156,8 @@ def test_a_rerun_reads_every_stage_back(run, capsys):
 
 
 
-#: What a run measures afresh (times) or names by process (the .tflite's tensor names carry
-#: the numbers Keras gives layers in a process: docs/cluster.md).
-TIMING = {"train_seconds", "seconds", "tflite_bytes"}
+#: What a run measures afresh: the times.
+TIMING = {"train_seconds", "seconds"}
 
 
 def test_on_ray_biocas_stages_give_the_serial_results(run, tmp_path):

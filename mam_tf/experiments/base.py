@@ -209,7 +209,8 @@ def run(exp: Experiment, cfg, out=None, *, progress: bool = True, merge=None,
 
 def _run(exp, cfg, out, code, executor, progress, merge, print_fn, recompute, wait):
     with pl.Pipeline(out, exp.name, config=cfg.as_dict(), progress=progress, code=code,
-                     recompute=recompute, wait=wait, executor=executor) as pipe:
+                     recompute=recompute, wait=wait, executor=executor,
+                     before_stage=fresh_keras) as pipe:
         if merge:
             pipe.import_stages(merge)
         own, context = exp.part("stages")(cfg, pipe)
@@ -232,6 +233,18 @@ def _run(exp, cfg, out, code, executor, progress, merge, print_fn, recompute, wa
         print_fn(f"\nwrote {out / 'report.md'}, {RESULTS}, figures and models "
                  f"({pipe.elapsed():.0f} s, {len(pipe.computed)} stages computed)")
     return results
+
+
+def fresh_keras() -> None:
+    """Keras' process-wide state back to a new process's: the counters that number layer
+    names (``quantize_layer``, ``quantize_layer_1``, ...; the tensor names of a ``.tflite``
+    carry them) and the graph Keras keeps. Called before every stage a process computes, so
+    that a stage's files are the same whether its process computed other stages before (a
+    serial run) or none (a Ray task in a fresh worker). Does nothing before Keras is imported
+    (and imports nothing)."""
+    keras = sys.modules.get("tf_keras")
+    if keras is not None:
+        keras.backend.clear_session()
 
 
 def copy_file(src, dest) -> Path:

@@ -477,6 +477,11 @@ class Pipeline:
         them here, one after another.
       wait: when another live run holds ``out_dir``, wait for it to end instead of raising
         :class:`RunFolderBusy`.
+      before_stage: called with no arguments in the process that computes a stage (here, or
+        in a task), just before the stage's function: the experiments reset Keras' state
+        there (:func:`mam_tf.experiments.base.fresh_keras`), so that a stage's files do not
+        depend on the stages its process computed before. It must pickle (a module-level
+        function) to go with the Pipeline to a task.
 
     The Pipeline holds ``out_dir`` (:func:`acquire_run_lock`) until :meth:`close` (or the end
     of a ``with`` block, or of the process).
@@ -485,7 +490,7 @@ class Pipeline:
     def __init__(self, out_dir, experiment: str, *, config: dict | None = None,
                  progress: bool = True, log: Callable[[str], None] | None = None,
                  code: str = "", recompute: Iterable[str] = (), wait: bool = False,
-                 executor=None):
+                 executor=None, before_stage: Callable[[], None] | None = None):
         self.out = Path(out_dir)
         self.stages_dir = self.out / STAGES_DIR
         self.experiment = experiment
@@ -502,6 +507,7 @@ class Pipeline:
         self._t0 = time.perf_counter()
         self._load_start = load_average()
         self.executor = executor
+        self.before_stage = before_stage
 
     def __getstate__(self):
         # What another process gets: the stage cache's coordinates, no executor, no open
@@ -609,6 +615,8 @@ class Pipeline:
         try:
             work = Path(tempfile.mkdtemp(dir=self.stages_dir, prefix=f".tmp-{name}-{key}-"))
             kill_point("compute", name)
+            if self.before_stage is not None:
+                self.before_stage()
             with PeakMemory() as peak:
                 value = jsonable(compute(work))
             seconds = time.perf_counter() - t0
