@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     from mam_tf.bench.fuzz import add_bench_command as add_fuzz_bench
     from mam_tf.bench.kill import add_bench_command as add_kill_bench
     from mam_tf.bench.mcu import add_bench_command as add_mcu_bench
+    from mam_tf.bench.scaling import add_bench_command as add_scaling_bench
     from mam_tf.bench.train import add_bench_command as add_train_bench
 
     add_train_bench(bench_sub)
@@ -68,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_bench(bench_sub)
     add_fuzz_bench(bench_sub)
     add_kill_bench(bench_sub)
+    add_scaling_bench(bench_sub)
     bench.set_defaults(func=lambda args: bench.print_help() or 2)
     return parser
 

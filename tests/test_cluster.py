@@ -239,8 +239,11 @@ def test_a_stage_that_raises_fails_once_with_its_message(ray_cluster, tmp_path):
 
 
 _DRIVER = """
-    import sys, time
+    import signal, sys, time
     from pathlib import Path
+    # Ctrl-C raises KeyboardInterrupt, as in a terminal: a process started by a background
+    # job of a shell inherits SIGINT ignored, and Python then installs no handler for it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from mam_tf.experiments.pipeline import Pipeline
     from mam_tf.experiments.cluster import RayExecutor
 
@@ -280,7 +283,12 @@ def test_a_restarted_driver_reads_finished_stages_back(ray_cluster, tmp_path):
             time.sleep(0.2)
     finally:
         driver.send_signal(signal.SIGINT)  # stop the driver (Ctrl-C) mid-stage
-        driver.wait(60)
+        try:
+            driver.wait(60)
+        finally:
+            if driver.poll() is None:  # never left behind: its stage would hold a CPU
+                driver.kill()
+                driver.wait()
     assert driver.returncode != 0
     assert not list((out / "stages").glob("second-*"))
     (tmp_path / "go").write_text("")
