@@ -105,17 +105,18 @@ def test_the_figures_and_the_report(tmp_path):
 
 def test_the_time_line_puts_stages_running_at_once_on_separate_rows():
     """Ends (whole seconds) and durations give the starts: a at 0-10, b at 10-30 beside c at
-    10-40, e at 0-40; d after b and c at 40-45."""
+    10-40, e at 0-40; d after b and c at 40-45; a 0.1 s stage ending at 10 s is left out."""
     at = "2026-12-04T10:00:{:02d}Z".format
     stages = [_stage("a", 10, finished=at(10)), _stage("e", 40, finished=at(40)),
               _stage("b", 20, finished=at(30)), _stage("c", 30, finished=at(40)),
-              _stage("d", 5, finished=at(45))]
+              _stage("d", 5, finished=at(45)), _stage("data", 0.1, finished=at(10))]
     rows = sorted(scaling._timeline(stages), key=lambda r: (r[1], r[0]))
     assert [(start, seconds) for _, start, seconds, _ in rows] == [
         (0, 10), (0, 40), (10, 20), (10, 30), (40, 5)]
     lanes = [lane for lane, *_ in rows]
     assert lanes[0] != lanes[1] and lanes[2] != lanes[3] and lanes[2] != lanes[1]
     assert max(lanes) == 2  # never more rows than stages at once (three, from 10 s to 30 s)
+    assert len(rows) == 5  # the 0.1 s stage is too short to see or to place: left out
 
 
 def test_the_command_refuses_a_folder_with_runs(tmp_path, capsys):

@@ -188,19 +188,23 @@ def format_report(r: dict) -> str:
 
 def _timeline(stages: list[dict]) -> list[tuple]:
     """(lane, start, seconds, name) of each stage, the start from its ``finished`` time; a
-    stage takes the first lane free at its start."""
+    stage takes the first lane free at its start. ``finished`` is in whole seconds and taken
+    after the stage's files are checked, so a lane counts as free 2 s before its last stage's
+    estimated end (a stage that follows another is not drawn beside it). Stages under a
+    second are left out: too short to see, and their start is not known well enough to place
+    them."""
     from datetime import datetime
 
     def end(s):
         return datetime.strptime(s["finished"], "%Y-%m-%dT%H:%M:%SZ").timestamp()
 
     spans = sorted(((end(s) - s["seconds"], s["seconds"], s["name"]) for s in stages
-                    if s.get("finished")), key=lambda x: x[0])
+                    if s.get("finished") and s["seconds"] >= 1.0), key=lambda x: x[0])
     t0 = spans[0][0] if spans else 0.0
     lanes: list = []  # the end of the last stage on each lane
     placed = []
     for start, seconds, name in spans:
-        lane = next((i for i, e in enumerate(lanes) if e <= start + 1.0), len(lanes))
+        lane = next((i for i, e in enumerate(lanes) if e <= start + 2.0), len(lanes))
         if lane == len(lanes):
             lanes.append(0.0)
         lanes[lane] = start + seconds
@@ -274,9 +278,8 @@ def run_ray_bench(experiment: str, scale: str, out, *, extra: Sequence[str] = ()
         folder, log = out / name, out / f"{name}.log"
         cmd = reproduce_command(experiment, scale, folder, [*extra, *options])
         before = _load()
-        say(f"{name}: {' '.join(f'{k}={v}' for k, v in env.items())} "
-            f"{shlex.join(['mam-tf', *cmd[3:]])} (its output: {log}); load average "
-            f"{_loads(before)}")
+        shown = [*(f"{k}={v}" for k, v in env.items()), shlex.join(["mam-tf", *cmd[3:]])]
+        say(f"{name}: {' '.join(shown)} (its output: {log}); load average {_loads(before)}")
         t = time.perf_counter()
         with open(log, "wb") as fh:
             status = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT,
