@@ -11,7 +11,8 @@ EXPERIMENT --scale SCALE --no-progress`` in its own process, its output in a log
 * ``ray``: ``--ray local`` (Ray started on this machine with its usable CPUs; every task the
   CPUs its stage kind declares), its workers at the driver's priority
   (``RAY_worker_niceness=0``);
-* ``serial``: serial at TensorFlow's default threads (what a run without ``--ray`` does);
+* ``serial``: serial at TensorFlow's default threads (what a run without ``--ray`` does; the
+  thread variables above are removed from every run's environment but set where said);
   skipped with ``--no-default-threads``.
 
 The ideal is the ``serial-1thread`` run's stages packed on the usable CPUs with nothing lost:
@@ -260,8 +261,9 @@ def run_ray_bench(experiment: str, scale: str, out, *, extra: Sequence[str] = ()
     from mam_tf.common.extras import missing_message
     from mam_tf.common.machine import cpus_usable, line
 
-    if importlib.util.find_spec("ray") is None:  # before the first run, not after it
-        raise ModuleNotFoundError(missing_message("ray"), name="ray")
+    for module in ("ray", "matplotlib"):  # before the first run, not after the last
+        if importlib.util.find_spec(module) is None:
+            raise ModuleNotFoundError(missing_message(module), name=module)
     out = Path(out)
     names = [n for n, _, _ in RUNS if default_threads or n != "serial"]
     taken = [n for n in names if (out / n).exists()]
@@ -270,6 +272,8 @@ def run_ray_bench(experiment: str, scale: str, out, *, extra: Sequence[str] = ()
                          "(a stage read back would not be timed): give another --out")
     out.mkdir(parents=True, exist_ok=True)
     cpus = cpus_usable()
+    # Thread settings of the caller's shell would make the default-thread run another one.
+    inherited = {k: v for k, v in os.environ.items() if k not in ONE_THREAD}
     say(line())
     runs = {}
     for name, env, options in RUNS:
@@ -283,7 +287,7 @@ def run_ray_bench(experiment: str, scale: str, out, *, extra: Sequence[str] = ()
         t = time.perf_counter()
         with open(log, "wb") as fh:
             status = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT,
-                                    env={**os.environ, **env}).returncode
+                                    env={**inherited, **env}).returncode
         seconds = time.perf_counter() - t
         if status != 0:
             tail = log.read_text(errors="replace").strip().splitlines()[-3:]
