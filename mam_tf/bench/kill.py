@@ -58,9 +58,10 @@ MANIFEST = "manifest.json"
 KILL_AT = "MAM_TF_KILL_AT"
 
 
-def reproduce_command(experiment: str, out, extra: Sequence[str] = ()) -> list[str]:
-    """The command line of one run: ``mam-tf reproduce EXPERIMENT --scale tiny -o OUT``."""
-    return [sys.executable, "-m", "mam_tf.cli", "reproduce", experiment, "--scale", "tiny",
+def reproduce_command(experiment: str, out, extra: Sequence[str] = (),
+                      scale: str = "tiny") -> list[str]:
+    """The command line of one run: ``mam-tf reproduce EXPERIMENT --scale SCALE -o OUT``."""
+    return [sys.executable, "-m", "mam_tf.cli", "reproduce", experiment, "--scale", scale,
             "-o", str(out), *extra]
 
 

@@ -37,8 +37,8 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-__all__ = ["RUNS", "ONE_THREAD", "DEFAULT_ARGS", "AIM", "stage_times", "ideal", "analyse", "format_report",
-           "run_ray_bench", "add_bench_command"]
+__all__ = ["RUNS", "ONE_THREAD", "DEFAULT_ARGS", "AIM", "stage_times", "ideal", "analyse",
+           "format_report", "plot", "run_ray_bench", "add_bench_command"]
 
 #: The runs, in the order they are made: (name, extra environment, extra options).
 ONE_THREAD = {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1",
@@ -52,10 +52,6 @@ DEFAULT_ARGS = {"mwscas": "--no-mcu"}
 AIM = 0.7
 MANIFEST = "manifest.json"
 STAGE_FILE = "stage.json"
-
-
-def _load() -> list:
-    return [round(v, 2) for v in os.getloadavg()]
 
 
 def stage_times(run) -> list[dict]:
@@ -140,7 +136,7 @@ def analyse(runs: dict, cpus: int, difference: Callable | None = None) -> dict:
 
 
 def _loads(values) -> str:
-    return " ".join(f"{v:.2f}" for v in values)
+    return "unknown" if values is None else " ".join(f"{v:.2f}" for v in values)
 
 
 def format_report(r: dict) -> str:
@@ -245,11 +241,6 @@ def plot(report: dict, path) -> Path:
     return path
 
 
-def reproduce_command(experiment: str, scale: str, out, extra: Sequence[str]) -> list[str]:
-    return [sys.executable, "-m", "mam_tf.cli", "reproduce", experiment, "--scale", scale,
-            "--no-progress", "-o", str(out), *extra]
-
-
 def run_ray_bench(experiment: str, scale: str, out, *, extra: Sequence[str] = (),
                   default_threads: bool = True, say: Callable[[str], None] = print) -> dict:
     """Makes the runs of :data:`RUNS` into fresh folders under ``out`` and returns
@@ -257,9 +248,9 @@ def run_ray_bench(experiment: str, scale: str, out, *, extra: Sequence[str] = ()
     ``out/scaling.png``)."""
     import importlib.util
 
-    from mam_tf.bench.kill import first_difference
+    from mam_tf.bench.kill import first_difference, reproduce_command
     from mam_tf.common.extras import missing_message
-    from mam_tf.common.machine import cpus_usable, line
+    from mam_tf.common.machine import cpus_usable, line, load_average
 
     for module in ("ray", "matplotlib"):  # before the first run, not after the last
         if importlib.util.find_spec(module) is None:
@@ -280,8 +271,9 @@ def run_ray_bench(experiment: str, scale: str, out, *, extra: Sequence[str] = ()
         if name not in names:
             continue
         folder, log = out / name, out / f"{name}.log"
-        cmd = reproduce_command(experiment, scale, folder, [*extra, *options])
-        before = _load()
+        cmd = reproduce_command(experiment, folder, ["--no-progress", *extra, *options],
+                                scale=scale)
+        before = load_average()
         shown = [*(f"{k}={v}" for k, v in env.items()), shlex.join(["mam-tf", *cmd[3:]])]
         say(f"{name}: {' '.join(shown)} (its output: {log}); load average {_loads(before)}")
         t = time.perf_counter()
@@ -294,7 +286,7 @@ def run_ray_bench(experiment: str, scale: str, out, *, extra: Sequence[str] = ()
             raise RuntimeError(f"the {name} run failed (exit status {status}); "
                                f"the end of {log}: " + " | ".join(tail))
         runs[name] = {"out": str(folder), "wall_seconds": round(seconds, 1),
-                      "load_before": before, "load_after": _load()}
+                      "load_before": before, "load_after": load_average()}
         say(f"{name}: {seconds:.0f} s; load average {_loads(runs[name]['load_after'])}")
     report = analyse(runs, cpus, first_difference)
     report.update(experiment=experiment, scale=scale, extra=list(extra), machine=line())
